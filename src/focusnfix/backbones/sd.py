@@ -1,0 +1,161 @@
+"""Stable Diffusion 1.x / 2.x backbone: prompt encoding, initial noise, one UNet call, VAE decode.
+
+Reuses the pipeline's public pieces (``encode_prompt``, ``scheduler.step``, ``vae.decode``) so the
+sampler reproduces ``StableDiffusionPipeline.__call__`` exactly for the same inputs.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import FocusNFixError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning c. ``embeds`` is ``(2B, L, D)`` = [negative; positive] under CFG, else ``(B, L, D)``."""
+
+    embeds: torch.Tensor
+    guidance_scale: float
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+class SDBackbone:
+    """Frozen SD 1.x/2.x parts around a diffusers ``StableDiffusionPipeline``.
+
+    All base weights are frozen (``requires_grad=False``); LoRA adapters added later are the only
+    trainable parameters. The scheduler is a DDIM scheduler built from the pipeline's config, so
+    epsilon- and v-prediction models both work.
+    """
+
+    def __init__(self, pipe, resolution: int | None = None):
+        from diffusers import DDIMScheduler
+
+        self.pipe = pipe
+        self.unet, self.vae, self.text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.resolution = resolution or self.unet.config.sample_size * self.vae_scale_factor
+        if self.resolution % self.vae_scale_factor:
+            raise FocusNFixError(
+                f"model.resolution {self.resolution} is not divisible by the VAE factor "
+                f"{self.vae_scale_factor}; use a multiple of {self.vae_scale_factor}"
+            )
+
+    # -- devices ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def to(self, device: torch.device | str) -> "SDBackbone":
+        self.pipe.to(device)
+        return self
+
+    # -- conditioning c --------------------------------------------------------------------
+    def encode(self, prompts: Sequence[str], negative_prompt: str = "", guidance_scale: float = 7.5) -> Conditioning:
+        """Encode prompts (and the negative prompt for CFG) with the pipeline's ``encode_prompt``."""
+        cfg = guidance_scale > 1.0
+        with torch.no_grad():
+            pos, neg = self.pipe.encode_prompt(
+                list(prompts), self.device, 1, cfg,
+                negative_prompt=[negative_prompt] * len(prompts) if cfg else None,
+            )
+        embeds = torch.cat([neg, pos]) if cfg else pos
+        return Conditioning(embeds=embeds, guidance_scale=guidance_scale)
+
+    # -- x_T ------------------------------------------------------------------------------
+    def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
+        side = self.resolution // self.vae_scale_factor
+        return (batch, self.unet.config.in_channels, side, side)
+
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """x_T for each seed: ``(B, C, h, w)``, drawn on CPU so it is the same on every device."""
+        shape = self.latent_shape(1)
+        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+        x = torch.cat(noise).to(self.device, self.unet.dtype)
+        return x * self.scheduler.init_noise_sigma
+
+    # -- one model evaluation ---------------------------------------------------------------
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The UNet's prediction (epsilon or v, per the scheduler config) with CFG applied."""
+        x_in = torch.cat([x, x]) if cond.cfg else x
+        x_in = self.scheduler.scale_model_input(x_in, t)
+        out = self.unet(x_in, t, encoder_hidden_states=cond.embeds.to(x_in.dtype), return_dict=False)[0]
+        if cond.cfg:
+            uncond, text = out.chunk(2)
+            out = uncond + cond.guidance_scale * (text - uncond)
+        return out
+
+    # -- images -----------------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
+        """Latents -> images ``(B, 3, H, W)`` in [0, 1] (the pipeline's ``output_type='pt'``)."""
+        def run(z: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(z / self.vae.config.scaling_factor, return_dict=False)[0]
+
+        z = latents.to(self.vae.dtype)
+        if grad_checkpointing and torch.is_grad_enabled():
+            img = checkpoint(run, z, use_reentrant=False)
+        else:
+            img = run(z)
+        return (img.float() / 2 + 0.5).clamp(0, 1)
+
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def load_backbone(path: str, dtype: str = "float32", revision: str | None = None,
+                  resolution: int | None = None, device: str | torch.device | None = None) -> SDBackbone:
+    """Load an SD 1.x/2.x pipeline from a local folder, a hub id, or ``tiny`` (random, 32 px).
+
+    Weights must be safetensors (pickled ``.bin`` files are refused). Errors are one-line
+    :class:`FocusNFixError` messages.
+    """
+    if path == "tiny":
+        from ..tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline()
+    else:
+        pipe = _from_pretrained(path, DTYPES[dtype], revision)
+    backbone = SDBackbone(pipe, resolution=resolution)
+    if device is not None:
+        backbone.to(device)
+    return backbone
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
+    from diffusers import StableDiffusionPipeline
+
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise FocusNFixError(f"model.path {path!r} is not a diffusers pipeline folder (no model_index.json)")
+    elif not _HUB_ID.match(path):
+        raise FocusNFixError(f"model.path {path!r} does not exist; give a diffusers folder or a hub id like org/name")
+    elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise FocusNFixError(
+            f"model.path {path!r} is not a local folder and the hub is offline (HF_HUB_OFFLINE is set); "
+            "download it first or give a local folder"
+        )
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            str(local) if local.exists() else path, torch_dtype=dtype, revision=revision,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            use_safetensors=True, local_files_only=local.exists(),
+        )
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FocusNFixError(f"could not load model {path!r}: {first}") from e

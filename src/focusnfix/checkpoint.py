@@ -1,0 +1,161 @@
+"""Crash-safe run-folder I/O: atomic folders and files, resumable checkpoints without pickles.
+
+A checkpoint folder ``checkpoints/step-000123/`` holds ``lora.safetensors`` (trainable tensors),
+``optimizer.safetensors`` + ``optimizer.json``, ``scheduler.json``, ``rng.safetensors``,
+``trainer.json`` and, written last, ``manifest.json`` with each file's SHA-256. It is written to a
+temporary sibling, fsynced and renamed, so a crash never leaves a half-written ``step-*`` folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MANIFEST = "manifest.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file, fsync, and rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success fsync its files and rename it to ``final`` (replacing it)."""
+    final = Path(final)
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(folder: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, extra: dict | None = None) -> Path:
+    """Write a complete checkpoint atomically to ``folder`` and return it."""
+    with atomic_dir(folder) as tmp:
+        save_file({k: v.contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
+        tensors, meta = _optimizer_to_files(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
+        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, tmp / "rng.safetensors")
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, **(extra or {})}))
+        files = {f.name: sha256(f) for f in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+    return Path(folder)
+
+
+def is_complete(folder: Path) -> bool:
+    """True if ``folder`` has a manifest and every listed file matches its checksum."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        return all((folder / name).is_file() and sha256(folder / name) == digest for name, digest in manifest["files"].items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """``step-*`` folders under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: p.name)
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint; incomplete or corrupted ones are skipped with a warning."""
+    for ckpt in reversed(list_checkpoints(root)):
+        if is_complete(ckpt):
+            return ckpt
+        warnings.warn(f"skipping incomplete or corrupted checkpoint {ckpt}", stacklevel=2)
+    return None
+
+
+def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer, scheduler) -> tuple[int, dict[str, torch.Tensor]]:
+    """Restore optimizer, scheduler and RNG state; return ``(step, lora_state)``."""
+    lora = load_file(folder / "lora.safetensors")
+    _optimizer_from_files(optimizer, load_file(folder / "optimizer.safetensors"), json.loads((folder / "optimizer.json").read_text()))
+    scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    rng = load_file(folder / "rng.safetensors")
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        states = [rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    step = json.loads((folder / "trainer.json").read_text())["step"]
+    return step, lora
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,281 @@
+"""Configuration: nested dataclasses, loaded from YAML plus checked dotted overrides.
+
+``load_config("cfg.yaml", ["train.lr=1e-4", "lora.rank=8"])`` returns a validated :class:`Config`.
+Unknown keys and wrong types raise :class:`ConfigError` listing the valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with a help string (shown by ``focusnfix train --help-config``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f("", "Local diffusers folder or hub id of an SD 1.x/2.x pipeline (`tiny` = random tiny model).")
+    revision: str | None = _f(None, "Hub revision (ignored for local folders).")
+    dtype: str = _f("float32", "Dtype of the frozen weights: float32, float16 or bfloat16. LoRA stays float32.")
+    resolution: int | None = _f(None, "Image side in px; default: the UNet's sample_size times the VAE factor.")
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = _f(4, "LoRA rank r (the paper uses 64 on SD1.4).")
+    alpha: float | None = _f(None, "LoRA alpha; the update is scaled by alpha / rank. Default: alpha = rank.")
+    targets: list[str] = _f(["to_q", "to_k", "to_v", "to_out.0"], "UNet module names that get adapters.")
+    dropout: float = _f(0.0, "LoRA dropout.")
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = _f(20, "T: DDIM steps (eta = 0).")
+    guidance_scale: float = _f(7.5, "Classifier-free guidance scale; <= 1 disables CFG.")
+    negative_prompt: str = _f("", "Negative prompt used for the unconditional branch of CFG.")
+    k: int = _f(1, "K: gradient flows through the last K denoising steps only (DRaFT-K). 1 <= K <= T.")
+    k_max: int | None = _f(None, "If set, K is drawn uniformly from [k, k_max] once per trajectory (AlignProp-style).")
+    grad_checkpointing: bool = _f(False, "Gradient checkpointing of the K UNet calls (less memory, more time).")
+    vae_checkpointing: bool = _f(False, "Gradient checkpointing of the VAE decode.")
+
+
+@dataclass
+class RewardConfig:
+    name: str = _f("color", "Reward name from the registry (focusnfix rewards) or `package.module:attr`.")
+    args: dict = _f({}, "Keyword arguments passed to the reward's constructor.")
+
+
+@dataclass
+class MaskConfig:
+    source: str = _f("auto", "Where M(I0) comes from: heatmap, saliency, or auto (heatmap if the reward has one).")
+    threshold: float = _f(0.5, "Absolute threshold on the [0,1] heatmap (saliency maps are max-normalised first).")
+    quantile: float | None = _f(None, "If set (0-1), threshold each map at this quantile instead of `threshold`.")
+    dilate: int = _f(2, "Dilation radius in px applied after thresholding.")
+    blur: float = _f(0.0, "Gaussian blur sigma in px applied last (soft mask edges); 0 = binary mask.")
+    min_area: int = _f(0, "Connected regions smaller than this many px are dropped before dilation.")
+
+
+@dataclass
+class ObjectiveConfig:
+    lam: float = _f(1.0, "lambda: weight of the region constraint ||(1-M(I0)) * (I - I0)||; 0 = DRaFT.")
+    norm: str = _f("fro", "fro: Frobenius norm per image (paper); rms: divided by sqrt(3*H*W), resolution-independent.")
+
+
+@dataclass
+class DataConfig:
+    prompts: list[str] = _f([], "Training prompts (or use prompt_file).")
+    prompt_file: str | None = _f(None, "A .txt (one prompt per line), .csv or .tsv (column `prompt`) file.")
+    seed_pool: int | None = _f(None, "If set, noise seeds are drawn from range(seed_pool); else from 2**31.")
+    sample_prompts: list[str] = _f([], "Prompts of the periodic sample grids; default: the first 4 training prompts.")
+    sample_seeds: list[int] = _f([0], "Noise seeds of the periodic sample grids.")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(100, "Optimizer steps.")
+    batch_size: int = _f(1, "Trajectories per micro-batch.")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.")
+    lr: float = _f(1e-4, "AdamW learning rate.")
+    lr_schedule: str = _f("constant", "constant, linear or cosine (after warmup).")
+    warmup_steps: int = _f(0, "Linear warm-up steps.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.999, "AdamW beta2.")
+    adam_eps: float = _f(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.")
+    mixed_precision: str = _f("no", "no, fp16 or bf16 autocast (LoRA parameters stay float32).")
+    seed: int = _f(0, "Seed of everything random in training (prompt order, noise seeds, K draws, LoRA init).")
+    log_every: int = _f(1, "Write metrics every N steps.")
+    sample_every: int = _f(0, "Save a sample grid I0 | mask | I every N steps; 0 = only at the end.")
+    checkpoint_every: int = _f(0, "Save a resumable checkpoint every N steps; 0 = only at the end.")
+    keep_checkpoints: int = _f(2, "Keep the newest N checkpoints.")
+    output_dir: str = _f("runs/fnf", "The run folder.")
+    cpu: bool = _f(False, "Force CPU even when a GPU is present.")
+
+
+@dataclass
+class Config:
+    method: str = _f("fnf", "fnf (Focus-N-Fix) or draft (lambda = 0, no reference pass).")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        """Check ranges and cross-field rules; raise :class:`ConfigError` naming the key."""
+        s, t = self.sampler, self.train
+        _check(self.method in ("fnf", "draft"), "method", f"must be fnf or draft, got {self.method!r}")
+        _check(bool(self.model.path), "model.path", "is required (a diffusers folder, a hub id, or `tiny`)")
+        _check(self.model.dtype in ("float32", "float16", "bfloat16"), "model.dtype", "must be float32, float16 or bfloat16")
+        _check(self.lora.rank > 0, "lora.rank", f"must be > 0, got {self.lora.rank}")
+        _check(self.lora.alpha is None or self.lora.alpha > 0, "lora.alpha", "must be > 0")
+        _check(bool(self.lora.targets), "lora.targets", "must name at least one module")
+        _check(s.steps >= 1, "sampler.steps", f"must be >= 1, got {s.steps}")
+        _check(1 <= s.k <= s.steps, "sampler.k", f"K must satisfy 1 <= K <= T = sampler.steps ({s.steps}), got {s.k}")
+        if s.k_max is not None:
+            _check(s.k <= s.k_max <= s.steps, "sampler.k_max", f"must satisfy k <= k_max <= sampler.steps, got {s.k_max}")
+        _check(self.mask.source in ("auto", "heatmap", "saliency"), "mask.source", "must be auto, heatmap or saliency")
+        _check(0.0 <= self.mask.threshold <= 1.0, "mask.threshold", "must be in [0, 1]")
+        _check(self.mask.quantile is None or 0.0 < self.mask.quantile < 1.0, "mask.quantile", "must be in (0, 1)")
+        _check(self.mask.dilate >= 0 and self.mask.blur >= 0 and self.mask.min_area >= 0, "mask", "dilate, blur and min_area must be >= 0")
+        _check(self.objective.lam >= 0, "objective.lam", f"lambda must be >= 0, got {self.objective.lam}")
+        _check(self.objective.norm in ("fro", "rms"), "objective.norm", "must be fro or rms")
+        _check(t.steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1, "train", "steps, batch_size and grad_accum must be >= 1")
+        _check(t.lr > 0, "train.lr", "must be > 0")
+        _check(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule", "must be constant, linear or cosine")
+        _check(t.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision", "must be no, fp16 or bf16")
+        _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _check(bool(self.data.prompts) or bool(self.data.prompt_file), "data.prompts", "give prompts or data.prompt_file")
+        return self
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {msg}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Every config key as ``(dotted.key, default, help)``, for docs and ``--help-config``."""
+    rows = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += field_help(hints[f.name], prefix + f.name + ".")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+    return rows
+
+
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _valid_keys(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` to type ``tp`` or raise ConfigError naming ``key``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-4" as a string
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list or tp is list:
+        if isinstance(value, str) and args and args[0] is str:
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, args[0] if args else Any, key) for v in value]
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{key} must be {name}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    hints, names = _hints(cls), {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix + str(key)!r}; valid keys here: {_valid_keys(cls)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value if value is not None else {}, prefix + key + ".")
+        else:
+            kwargs[key] = _coerce(value, tp, prefix + key)
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to nested dict ``data`` in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key=value, e.g. train.lr=1e-4")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    cls: type = Config
+    node = data
+    for i, part in enumerate(parts):
+        hints, names = _hints(cls), {f.name for f in dataclasses.fields(cls)}
+        if part not in names:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown config key {key!r}; valid keys in {where}: {_valid_keys(cls)}")
+        if i == len(parts) - 1:
+            try:
+                node[part] = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                node[part] = raw
+        else:
+            cls = hints[part]
+            if not dataclasses.is_dataclass(cls):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section; cannot set {key!r}")
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config (or defaults when ``path`` is None), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            msg = str(e).replace("\n", " ")
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {msg}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+    for ov in overrides:
+        apply_override(data, ov)
+    return from_dict(Config, data).validate()
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

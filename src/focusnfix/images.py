@@ -1,0 +1,53 @@
+"""Image helpers: tensors <-> PNG, mask overlays, and the I0 | mask | I sample grids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def to_pil(image: torch.Tensor, min_side: int = 0) -> Image.Image:
+    """``(3,H,W)`` in [0,1] -> PIL; upscaled with nearest neighbour to at least ``min_side`` px."""
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    img = Image.fromarray(arr)
+    if min_side and img.width < min_side:
+        factor = -(-min_side // img.width)
+        img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+    return img
+
+
+def overlay(image: torch.Tensor, mask: torch.Tensor, color=(1.0, 0.1, 0.1), alpha: float = 0.55) -> torch.Tensor:
+    """Tint the masked region of ``image (B,3,H,W)`` with ``color``; ``mask (B,1,H,W)`` in [0,1]."""
+    tint = torch.tensor(color, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    m = F.interpolate(mask.to(image), size=image.shape[-2:], mode="nearest") * alpha
+    return image * (1 - m) + tint * m
+
+
+def grid(rows: list[list[torch.Tensor]], pad: int = 2) -> torch.Tensor:
+    """Tile ``rows`` of equally sized ``(3,H,W)`` images into one ``(3, H', W')`` image with white padding."""
+    h, w = rows[0][0].shape[-2:]
+    ncol = max(len(r) for r in rows)
+    out = torch.ones(3, len(rows) * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[:, y: y + h, x: x + w] = img.detach().float().cpu()
+    return out
+
+
+def save_png(image: torch.Tensor, path: str | Path, min_side: int = 0) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(image, min_side).save(path)
+    return path
+
+
+def save_preview_grid(preview: dict[str, torch.Tensor], path: str | Path, min_side: int = 384) -> Path:
+    """One row per sample: Î0 | M(Î0) overlaid on Î0 | Î."""
+    ref, mask, img = preview["reference"], preview["mask"], preview["images"]
+    over = overlay(ref, mask)
+    rows = [[ref[i], over[i], img[i]] for i in range(ref.shape[0])]
+    return save_png(grid(rows), path, min_side=min_side)

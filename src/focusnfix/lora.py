@@ -1,0 +1,82 @@
+"""LoRA on the UNet's attention projections via peft, saved in diffusers format.
+
+θ = θ0 + LoRA. The frozen reference θ0 is the same UNet with adapters disabled (no second copy).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import FocusNFixError
+
+ADAPTER = "default"
+
+
+def add_lora(unet, rank: int, alpha: float | None = None, targets: list[str] | tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+             dropout: float = 0.0) -> list[torch.nn.Parameter]:
+    """Add a LoRA adapter (B initialised to zero, so θ = θ0 at the start); return its parameters (float32)."""
+    from peft import LoraConfig
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in unet.named_modules()} | {".".join(n.split(".")[-2:]) for n, _ in unet.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise FocusNFixError(f"lora.targets {missing} match no UNet module; attention projections are to_q, to_k, to_v, to_out.0")
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(targets),
+                        lora_dropout=dropout, init_lora_weights="gaussian")
+    unet.add_adapter(config, adapter_name=ADAPTER)
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
+@contextmanager
+def adapters_disabled(unet) -> Iterator[None]:
+    """Run the frozen reference model θ0: the same UNet with its LoRA adapters switched off."""
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+def lora_state(unet) -> dict[str, torch.Tensor]:
+    """The trainable LoRA tensors by parameter name (for checkpoints), detached copies on CPU."""
+    return {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if "lora_" in n}
+
+
+def load_lora_state(unet, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`lora_state`; the names and shapes must match exactly."""
+    params = {n: p for n, p in unet.named_parameters() if "lora_" in n}
+    if set(params) != set(state):
+        extra, missing = sorted(set(state) - set(params))[:3], sorted(set(params) - set(state))[:3]
+        raise FocusNFixError(f"LoRA state does not match this model (unexpected {extra}, missing {missing}); "
+                             "was it trained on another architecture or LoRA config?")
+    with torch.no_grad():
+        for n, p in params.items():
+            if p.shape != state[n].shape:
+                raise FocusNFixError(f"LoRA tensor {n} has shape {tuple(state[n].shape)}, model expects {tuple(p.shape)}")
+            p.copy_(state[n].to(p.device, p.dtype))
+
+
+def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets: list[str]) -> Path:
+    """Save in diffusers format (``pytorch_lora_weights.safetensors``) so that
+    ``StableDiffusionPipeline.load_lora_weights(folder)`` loads it; rank/alpha are recorded in the
+    file's adapter metadata and in ``lora_config.json``."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
+    layers = {k: v.detach().cpu().contiguous() for k, v in layers.items()}
+    meta = {"r": rank, "lora_alpha": alpha if alpha is not None else rank, "target_modules": list(targets)}
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=meta)
+    (folder / "lora_config.json").write_text(json.dumps(meta, indent=2))
+    return folder
