@@ -19,11 +19,17 @@ def to_pil(image: torch.Tensor, min_side: int = 0) -> Image.Image:
     return img
 
 
-def overlay(image: torch.Tensor, mask: torch.Tensor, color=(1.0, 0.1, 0.1), alpha: float = 0.55) -> torch.Tensor:
-    """Tint the masked region of ``image (B,3,H,W)`` with ``color``; ``mask (B,1,H,W)`` in [0,1]."""
-    tint = torch.tensor(color, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
-    m = F.interpolate(mask.to(image), size=image.shape[-2:], mode="nearest") * alpha
-    return image * (1 - m) + tint * m
+def overlay(image: torch.Tensor, mask: torch.Tensor, dim: float = 0.35, edge=(1.0, 0.9, 0.0)) -> torch.Tensor:
+    """Show mask ``(B,1,H,W)`` on ``image (B,3,H,W)``: outside the mask dimmed to ``dim``, a yellow
+    contour around it. Works whatever colour the problem region has."""
+    from .masks import dilate
+
+    m = F.interpolate(mask.to(image), size=image.shape[-2:], mode="nearest")
+    hard = (m > 0.5).to(image.dtype)
+    contour = (dilate(hard, 1) - hard).clamp(0, 1)
+    shaded = image * (dim + (1 - dim) * m)
+    tint = torch.tensor(edge, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    return shaded * (1 - contour) + tint * contour
 
 
 def grid(rows: list[list[torch.Tensor]], pad: int = 2) -> torch.Tensor:

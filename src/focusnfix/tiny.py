@@ -72,10 +72,15 @@ def build_tiny_pipeline(
     Saved with ``save_pretrained`` to ``folder`` when given. ``prediction_type`` is ``"epsilon"``
     or ``"v_prediction"``.
     """
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(seed)
+        return _build(folder, sample_size, prediction_type, max_length)
+
+
+def _build(folder, sample_size, prediction_type, max_length):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),

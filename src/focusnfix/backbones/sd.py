@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +44,7 @@ class SDBackbone:
         from diffusers import DDIMScheduler
 
         self.pipe = pipe
+        pipe.set_progress_bar_config(disable=True)
         self.unet, self.vae, self.text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
@@ -151,11 +153,13 @@ def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
             "download it first or give a local folder"
         )
     try:
-        return StableDiffusionPipeline.from_pretrained(
-            str(local) if local.exists() else path, torch_dtype=dtype, revision=revision,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            use_safetensors=True, local_files_only=local.exists(),
-        )
+        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype -> dtype; keep both working
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            return StableDiffusionPipeline.from_pretrained(
+                str(local) if local.exists() else path, torch_dtype=dtype, revision=revision,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                use_safetensors=True, local_files_only=local.exists(),
+            )
     except (OSError, ValueError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FocusNFixError(f"could not load model {path!r}: {first}") from e

@@ -1,0 +1,42 @@
+"""Shared fixtures: everything offline, tiny real diffusers components built in code."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tiny models gain nothing from more threads; avoids oversubscription
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A saved tiny random SD pipeline folder (epsilon prediction, 32 px)."""
+    from focusnfix.tiny import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-sd")
+    build_tiny_pipeline(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_v_dir(tmp_path_factory):
+    """A saved tiny random SD pipeline folder with v-prediction."""
+    from focusnfix.tiny import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-sd-v")
+    build_tiny_pipeline(path, prediction_type="v_prediction", seed=1)
+    return path
+
+
+def base_overrides(tiny_dir, out, **extra):
+    """Dotted overrides for a fast tiny training run."""
+    values = {
+        "model.path": str(tiny_dir), "data.prompts": "[a red circle, a blue square]", "sampler.steps": 4,
+        "sampler.k": 2, "train.steps": 2, "train.lr": 0.01, "train.output_dir": str(out), "mask.threshold": 0.3,
+        "lora.rank": 2,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

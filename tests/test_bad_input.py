@@ -1,0 +1,114 @@
+"""Bad input: one-line error, exit status 2, no traceback, no damaged run folder."""
+import pytest
+from conftest import base_overrides
+
+from focusnfix.cli import main
+
+
+def run_cli(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    return rc, lines
+
+
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  steps: 2\n")
+    return path
+
+
+CASES = {
+    "unknown config key": ({"train.bogus": 1}, "unknown config key 'train.bogus'"),
+    "unknown section": ({"trainer.steps": 1}, "valid keys in the top level"),
+    "wrong type": ({"train.steps": "many"}, "train.steps must be int"),
+    "missing model path": ({"model.path": "/nonexistent/model"}, "does not exist"),
+    "hub id while offline": ({"model.path": "someorg/some-model"}, "hub is offline"),
+    "empty prompt list": ({"data.prompts": "[]"}, "data.prompts"),
+    "K > T": ({"sampler.k": 9}, "1 <= K <= T"),
+    "negative lambda": ({"objective.lam": -1}, "lambda must be >= 0"),
+    "unknown reward": ({"reward.name": "nosuchreward"}, "unknown reward 'nosuchreward'"),
+    "reward import path fails": ({"reward.name": "nosuchpkg.mod:Thing"}, "cannot import module 'nosuchpkg.mod'"),
+    "rank <= 0": ({"lora.rank": 0}, "lora.rank must be > 0"),
+    "unknown method": ({"method": "magic"}, "method must be fnf or draft"),
+    "bad reward args": ({"reward.args": "{nope: 1}"}, "rejected its arguments"),
+    "resolution not divisible": ({"model.resolution": 30}, "not divisible by the VAE factor"),
+    "bad lora target": ({"lora.targets": "[nonexistent_proj]"}, "match no UNet module"),
+    "k_max < k": ({"sampler.k": 2, "sampler.k_max": 1}, "k_max"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_values(case, tiny_dir, tmp_path, cfg_file, capsys):
+    overrides, expected = CASES[case]
+    out = tmp_path / "run"
+    args = base_overrides(tiny_dir, out, **overrides)
+    rc, lines = run_cli(capsys, ["train", str(cfg_file), *args, "--no-progress"])
+    assert rc == 2
+    assert len(lines) == 1 and lines[0].startswith("focusnfix: error:"), lines
+    assert expected in lines[0]
+    assert not out.exists()  # nothing written
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [steps: 2\n  lr: :\n")
+    rc, lines = run_cli(capsys, ["train", str(bad)])
+    assert rc == 2 and len(lines) == 1 and "not valid YAML" in lines[0]
+
+
+def test_missing_config_file(tmp_path, capsys):
+    rc, lines = run_cli(capsys, ["train", str(tmp_path / "nope.yaml")])
+    assert rc == 2 and len(lines) == 1 and "not found" in lines[0]
+
+
+def test_prompt_files(tiny_dir, tmp_path, cfg_file, capsys):
+    empty, latin = tmp_path / "empty.txt", tmp_path / "latin1.txt"
+    empty.write_text("\n# only a comment\n")
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    for path, expected in ((empty, "holds no prompts"), (latin, "not UTF-8"), (tmp_path / "missing.txt", "not found")):
+        out = tmp_path / f"run-{path.stem}"
+        args = base_overrides(tiny_dir, out, **{"data.prompts": "[]", "data.prompt_file": str(path)})
+        rc, lines = run_cli(capsys, ["train", str(cfg_file), *args])
+        assert rc == 2 and len(lines) == 1 and expected in lines[0], lines
+        assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten(tiny_dir, tmp_path, cfg_file, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(cfg_file), *base_overrides(tiny_dir, out), "--no-progress"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, out), "--no-progress"])
+    assert rc == 2 and "already holds a run" in lines[-1]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_without_checkpoint(tiny_dir, tmp_path, cfg_file, capsys):
+    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, tmp_path / "run"), "--resume"])
+    assert rc == 2 and "no complete checkpoint" in lines[-1]
+
+
+def test_sample_bad_lora_and_debug_traceback(tiny_dir, tmp_path, capsys):
+    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_dir), "--lora", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o")])
+    assert rc == 2 and len(lines) == 1 and "pytorch_lora_weights.safetensors" in lines[0]
+    rc = main(["--debug", "sample", "--model", "/nonexistent", "--prompt", "x", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "Traceback" in capsys.readouterr().err
+
+
+def test_pickled_weights_are_refused(tiny_dir, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    model = tmp_path / "pickled"
+    shutil.copytree(tiny_dir, model)
+    for f in model.rglob("*.safetensors"):
+        torch.save(load_file(f), f.with_name(f.name.replace(".safetensors", ".bin").replace("model", "pytorch_model")))
+        f.unlink()
+    rc, lines = run_cli(capsys, ["sample", "--model", str(model), "--prompt", "x", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "could not load model" in lines[-1]
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,133 @@
+"""LoRA training: what changes, the objective's identities, diffusers round trip, exact resume."""
+import json
+
+import pytest
+import torch
+from conftest import base_overrides
+from diffusers import StableDiffusionPipeline
+
+from focusnfix.config import load_config
+from focusnfix.lora import adapters_disabled, lora_state
+from focusnfix.methods import DRaFT, FocusNFix
+from focusnfix.objective import fnf_loss, region_constraint
+from focusnfix.sampling import generate
+from focusnfix.trainer import Trainer, make_batch
+
+
+def test_two_steps_change_every_lora_param_and_no_base_param(tiny_dir, tmp_path):
+    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run"))
+    trainer = Trainer(cfg)
+    unet = trainer.backbone.unet
+    base_before = {n: p.detach().clone() for n, p in unet.named_parameters() if "lora_" not in n}
+    text_before = {n: p.detach().clone() for n, p in trainer.backbone.text_encoder.named_parameters()}
+    vae_before = {n: p.detach().clone() for n, p in trainer.backbone.vae.named_parameters()}
+    lora_before = lora_state(unet)
+    assert len(lora_before) > 0
+    trainer.train_step()
+    trainer.train_step()
+    lora_after = lora_state(unet)
+    unchanged = [n for n in lora_before if torch.equal(lora_before[n], lora_after[n])]
+    assert unchanged == []
+    for before, module in ((base_before, unet), (text_before, trainer.backbone.text_encoder), (vae_before, trainer.backbone.vae)):
+        params = dict(module.named_parameters())
+        assert all(torch.equal(before[n], params[n]) for n in before)
+    trainable = {n for n, p in unet.named_parameters() if p.requires_grad}
+    assert trainable == set(lora_before)
+
+
+def test_lambda_zero_is_exactly_draft_and_constraint_adds_up(tiny_dir, tmp_path):
+    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"objective.lam": 0.0}))
+    trainer = Trainer(cfg)
+    with torch.no_grad():  # a non-trivial LoRA so I != I0
+        for p in trainer.params:
+            p.add_(0.05 * torch.randn_like(p))
+    batch = make_batch(cfg, trainer.prompts, 0, 0)
+    fnf0, _ = FocusNFix(trainer.backbone, trainer.reward, cfg).loss(batch)
+    draft, logs = DRaFT(trainer.backbone, trainer.reward, cfg).loss(batch)
+    images = trainer.method.trained_images(batch.prompts, batch.seeds, batch.k)
+    assert torch.equal(fnf0, draft)
+    assert torch.equal(draft, -trainer.reward(images, batch.prompts).score.mean())
+
+    cfg.objective.lam = 2.5
+    fnf = FocusNFix(trainer.backbone, trainer.reward, cfg)
+    loss, logs = fnf.loss(batch)
+    ref = fnf.reference(batch.prompts, batch.seeds)
+    manual = -trainer.reward(images, batch.prompts).score + 2.5 * region_constraint(images, ref.images, ref.mask)
+    assert logs["constraint"] > 0
+    assert torch.allclose(loss, manual.mean(), atol=1e-6)
+
+
+def test_all_ones_mask_gives_zero_constraint():
+    images, ref = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    assert torch.equal(region_constraint(images, ref, torch.ones(2, 1, 16, 16)), torch.zeros(2))
+    zeros = region_constraint(images, ref, torch.zeros(2, 1, 16, 16))
+    assert torch.allclose(zeros, (images - ref).flatten(1).norm(dim=1))
+    rms = region_constraint(images, ref, torch.zeros(2, 1, 16, 16), norm="rms")
+    assert torch.allclose(rms, (images - ref).pow(2).flatten(1).mean(1).sqrt())
+    score = torch.tensor([0.2, 0.4])
+    assert torch.equal(fnf_loss(score, torch.tensor([1.0, 3.0]), 0.0), -score.mean())
+
+
+def test_adapters_disabled_reproduce_base_model(tiny_dir, tmp_path):
+    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run"))
+    trainer = Trainer(cfg)
+    base = generate(trainer.backbone, ["a red circle"], [5], steps=4)
+    with torch.no_grad():
+        for p in trainer.params:
+            p.add_(0.1 * torch.randn_like(p))
+    tuned = generate(trainer.backbone, ["a red circle"], [5], steps=4)
+    with adapters_disabled(trainer.backbone.unet):
+        disabled = generate(trainer.backbone, ["a red circle"], [5], steps=4)
+    assert (tuned - base).abs().max() > 1e-3
+    assert torch.equal(disabled, base)
+
+
+def test_saved_lora_loads_in_diffusers_with_same_images(tiny_dir, tmp_path):
+    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"train.steps": 3, "lora.alpha": 4}))
+    trainer = Trainer(cfg)
+    run = trainer.train(progress=False)
+    ours = generate(trainer.backbone, ["a blue square", "a red circle"], [1, 2], steps=6, guidance_scale=5.0)
+    meta = json.loads((run / "lora" / "lora_config.json").read_text())
+    assert meta["r"] == 2 and meta["lora_alpha"] == 4
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    before = pipe(["a blue square", "a red circle"], num_inference_steps=6, guidance_scale=5.0,
+                  latents=trainer.backbone.initial_noise([1, 2]), output_type="pt").images
+    pipe.load_lora_weights(run / "lora")
+    theirs = pipe(["a blue square", "a red circle"], num_inference_steps=6, guidance_scale=5.0,
+                  latents=trainer.backbone.initial_noise([1, 2]), output_type="pt").images
+    assert (ours - before).abs().max() > 1e-3  # training changed the model
+    assert (ours - theirs).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("schedule", ["cosine"])
+def test_resume_continues_the_same_trajectory(tiny_dir, tmp_path, schedule):
+    extra = {"train.steps": 6, "train.lr_schedule": schedule, "train.warmup_steps": 1, "train.checkpoint_every": 3,
+             "train.grad_accum": 2, "sampler.k_max": 3}
+    straight = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "a", **extra)))
+    straight.train(progress=False)
+
+    interrupted = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b", **extra)))
+    interrupted.out.mkdir(parents=True)
+    for _ in range(3):  # what `train` does before the process is stopped after the step-3 checkpoint
+        interrupted.train_step()
+    interrupted.save_checkpoint()
+    del interrupted
+    resumed = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b", **extra)))
+    resumed.train(resume=True, progress=False)
+
+    a, b = lora_state(straight.backbone.unet), lora_state(resumed.backbone.unet)
+    assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 5, 6]
+
+
+def test_run_folder_contents(tiny_dir, tmp_path):
+    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"train.sample_every": 1}))
+    run = Trainer(cfg).train(progress=False)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "lora/pytorch_lora_weights.safetensors",
+                 "samples/step-000001.png", "samples/final.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("reward" in r and "constraint" in r for r in rows)
+    assert load_config(run / "config.yaml").train.steps == 2  # the saved config reloads
+    assert not list(run.rglob(".tmp-*"))
