@@ -60,15 +60,15 @@ def test_gradient_only_through_last_k_steps(tiny_dir, k):
 def test_k_drawn_once_per_trajectory(tiny_dir, tmp_path):
     from conftest import base_overrides
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer, make_batch
+    from focusnfix.trainer import Trainer, make_batches
 
     cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"sampler.steps": 5, "sampler.k": 1, "sampler.k_max": 4}))
     trainer = Trainer(cfg)
-    draws = {make_batch(cfg, trainer.prompts, step, 0).k for step in range(30)}
+    draws = {make_batches(cfg, trainer.prompts, step)[0].k for step in range(30)}
     assert draws <= {1, 2, 3, 4} and len(draws) >= 3
-    assert make_batch(cfg, trainer.prompts, 7, 0) == make_batch(cfg, trainer.prompts, 7, 0)
+    assert make_batches(cfg, trainer.prompts, 7) == make_batches(cfg, trainer.prompts, 7)
     for step in range(3):
-        batch = make_batch(cfg, trainer.prompts, step, 0)
+        batch = make_batches(cfg, trainer.prompts, step)[0]
         record: list[bool] = []
         unet_forward = trainer.backbone.unet.forward
 

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         "Train from a YAML config plus dotted overrides, e.g. `focusnfix train configs/demo.yaml train.lr=1e-4 "
         "lora.rank=8`. Writes the run folder train.output_dir (config.yaml, lora/, checkpoints/, samples/, "
         "metrics.jsonl, summary.json)."))
-    t.add_argument("config", nargs="?", help="YAML config file")
+    t.add_argument("config", nargs="?", help="YAML config file (optional: overrides alone start from the defaults)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in train.output_dir")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -62,9 +62,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key, default, text in field_help():
             print(f"{key:28s} {default:38s} {text}")
         return 0
-    if args.config is None:
-        raise FocusNFixError("train needs a CONFIG file, e.g. `focusnfix train configs/demo.yaml`")
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).exists():
+        config, overrides = None, [config, *overrides]  # overrides only: start from the defaults
+    if config is None and not overrides:
+        raise FocusNFixError("train needs a CONFIG file and/or key=value overrides, e.g. `focusnfix train configs/demo.yaml`")
+    cfg = load_config(config, overrides)
     from .trainer import train
 
     out = train(cfg, resume=args.resume, progress=not args.no_progress)

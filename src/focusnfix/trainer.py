@@ -1,8 +1,7 @@
 """Training loop on accelerate: AdamW on the LoRA parameters only, LR schedule, accumulation,
 clipping, mixed precision, metrics, sample grids and atomic, resumable checkpoints.
 
-All randomness of a step (prompt choice, noise seeds, K) is derived from ``(train.seed, step,
-micro-batch)``, so a resumed run continues exactly the same trajectory.
+All randomness of a step (prompt choice, noise seeds, K) is derived from ``(train.seed, step)``, so a resumed run continues exactly the same trajectory.
 """
 from __future__ import annotations
 
@@ -42,15 +41,20 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return fn
 
 
-def make_batch(cfg: Config, prompts: list[str], step: int, micro: int) -> Batch:
-    """The micro-batch for ``(step, micro)``: deterministic in ``train.seed``."""
-    rng = np.random.default_rng([cfg.train.seed, step, micro])
-    idx = rng.integers(0, len(prompts), size=cfg.train.batch_size)
-    high = cfg.data.seed_pool or 2**31 - 1
-    seeds = rng.integers(0, high, size=cfg.train.batch_size)
-    gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1)))
-    k = draw_k(cfg.sampler.k, cfg.sampler.k_max, gen)
-    return Batch(prompts=[prompts[i] for i in idx], seeds=[int(s) for s in seeds], k=k)
+def make_batches(cfg: Config, prompts: list[str], step: int) -> list[Batch]:
+    """The ``grad_accum`` micro-batches of optimizer step ``step``, deterministic in ``train.seed``.
+
+    All ``batch_size * grad_accum`` trajectories of the step are drawn at once and share one K, so
+    (batch b, accumulation a) sees the same trajectories as (batch b*a, accumulation 1).
+    """
+    t = cfg.train
+    n = t.batch_size * t.grad_accum
+    rng = np.random.default_rng([t.seed, step])
+    idx = rng.integers(0, len(prompts), size=n)
+    seeds = rng.integers(0, cfg.data.seed_pool or 2**31 - 1, size=n)
+    k = draw_k(cfg.sampler.k, cfg.sampler.k_max, torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1))))
+    return [Batch(prompts=[prompts[i] for i in idx[j: j + t.batch_size]], seeds=[int(s) for s in seeds[j: j + t.batch_size]], k=k)
+            for j in range(0, n, t.batch_size)]
 
 
 def check_output_dir(out: Path, resume: bool) -> None:
@@ -71,13 +75,12 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, reward=None, backbone=None):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.prompts = resolve_prompts(cfg.data.prompts, cfg.data.prompt_file)
-        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.train.cpu)
+        self.accelerator = _accelerator(cfg.train.mixed_precision, cfg.train.cpu)
         set_seed(cfg.train.seed)
         self.backbone = backbone or load_backbone(cfg.model.path, cfg.model.dtype, cfg.model.revision, cfg.model.resolution)
         self.backbone.to(self.accelerator.device)
@@ -111,8 +114,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         t = self.cfg.train
         totals: dict[str, float] = {}
-        for micro in range(t.grad_accum):
-            batch = make_batch(self.cfg, self.prompts, self.step, micro)
+        for batch in make_batches(self.cfg, self.prompts, self.step):
             with self.accelerator.autocast():
                 loss, logs = self.method.loss(batch)
             if not torch.isfinite(loss):
@@ -177,6 +179,18 @@ class Trainer:
         summary = {"method": self.cfg.method, "steps": self.step, "final": rows[-1] if rows else {},
                    "first": rows[0] if rows else {}, "samples": str(grid_path.relative_to(self.out))}
         atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+
+
+def _accelerator(mixed_precision: str, cpu: bool):
+    """An Accelerator; a second Trainer in the same process may use other precision settings."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    except ValueError:  # accelerate keeps a process-wide state; reset it (keeps the distributed setup)
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
