@@ -23,11 +23,11 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_v_dir(tmp_path_factory):
-    """A saved tiny random SD pipeline folder with v-prediction."""
+    """A saved tiny random SD 2.x-style pipeline folder (v-prediction, linear projections)."""
     from focusnfix.tiny import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny-sd-v")
-    build_tiny_pipeline(path, prediction_type="v_prediction", seed=1)
+    build_tiny_pipeline(path, prediction_type="v_prediction", seed=1, sd2_style=True)
     return path
 
 
@@ -40,3 +40,13 @@ def base_overrides(tiny_dir, out, **extra):
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_dir(tmp_path_factory):
+    """A saved tiny random SDXL pipeline folder (two text encoders, 32 px)."""
+    from focusnfix.tiny import build_tiny_sdxl_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-sdxl")
+    build_tiny_sdxl_pipeline(path)
+    return path

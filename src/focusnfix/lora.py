@@ -64,10 +64,11 @@ def load_lora_state(unet, state: dict[str, torch.Tensor]) -> None:
             p.copy_(state[n].to(p.device, p.dtype))
 
 
-def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets: list[str]) -> Path:
+def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets: list[str], pipeline_cls=None) -> Path:
     """Save in diffusers format (``pytorch_lora_weights.safetensors``) so that
-    ``StableDiffusionPipeline.load_lora_weights(folder)`` loads it; rank/alpha are recorded in the
-    file's adapter metadata and in ``lora_config.json``."""
+    ``pipeline_cls.load_lora_weights(folder)`` loads it (default ``StableDiffusionPipeline``; pass
+    ``StableDiffusionXLPipeline`` for SDXL); rank/alpha are recorded in the file's adapter metadata
+    and in ``lora_config.json``."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -77,6 +78,6 @@ def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets:
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
     layers = {k: v.detach().cpu().contiguous() for k, v in layers.items()}
     meta = {"r": rank, "lora_alpha": alpha if alpha is not None else rank, "target_modules": list(targets)}
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=meta)
+    (pipeline_cls or StableDiffusionPipeline).save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=meta)
     (folder / "lora_config.json").write_text(json.dumps(meta, indent=2))
     return folder

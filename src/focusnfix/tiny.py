@@ -66,18 +66,20 @@ def build_tiny_pipeline(
     prediction_type: str = "epsilon",
     seed: int = 0,
     max_length: int = 16,
+    sd2_style: bool = False,
 ):
     """Build a tiny random ``StableDiffusionPipeline`` (images are ``4 * sample_size`` px).
 
     Saved with ``save_pretrained`` to ``folder`` when given. ``prediction_type`` is ``"epsilon"``
-    or ``"v_prediction"``.
+    or ``"v_prediction"``; ``sd2_style`` uses SD 2.x's UNet options (linear projections in the
+    transformer blocks, per-block head dims, upcast attention).
     """
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(seed)
-        return _build(folder, sample_size, prediction_type, max_length)
+        return _build(folder, sample_size, prediction_type, max_length, sd2_style)
 
 
-def _build(folder, sample_size, prediction_type, max_length):
+def _build(folder, sample_size, prediction_type, max_length, sd2_style):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -85,7 +87,8 @@ def _build(folder, sample_size, prediction_type, max_length):
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=8,
+        attention_head_dim=(2, 4) if sd2_style else 8, use_linear_projection=sd2_style,
+        upcast_attention=sd2_style, norm_num_groups=8,
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
@@ -108,6 +111,48 @@ def _build(folder, sample_size, prediction_type, max_length):
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    if folder is not None:
+        pipe.save_pretrained(folder)
+    return pipe
+
+
+def build_tiny_sdxl_pipeline(folder: str | Path | None = None, sample_size: int = 8, seed: int = 0, max_length: int = 16):
+    """A tiny random ``StableDiffusionXLPipeline`` (two text encoders, text_time conditioning)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_xl(folder, sample_size, max_length)
+
+
+def _build_xl(folder, sample_size, max_length):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64, attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=8 * 6 + 32, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, norm_num_groups=8, sample_size=sample_size * 4, scaling_factor=0.13025, force_upcast=True,
+    )
+    tok_dir = write_clip_tokenizer(tempfile.mkdtemp(prefix="focusnfix-tok-"), max_length=max_length)
+    tokenizers = [CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=max_length) for _ in range(2)]
+    common = dict(vocab_size=len(tokenizers[0]), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=max_length, hidden_act="gelu",
+                  bos_token_id=tokenizers[0].bos_token_id, eos_token_id=tokenizers[0].eos_token_id,
+                  pad_token_id=tokenizers[0].pad_token_id, projection_dim=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**common))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**common))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1], unet=unet, scheduler=scheduler, add_watermarker=False,
     )
     if folder is not None:
         pipe.save_pretrained(folder)

@@ -173,7 +173,7 @@ class Trainer:
         from .checkpoint import atomic_dir
 
         with atomic_dir(self.out / "lora") as tmp:
-            save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, lora.targets)
+            save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, lora.targets, type(self.backbone.pipe))
         grid_path = self.sample_grid("final")
         rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         summary = {"method": self.cfg.method, "steps": self.step, "final": rows[-1] if rows else {},

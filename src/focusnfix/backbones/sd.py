@@ -22,10 +22,15 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class Conditioning:
-    """Text conditioning c. ``embeds`` is ``(2B, L, D)`` = [negative; positive] under CFG, else ``(B, L, D)``."""
+    """Text conditioning c. ``embeds`` is ``(2B, L, D)`` = [negative; positive] under CFG, else ``(B, L, D)``.
+
+    ``added`` holds extra UNet inputs in the same batch order (SDXL: pooled ``text_embeds`` and
+    ``time_ids``), or None.
+    """
 
     embeds: torch.Tensor
     guidance_scale: float
+    added: dict[str, torch.Tensor] | None = None
 
     @property
     def cfg(self) -> bool:
@@ -46,9 +51,10 @@ class SDBackbone:
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
         self.unet, self.vae, self.text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.requires_grad_(False)
-            module.eval()
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False)
+                module.eval()
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.resolution = resolution or self.unet.config.sample_size * self.vae_scale_factor
@@ -72,10 +78,7 @@ class SDBackbone:
         """Encode prompts (and the negative prompt for CFG) with the pipeline's ``encode_prompt``."""
         cfg = guidance_scale > 1.0
         with torch.no_grad():
-            pos, neg = self.pipe.encode_prompt(
-                list(prompts), self.device, 1, cfg,
-                negative_prompt=[negative_prompt] * len(prompts) if cfg else None,
-            )
+            pos, neg = self.pipe.encode_prompt(list(prompts), self.device, 1, cfg, negative_prompt=_negatives(negative_prompt, len(prompts)))
         embeds = torch.cat([neg, pos]) if cfg else pos
         return Conditioning(embeds=embeds, guidance_scale=guidance_scale)
 
@@ -96,7 +99,8 @@ class SDBackbone:
         """The UNet's prediction (epsilon or v, per the scheduler config) with CFG applied."""
         x_in = torch.cat([x, x]) if cond.cfg else x
         x_in = self.scheduler.scale_model_input(x_in, t)
-        out = self.unet(x_in, t, encoder_hidden_states=cond.embeds.to(x_in.dtype), return_dict=False)[0]
+        added = {k: v.to(x_in.dtype) for k, v in cond.added.items()} if cond.added else None
+        out = self.unet(x_in, t, encoder_hidden_states=cond.embeds.to(x_in.dtype), added_cond_kwargs=added, return_dict=False)[0]
         if cond.cfg:
             uncond, text = out.chunk(2)
             out = uncond + cond.guidance_scale * (text - uncond)
@@ -106,9 +110,16 @@ class SDBackbone:
     def decode(self, latents: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
         """Latents -> images ``(B, 3, H, W)`` in [0, 1] (the pipeline's ``output_type='pt'``)."""
         def run(z: torch.Tensor) -> torch.Tensor:
-            return self.vae.decode(z / self.vae.config.scaling_factor, return_dict=False)[0]
+            return self.vae.decode(z, return_dict=False)[0]
 
+        config = self.vae.config
         z = latents.to(self.vae.dtype)
+        if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+            mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(z)
+            std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(z)
+            z = z * std / config.scaling_factor + mean
+        else:
+            z = z / config.scaling_factor
         if grad_checkpointing and torch.is_grad_enabled():
             img = checkpoint(run, z, use_reentrant=False)
         else:
@@ -116,15 +127,20 @@ class SDBackbone:
         return (img.float() / 2 + 0.5).clamp(0, 1)
 
 
+def _negatives(negative_prompt: str, n: int) -> list[str] | None:
+    """None for an empty negative prompt, as the pipelines' own default (SDXL then uses zeros)."""
+    return [negative_prompt] * n if negative_prompt else None
+
+
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def load_backbone(path: str, dtype: str = "float32", revision: str | None = None,
                   resolution: int | None = None, device: str | torch.device | None = None) -> SDBackbone:
-    """Load an SD 1.x/2.x pipeline from a local folder, a hub id, or ``tiny`` (random, 32 px).
+    """Load an SD 1.x/2.x or SDXL pipeline from a local folder, a hub id, or ``tiny`` (random, 32 px).
 
-    Weights must be safetensors (pickled ``.bin`` files are refused). Errors are one-line
-    :class:`FocusNFixError` messages.
+    The family is read from the pipeline's ``model_index.json``. Weights must be safetensors
+    (pickled ``.bin`` files are refused). Errors are one-line :class:`FocusNFixError` messages.
     """
     if path == "tiny":
         from ..tiny import build_tiny_pipeline
@@ -132,15 +148,29 @@ def load_backbone(path: str, dtype: str = "float32", revision: str | None = None
         pipe = build_tiny_pipeline()
     else:
         pipe = _from_pretrained(path, DTYPES[dtype], revision)
-    backbone = SDBackbone(pipe, resolution=resolution)
+    from . import FAMILIES
+
+    backbone = FAMILIES[type(pipe).__name__](pipe, resolution=resolution)
     if device is not None:
         backbone.to(device)
     return backbone
 
 
-def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
-    from diffusers import StableDiffusionPipeline
+def _pipeline_class(path: str, local: bool, revision: str | None):
+    import diffusers
 
+    from . import FAMILIES
+
+    try:
+        name = diffusers.DiffusionPipeline.load_config(path, revision=revision, local_files_only=local)["_class_name"]
+    except (OSError, ValueError, KeyError) as e:
+        raise FocusNFixError(f"could not read the pipeline config of {path!r}: {str(e).strip().splitlines()[0]}") from None
+    if name not in FAMILIES:
+        raise FocusNFixError(f"model {path!r} is a {name}; supported pipelines: {', '.join(FAMILIES)}")
+    return getattr(diffusers, name)
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "model_index.json").is_file():
@@ -152,14 +182,15 @@ def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
             f"model.path {path!r} is not a local folder and the hub is offline (HF_HUB_OFFLINE is set); "
             "download it first or give a local folder"
         )
+    source = str(local) if local.exists() else path
+    cls = _pipeline_class(source, local.exists(), revision)
     try:
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype -> dtype; keep both working
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return StableDiffusionPipeline.from_pretrained(
-                str(local) if local.exists() else path, torch_dtype=dtype, revision=revision,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-                use_safetensors=True, local_files_only=local.exists(),
-            )
+            extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
+                if cls.__name__ == "StableDiffusionPipeline" else {}
+            return cls.from_pretrained(source, torch_dtype=dtype, revision=revision, use_safetensors=True,
+                                       local_files_only=local.exists(), **extra)
     except (OSError, ValueError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FocusNFixError(f"could not load model {path!r}: {first}") from e

@@ -1,0 +1,41 @@
+"""SDXL backbone: two text encoders, pooled embeddings and ``add_time_ids`` micro-conditioning.
+
+Same sampler, objective and trainer as SD 1.x; only prompt encoding and the UNet's extra inputs
+differ. The refiner is not used. The VAE is upcast to float32 when its config asks for it
+(``force_upcast``: the SDXL VAE overflows in float16).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .sd import Conditioning, SDBackbone, _negatives
+
+
+class SDXLBackbone(SDBackbone):
+    """Frozen SDXL parts around a diffusers ``StableDiffusionXLPipeline``."""
+
+    def __init__(self, pipe, resolution: int | None = None):
+        super().__init__(pipe, resolution=resolution)
+        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            self.vae.to(torch.float32)
+
+    def time_ids(self, batch: int) -> torch.Tensor:
+        """SDXL micro-conditioning (original size, crop top-left, target size) per image: ``(B, 6)``."""
+        side = self.resolution
+        ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=torch.float32, device=self.device)
+        return ids.repeat(batch, 1)
+
+    def encode(self, prompts: Sequence[str], negative_prompt: str = "", guidance_scale: float = 7.5) -> Conditioning:
+        """Both text encoders via the pipeline's ``encode_prompt``; pooled embeds and time ids in ``added``."""
+        cfg = guidance_scale > 1.0
+        with torch.no_grad():
+            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+                list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+                negative_prompt=_negatives(negative_prompt, len(prompts)),
+            )
+        ids = self.time_ids(len(prompts))
+        if cfg:
+            pos, pooled, ids = torch.cat([neg, pos]), torch.cat([neg_pooled, pooled]), torch.cat([ids, ids])
+        return Conditioning(embeds=pos, guidance_scale=guidance_scale, added={"text_embeds": pooled, "time_ids": ids})
