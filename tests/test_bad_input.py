@@ -112,3 +112,63 @@ def test_pickled_weights_are_refused(tiny_dir, tmp_path, capsys):
     rc, lines = run_cli(capsys, ["sample", "--model", str(model), "--prompt", "x", "--out", str(tmp_path / "o")])
     assert rc == 2 and "could not load model" in lines[-1]
     assert not (tmp_path / "o").exists()
+
+
+def test_huge_prompt_file_and_huge_prompt(tiny_dir, tmp_path, cfg_file, capsys):
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:
+        f.truncate(60 * 2**20)  # sparse 60 MB file
+    long = tmp_path / "long.txt"
+    long.write_text("a" * 5000 + "\n")
+    for path, expected in ((huge, "larger than"), (long, "characters long")):
+        out = tmp_path / f"run-{path.stem}"
+        args = base_overrides(tiny_dir, out, **{"data.prompts": "[]", "data.prompt_file": str(path)})
+        rc, lines = run_cli(capsys, ["train", str(cfg_file), *args])
+        assert rc == 2 and len(lines) == 1 and expected in lines[0], lines
+        assert not out.exists()
+
+
+def test_lora_from_another_architecture(tiny_dir, tiny_xl_dir, tmp_path, cfg_file, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(cfg_file), *base_overrides(tiny_dir, run), "--no-progress"]) == 0
+    out = tmp_path / "samples"
+    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_xl_dir), "--lora", str(run / "lora"), "--prompt", "x", "--out", str(out)])
+    assert rc == 2 and "cannot be loaded into this model" in lines[-1] and "size mismatch" in lines[-1]
+    assert not out.exists()
+
+
+def test_truncated_lora_file(tiny_dir, tmp_path, cfg_file, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(cfg_file), *base_overrides(tiny_dir, run), "--no-progress"]) == 0
+    weights = run / "lora" / "pytorch_lora_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_dir), "--lora", str(run / "lora"), "--prompt", "x", "--out", str(tmp_path / "o")])
+    assert rc == 2 and len(lines) == 1 and "cannot be loaded" in lines[0]
+
+
+def test_resume_with_incompatible_lora_config(tiny_dir, tmp_path, cfg_file, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(cfg_file), *base_overrides(tiny_dir, run), "--no-progress"]) == 0
+    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, run, **{"lora.rank": 3}), "--resume"])
+    assert rc == 2 and "LoRA" in lines[-1] and "shape" in lines[-1]
+
+
+def test_unusable_output_folder(tiny_dir, tmp_path, cfg_file, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for out, expected in ((blocker, "is a file"), (blocker / "run", "is a file")):
+        rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, out)])
+        assert rc == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--resolution", "30"], "not divisible by the VAE factor"),
+])
+def test_sample_bad_arguments(tiny_dir, tmp_path, capsys, argv, expected):
+    out = tmp_path / "o"
+    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_dir), "--prompt", "x", "--out", str(out), *argv])
+    assert rc == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert not out.exists()

@@ -1,8 +1,9 @@
 """Crash-safe run-folder I/O: atomic folders and files, resumable checkpoints without pickles.
 
 A checkpoint folder ``checkpoints/step-000123/`` holds ``lora.safetensors`` (trainable tensors),
-``optimizer.safetensors`` + ``optimizer.json``, ``scheduler.json``, ``rng.safetensors``,
-``trainer.json`` and, written last, ``manifest.json`` with each file's SHA-256. It is written to a
+``optimizer.safetensors`` + ``optimizer.json``, ``scheduler.json``, ``trainer.json`` and, written
+last, ``manifest.json`` with each file's SHA-256. RNG state needs no file: the trainer reseeds every
+step from ``(train.seed, step, rank)``, so the step number determines it. It is written to a
 temporary sibling, fsynced and renamed, so a crash never leaves a half-written ``step-*`` folder.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 MANIFEST = "manifest.json"
+
+
+def fault_point(name: str, step: int) -> None:
+    """Crash-test hook: SIGKILL this process at a named point when ``FOCUSNFIX_FAULT`` asks for it.
+
+    ``FOCUSNFIX_FAULT=checkpoint-middle@3`` kills the process halfway through writing the checkpoint
+    of step 3; ``after-step@5`` right after optimizer step 5. Unset (always, outside tests): no-op.
+    """
+    spec = os.environ.get("FOCUSNFIX_FAULT")
+    if spec and spec == f"{name}@{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -104,10 +117,7 @@ def save_checkpoint(folder: str | Path, step: int, lora: dict[str, torch.Tensor]
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, tmp / "rng.safetensors")
+        fault_point("checkpoint-middle", step)
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **(extra or {})}))
         files = {f.name: sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
@@ -140,19 +150,16 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer, scheduler) -> tuple[int, dict[str, torch.Tensor]]:
-    """Restore optimizer, scheduler and RNG state; return ``(step, lora_state)``."""
-    lora = load_file(folder / "lora.safetensors")
+def read_lora(folder: Path) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of a checkpoint folder."""
+    return load_file(folder / "lora.safetensors")
+
+
+def load_training_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler) -> int:
+    """Restore optimizer and scheduler state from a checkpoint folder; return its step."""
     _optimizer_from_files(optimizer, load_file(folder / "optimizer.safetensors"), json.loads((folder / "optimizer.json").read_text()))
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
-    rng = load_file(folder / "rng.safetensors")
-    torch.set_rng_state(rng["torch"])
-    if torch.cuda.is_available():
-        states = [rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng]
-        if states:
-            torch.cuda.set_rng_state_all(states)
-    step = json.loads((folder / "trainer.json").read_text())["step"]
-    return step, lora
+    return json.loads((folder / "trainer.json").read_text())["step"]
 
 
 def prune_checkpoints(root: str | Path, keep: int) -> None:

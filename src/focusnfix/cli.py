@@ -11,7 +11,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import FocusNFixError
+from .errors import FocusNFixError, TrainingDiverged
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +86,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise FocusNFixError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.lora and not (Path(args.lora) / "pytorch_lora_weights.safetensors").is_file():
-        raise FocusNFixError(f"--lora {args.lora!r} has no pytorch_lora_weights.safetensors; give a run's lora/ folder")
+        raise FocusNFixError(f"LoRA folder {args.lora!r} has no pytorch_lora_weights.safetensors; give a run's lora/ folder")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FocusNFixError(f"--out {args.out!r} is a file; choose a folder")
@@ -96,10 +96,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     backbone = load_backbone(args.model, resolution=args.resolution)
     if args.lora:
-        try:
-            backbone.pipe.load_lora_weights(args.lora)
-        except (ValueError, KeyError, RuntimeError, OSError) as e:
-            raise FocusNFixError(f"LoRA {args.lora!r} does not fit model {args.model!r}: {str(e).splitlines()[0]}") from None
+        from .lora import load_lora_into
+
+        load_lora_into(backbone.pipe, args.lora)
         if args.fuse:
             backbone.pipe.fuse_lora()
     jobs = [(p, s) for p in prompts for s in args.seeds]
@@ -120,6 +119,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"focusnfix: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"focusnfix: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("focusnfix: interrupted", file=sys.stderr)
         return 130
@@ -153,8 +157,6 @@ def _quiet_libraries() -> None:
 
 
 def entry() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     sys.exit(main())
 
 

@@ -101,6 +101,7 @@ class TrainConfig:
     sample_every: int = _f(0, "Save a sample grid I0 | mask | I every N steps; 0 = only at the end.")
     checkpoint_every: int = _f(0, "Save a resumable checkpoint every N steps; 0 = only at the end.")
     keep_checkpoints: int = _f(2, "Keep the newest N checkpoints.")
+    max_bad_steps: int = _f(3, "Stop after N consecutive steps with a non-finite loss or gradient (each is skipped).")
     output_dir: str = _f("runs/fnf", "The run folder.")
     cpu: bool = _f(False, "Force CPU even when a GPU is present.")
 
@@ -141,6 +142,7 @@ class Config:
         _check(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule", "must be constant, linear or cosine")
         _check(t.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision", "must be no, fp16 or bf16")
         _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
         _check(bool(self.data.prompts) or bool(self.data.prompt_file), "data.prompts", "give prompts or data.prompt_file")
         return self
 

@@ -7,3 +7,7 @@ class FocusNFixError(ValueError):
 
 class ConfigError(FocusNFixError):
     """An invalid configuration file or override."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped after too many consecutive non-finite steps; the CLI exits with status 1."""

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -81,3 +82,30 @@ def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets:
     (pipeline_cls or StableDiffusionPipeline).save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=meta)
     (folder / "lora_config.json").write_text(json.dumps(meta, indent=2))
     return folder
+
+
+def load_lora_into(pipe, folder: str | Path) -> None:
+    """``pipe.load_lora_weights(folder)`` with one-line errors for missing, truncated or mismatched files."""
+    import diffusers
+
+    weights = Path(folder) / "pytorch_lora_weights.safetensors"
+    if not weights.is_file():
+        raise FocusNFixError(f"LoRA folder {str(folder)!r} has no pytorch_lora_weights.safetensors; give a run's lora/ folder")
+    level = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)  # we report errors ourselves
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.load_lora_weights(str(folder))
+        partial = [w for w in caught if "inconsistency" in str(w.message)]
+        if partial:
+            raise ValueError("its tensors match only part of this model's attention layers")
+    except Exception as e:  # safetensors, peft and torch raise many types; all mean "this file does not fit"
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else type(e).__name__)
+        raise FocusNFixError(f"LoRA {str(folder)!r} cannot be loaded into this model ({detail}); "
+                             "was it trained on another architecture, or is the file truncated?") from None
+    finally:
+        diffusers.utils.logging.set_verbosity(level)
+    if not any("lora_" in n for n, _ in pipe.unet.named_parameters()):
+        raise FocusNFixError(f"LoRA {str(folder)!r} holds no UNet LoRA tensors that match this model")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,9 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import load_backbone
-from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import atomic_dir, atomic_write_text, fault_point, latest_checkpoint, load_training_state, prune_checkpoints, read_lora, save_checkpoint
 from .config import Config, save_config
-from .errors import FocusNFixError
+from .errors import FocusNFixError, TrainingDiverged
 from .images import save_preview_grid
 from .lora import add_lora, load_lora_state, lora_state, save_lora
 from .methods import METHODS, Batch
@@ -41,26 +42,29 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return fn
 
 
-def make_batches(cfg: Config, prompts: list[str], step: int) -> list[Batch]:
-    """The ``grad_accum`` micro-batches of optimizer step ``step``, deterministic in ``train.seed``.
+def make_batches(cfg: Config, prompts: list[str], step: int, rank: int = 0, world: int = 1) -> list[Batch]:
+    """This process's ``grad_accum`` micro-batches of optimizer step ``step``, deterministic in ``train.seed``.
 
-    All ``batch_size * grad_accum`` trajectories of the step are drawn at once and share one K, so
-    (batch b, accumulation a) sees the same trajectories as (batch b*a, accumulation 1).
+    All ``batch_size * grad_accum * world`` trajectories of the step are drawn at once and share one
+    K; rank r takes its contiguous share. So (batch b, accumulation a, world w) sees the same
+    trajectories as (batch b, accumulation a*w, one process) and as (batch b*a, accumulation 1).
     """
     t = cfg.train
-    n = t.batch_size * t.grad_accum
+    n = t.batch_size * t.grad_accum * world
     rng = np.random.default_rng([t.seed, step])
     idx = rng.integers(0, len(prompts), size=n)
     seeds = rng.integers(0, cfg.data.seed_pool or 2**31 - 1, size=n)
     k = draw_k(cfg.sampler.k, cfg.sampler.k_max, torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1))))
+    mine = range(rank * t.batch_size * t.grad_accum, (rank + 1) * t.batch_size * t.grad_accum, t.batch_size)
     return [Batch(prompts=[prompts[i] for i in idx[j: j + t.batch_size]], seeds=[int(s) for s in seeds[j: j + t.batch_size]], k=k)
-            for j in range(0, n, t.batch_size)]
+            for j in mine]
 
 
 def check_output_dir(out: Path, resume: bool) -> None:
     """Fail early (before anything is written) on an unusable run folder."""
-    if out.exists() and not out.is_dir():
-        raise FocusNFixError(f"train.output_dir {str(out)!r} is a file; choose a folder")
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise FocusNFixError(f"train.output_dir {str(out)!r}: {str(blocker)!r} is a file; choose a folder")
     if out.exists() and not resume and (out / "checkpoints").exists():
         raise FocusNFixError(f"run folder {str(out)!r} already holds a run; pass --resume or choose another train.output_dir")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
@@ -91,46 +95,91 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.lr_schedule, t.warmup_steps, t.steps))
         self.optimizer, self.scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
         self.method = METHODS[cfg.method](self.backbone, self.reward, cfg)
-        self.step = 0
+        self.step, self.bad_steps = 0, 0
 
     # -- state ----------------------------------------------------------------------------------
     def resume(self) -> bool:
-        """Restore the newest complete checkpoint; False if there is none."""
+        """Restore the newest complete checkpoint; False if there is none. Leftovers of a write
+        interrupted by a crash (``.tmp-*`` folders) are removed."""
+        if self.accelerator.is_main_process:
+            for leftover in (self.out / "checkpoints").glob(".tmp-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
         ckpt = latest_checkpoint(self.out / "checkpoints")
         if ckpt is None:
             return False
-        self.step, lora = load_checkpoint(ckpt, self.optimizer, self.scheduler)
-        load_lora_state(self.backbone.unet, lora)
+        load_lora_state(self.backbone.unet, read_lora(ckpt))  # checks the LoRA fits before the optimizer
+        self.step = load_training_state(ckpt, self.optimizer, self.scheduler)
         _truncate_metrics(self.out / "metrics.jsonl", self.step)
         return True
 
     def save_checkpoint(self) -> Path:
-        folder = save_checkpoint(self.out / "checkpoints" / f"step-{self.step:06d}", self.step,
-                                 lora_state(self.backbone.unet), self.optimizer, self.scheduler)
-        prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
+        """Main process writes the (replicated) state atomically; all ranks wait for it."""
+        folder = self.out / "checkpoints" / f"step-{self.step:06d}"
+        if self.accelerator.is_main_process:
+            save_checkpoint(folder, self.step, lora_state(self.backbone.unet), self.optimizer, self.scheduler)
+            prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
         return folder
 
     # -- one optimizer step ---------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        t = self.cfg.train
+        """Accumulate this rank's micro-batches, average gradients over ranks, step (or skip if non-finite)."""
+        t, acc = self.cfg.train, self.accelerator
+        torch.manual_seed(t.seed * 1_000_003 + self.step * 1_009 + acc.process_index)  # LoRA dropout etc.
         totals: dict[str, float] = {}
-        for batch in make_batches(self.cfg, self.prompts, self.step):
-            with self.accelerator.autocast():
+        for batch in make_batches(self.cfg, self.prompts, self.step, acc.process_index, acc.num_processes):
+            with acc.autocast():
                 loss, logs = self.method.loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower train.lr or check the reward")
-            self.accelerator.backward(loss / t.grad_accum)
+            if torch.isfinite(loss):
+                acc.backward(loss / t.grad_accum)
+            else:
+                totals["nonfinite"] = 1.0
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value / t.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
+        finite = self._average_gradients(totals.pop("nonfinite", 0.0))
+        totals = self._average_logs(totals)
+        if finite:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")))
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:
+            grad_norm = float("nan")
+            self.bad_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
         self.step += 1
-        return {**totals, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
+        fault_point("after-step", self.step)
+        if self.bad_steps >= t.max_bad_steps:
+            raise TrainingDiverged(f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (last: step {self.step}); "
+                                   "the last good checkpoint is intact: lower train.lr or check the reward, then --resume")
+        return {**totals, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], "skipped": float(not finite)}
+
+    def _average_gradients(self, nonfinite: float) -> bool:
+        """Data parallel: mean of the LoRA gradients over ranks (one all-reduce); True if all finite."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([nonfinite], device=grads[0].device)])
+        if self.accelerator.num_processes > 1:
+            flat = self.accelerator.reduce(flat, reduction="mean")
+        finite = bool(torch.isfinite(flat).all()) and float(flat[-1]) == 0.0
+        offset = 0
+        for p, g in zip(self.params, grads):
+            p.grad = flat[offset: offset + g.numel()].view_as(g).clone()
+            offset += g.numel()
+        return finite
+
+    def _average_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        if self.accelerator.num_processes == 1 or not logs:
+            return logs
+        keys = sorted(logs)
+        values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="mean")
+        return dict(zip(keys, values.tolist()))
 
     # -- the loop ---------------------------------------------------------------------------------
-    def sample_grid(self, name: str) -> Path:
+    def sample_grid(self, name: str) -> Path | None:
+        """Save rows of I0 | mask | I for the sample prompts and seeds (main process only)."""
+        if not self.accelerator.is_main_process:
+            return None
         d = self.cfg.data
         prompts = d.sample_prompts or self.prompts[:4]
         pairs = [(p, s) for p in prompts for s in d.sample_seeds]
@@ -138,47 +187,71 @@ class Trainer:
         return save_preview_grid(preview, self.out / "samples" / f"{name}.png")
 
     def train(self, resume: bool = False, progress: bool = True) -> Path:
-        t = self.cfg.train
+        """Run to ``train.steps``. Only the main process writes files; every rank trains."""
+        t, acc = self.cfg.train, self.accelerator
         if resume and not self.resume():
             raise FocusNFixError(f"--resume given but {str(self.out / 'checkpoints')!r} has no complete checkpoint")
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.out / "config.yaml")
-        writer = _tensorboard(self.out)
-        bar = tqdm(total=t.steps, initial=self.step, desc=f"{self.cfg.method} train", disable=not progress, dynamic_ncols=True)
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
+        acc.wait_for_everyone()
+        log = _MetricsLog(self.out) if acc.is_main_process else None
+        bar = tqdm(total=t.steps, initial=self.step, desc=f"{self.cfg.method} train",
+                   disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+        try:
             while self.step < t.steps:
                 start = time.perf_counter()
-                logs = self.train_step()
-                logs = {"step": self.step, **logs, "seconds": time.perf_counter() - start}
-                if self.step % t.log_every == 0 or self.step == t.steps:
-                    metrics.write(json.dumps(logs) + "\n")
-                    metrics.flush()
-                    if writer is not None:
-                        for key, value in logs.items():
-                            writer.add_scalar(f"train/{key}", value, self.step)
+                logs = {"step": self.step + 1, **self.train_step(), "seconds": 0.0}
+                logs["seconds"] = time.perf_counter() - start
+                if log is not None and (self.step % t.log_every == 0 or self.step == t.steps or logs["skipped"]):
+                    log.write(logs)
                 bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("reward", "constraint") if k in logs})
                 bar.update(1)
                 if t.sample_every and self.step % t.sample_every == 0:
                     self.sample_grid(f"step-{self.step:06d}")
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps:
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps and not self.bad_steps:
                     self.save_checkpoint()
-        bar.close()
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
         self.finish()
         return self.out
 
     def finish(self) -> None:
         """Final checkpoint, diffusers-format LoRA in ``lora/``, final sample grid, ``summary.json``."""
-        lora = self.cfg.lora
         self.save_checkpoint()
-        from .checkpoint import atomic_dir
+        if self.accelerator.is_main_process:
+            lora = self.cfg.lora
+            with atomic_dir(self.out / "lora") as tmp:
+                save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, lora.targets, type(self.backbone.pipe))
+            grid_path = self.sample_grid("final")
+            rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            summary = {"method": self.cfg.method, "steps": self.step, "processes": self.accelerator.num_processes,
+                       "final": rows[-1] if rows else {}, "first": rows[0] if rows else {},
+                       "samples": str(grid_path.relative_to(self.out))}
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        self.accelerator.wait_for_everyone()
 
-        with atomic_dir(self.out / "lora") as tmp:
-            save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, lora.targets, type(self.backbone.pipe))
-        grid_path = self.sample_grid("final")
-        rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        summary = {"method": self.cfg.method, "steps": self.step, "final": rows[-1] if rows else {},
-                   "first": rows[0] if rows else {}, "samples": str(grid_path.relative_to(self.out))}
-        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+
+class _MetricsLog:
+    """``metrics.jsonl`` (one JSON object per logged step) and TensorBoard scalars when installed."""
+
+    def __init__(self, out: Path):
+        self.file = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        self.writer = _tensorboard(out)
+
+    def write(self, logs: dict) -> None:
+        self.file.write(json.dumps(logs) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in logs.items():
+                self.writer.add_scalar(f"train/{key}", value, logs["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _accelerator(mixed_precision: str, cpu: bool):

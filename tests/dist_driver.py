@@ -1,0 +1,30 @@
+"""Launched by tests with `torchrun --nproc_per_node 2`: trains through the Trainer API and writes
+each rank's final LoRA tensors to OUT/rank{r}.safetensors so the test can compare ranks."""
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from focusnfix.config import load_config  # noqa: E402
+from focusnfix.lora import lora_state  # noqa: E402
+from focusnfix.trainer import Trainer  # noqa: E402
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    resume = "--resume" in sys.argv
+    overrides = [a for a in sys.argv[1:] if a != "--resume"]
+    trainer = Trainer(load_config(None, overrides))
+    trainer.train(resume=resume, progress=False)
+    rank = trainer.accelerator.process_index
+    save_file(lora_state(trainer.backbone.unet), os.path.join(trainer.cfg.train.output_dir, f"rank{rank}.safetensors"))
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
