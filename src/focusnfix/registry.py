@@ -11,6 +11,9 @@ REWARDS: dict[str, str] = {
     "classifier": "focusnfix.rewards.classifier:ClassifierReward",
     "world-artifact": "focusnfix.world.rewards:WorldArtifactReward",
     "world-safety": "focusnfix.world.rewards:WorldSafetyReward",
+    "nsfw": "focusnfix.rewards.nsfw:NSFWReward",
+    "clip-score": "focusnfix.rewards.clip:CLIPScoreReward",
+    "aesthetic": "focusnfix.rewards.clip:AestheticReward",
 }
 
 
