@@ -1,6 +1,4 @@
 """CLIP rewards on a tiny random CLIPModel saved to disk (offline, real transformers classes)."""
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,25 +12,9 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+    from focusnfix.tiny import build_tiny_clip
 
-    from focusnfix.tiny import write_clip_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny-clip")
-    write_clip_tokenizer(path, words=["red", "cat"], max_length=16)
-    tok = AutoTokenizer.from_pretrained(path)
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=4),
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(path, safe_serialization=True)
-    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": MEAN, "image_std": STD}))
-    return path
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), image_mean=MEAN, image_std=STD)
 
 
 @pytest.fixture(scope="module")

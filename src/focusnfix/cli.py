@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lora", help="LoRA folder (a run's lora/ or any diffusers LoRA)")
     s.add_argument("--fuse", action="store_true", help="fuse the LoRA into the UNet weights (faster inference)")
     s.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    s.add_argument("--prompts", help="prompt file (.txt, .csv or .tsv)")
+    s.add_argument("--prompts", help="prompt file (.txt, .csv or .tsv) or a packaged set (parti:People, i2p:sexual, ...)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (default: 0)")
     s.add_argument("--steps", type=int, default=20, help="DDIM steps (default: 20)")
     s.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
@@ -76,11 +76,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .prompts import read_prompt_file, resolve_prompts
+    from .prompt_sets import load_prompt_set
+    from .prompts import resolve_prompts
 
-    prompts = resolve_prompts(args.prompt, None) if args.prompt or not args.prompts else []
-    if args.prompts:
-        prompts += [r.prompt for r in read_prompt_file(args.prompts)]
+    prompts = resolve_prompts(args.prompt) if args.prompt or not args.prompts else []
+    if args.prompts:  # a file or a packaged set (evaluation sets such as i2p:sexual are fine here)
+        prompts += [r.prompt for r in load_prompt_set(args.prompts)]
     if args.steps < 1:
         raise FocusNFixError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:

@@ -77,6 +77,7 @@ class ObjectiveConfig:
 class DataConfig:
     prompts: list[str] = _f([], "Training prompts (or use prompt_file).")
     prompt_file: str | None = _f(None, "A .txt (one prompt per line), .csv or .tsv (column `prompt`) file.")
+    prompt_set: str | None = _f(None, "A packaged prompt set, e.g. parti, parti:People, animals (docs/rewards.md).")
     seed_pool: int | None = _f(None, "If set, noise seeds are drawn from range(seed_pool); else from 2**31.")
     sample_prompts: list[str] = _f([], "Prompts of the periodic sample grids; default: the first 4 training prompts.")
     sample_seeds: list[int] = _f([0], "Noise seeds of the periodic sample grids.")
@@ -143,7 +144,8 @@ class Config:
         _check(t.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision", "must be no, fp16 or bf16")
         _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
-        _check(bool(self.data.prompts) or bool(self.data.prompt_file), "data.prompts", "give prompts or data.prompt_file")
+        _check(bool(self.data.prompts or self.data.prompt_file or self.data.prompt_set), "data.prompts",
+               "is empty: give data.prompts, data.prompt_file or data.prompt_set")
         return self
 
 
@@ -202,7 +204,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 pass
     elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads bare no/yes/off/on as booleans
+            return "no" if not value else "yes"
+        if isinstance(value, (str, int, float)):
             return str(value)
     elif origin is list or tp is list:
         if isinstance(value, str) and args and args[0] is str:
@@ -246,18 +250,29 @@ def apply_override(data: dict, override: str) -> None:
         if part not in names:
             where = ".".join(parts[:i]) or "the top level"
             raise ConfigError(f"unknown config key {key!r}; valid keys in {where}: {_valid_keys(cls)}")
+        tp = hints[part]
         if i == len(parts) - 1:
-            try:
-                node[part] = yaml.safe_load(raw) if raw.strip() else ""
-            except yaml.YAMLError:
-                node[part] = raw
-        else:
-            cls = hints[part]
-            if not dataclasses.is_dataclass(cls):
-                raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section; cannot set {key!r}")
+            node[part] = _parse_value(raw)
+        elif typing.get_origin(tp) is dict or tp is dict:  # free-form mapping, e.g. reward.args.model=...
+            node = node.setdefault(part, {}) if isinstance(node.get(part), dict) else node.setdefault(part, {})
+            for sub in parts[i + 1: -1]:
+                node = node.setdefault(sub, {})
+            node[parts[-1]] = _parse_value(raw)
+            return
+        elif dataclasses.is_dataclass(tp):
+            cls = tp
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
+        else:
+            raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section; cannot set {key!r}")
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

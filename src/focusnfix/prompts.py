@@ -57,11 +57,25 @@ def _read_table(text: str, delimiter: str, path: Path) -> list[PromptRecord]:
     return records
 
 
-def resolve_prompts(prompts: list[str], prompt_file: str | None) -> list[str]:
-    """The training prompt list from the config; one-line errors for empty or oversized prompts."""
+EVALUATION_ONLY = ("i2p", "ringabell")
+
+
+def resolve_prompts(prompts: list[str], prompt_file: str | None = None, prompt_set: str | None = None) -> list[str]:
+    """The training prompt list from the config; one-line errors for empty or oversized prompts.
+
+    The packaged I2P and Ring-A-Bell sets are refused: their license notes restrict them to
+    evaluating safety, not training generators.
+    """
     out = [p.strip() for p in prompts if p and p.strip()]
     if prompt_file:
         out += [r.prompt for r in read_prompt_file(prompt_file)]
+    if prompt_set:
+        if prompt_set.lower().split(":")[0] in EVALUATION_ONLY:
+            raise FocusNFixError(f"prompt set {prompt_set!r} is for safety evaluation only (see focusnfix/data/SOURCES.md); "
+                                 "train on other prompts, e.g. data.prompt_set=parti:People")
+        from .prompt_sets import load_prompt_set
+
+        out += [r.prompt for r in load_prompt_set(prompt_set)]
     if not out:
         raise FocusNFixError("the prompt list is empty; set data.prompts or data.prompt_file")
     long = [p for p in out if len(p) > MAX_PROMPT_CHARS]

@@ -14,6 +14,8 @@ REWARDS: dict[str, str] = {
     "nsfw": "focusnfix.rewards.nsfw:NSFWReward",
     "clip-score": "focusnfix.rewards.clip:CLIPScoreReward",
     "aesthetic": "focusnfix.rewards.clip:AestheticReward",
+    "clip-zeroshot": "focusnfix.rewards.clip:CLIPZeroShotReward",
+    "sum": "focusnfix.rewards.compose:WeightedSum",
 }
 
 
@@ -47,5 +49,7 @@ def build_reward(name: str, **kwargs: Any):
     factory = resolve(REWARDS, name, "reward")
     try:
         return factory(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
+        if isinstance(e, FocusNFixError):
+            raise
         raise FocusNFixError(f"reward {name!r} rejected its arguments (reward.args): {e}") from None

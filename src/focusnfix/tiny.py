@@ -157,3 +157,25 @@ def _build_xl(folder, sample_size, max_length):
     if folder is not None:
         pipe.save_pretrained(folder)
     return pipe
+
+
+def build_tiny_clip(folder: str | Path, seed: int = 0, image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.25, 0.3)) -> Path:
+    """Save a tiny random ``CLIPModel`` (+ tokenizer and image statistics) to ``folder`` for CLIP rewards."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    folder = Path(folder)
+    write_clip_tokenizer(folder, words=["red", "cat"], max_length=16)
+    tok = AutoTokenizer.from_pretrained(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        cfg = CLIPConfig(
+            text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=16, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+            vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=4),
+            projection_dim=16,
+        )
+        CLIPModel(cfg).save_pretrained(folder, safe_serialization=True)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(image_mean), "image_std": list(image_std)}))
+    return folder

@@ -83,7 +83,7 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
-        self.prompts = resolve_prompts(cfg.data.prompts, cfg.data.prompt_file)
+        self.prompts = resolve_prompts(cfg.data.prompts, cfg.data.prompt_file, cfg.data.prompt_set)
         self.accelerator = _accelerator(cfg.train.mixed_precision, cfg.train.cpu)
         set_seed(cfg.train.seed)
         self.backbone = backbone or load_backbone(cfg.model.path, cfg.model.dtype, cfg.model.revision, cfg.model.resolution)

@@ -10,7 +10,7 @@ import torch
 
 from ..config import Config
 from ..lora import adapters_disabled
-from ..masks import heatmap_to_mask, saliency_map
+from ..rewards.compose import mask_from
 from ..objective import fnf_loss, region_constraint
 from ..sampling import ddim_sample
 from .base import Batch, Reference
@@ -28,23 +28,11 @@ class FocusNFix:
         return self.lam > 0
 
     # -- M(Î0) -----------------------------------------------------------------------------
-    def problem_map(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """The map M is thresholded from: the reward's heatmap, or gradient saliency when it has none."""
-        source = self.cfg.mask.source
-        heat = None
-        if source in ("auto", "heatmap"):
-            with torch.no_grad():
-                heat = self.reward(images, prompts).heatmap
-            if heat is None and source == "heatmap":
-                raise ValueError(f"mask.source=heatmap but reward {self.reward.name!r} returns no heatmap; use saliency or auto")
-        if heat is None:
-            heat = saliency_map(self.reward, images, prompts)
-        return heat.float()
-
     def mask(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.cfg.mask
-        heat = self.problem_map(images, prompts)
-        return heatmap_to_mask(heat, m.threshold, m.quantile, m.dilate, m.blur, m.min_area), heat
+        """``(M(Î0), map)``: a composite reward makes its own (per-term settings), else the ``mask`` section."""
+        if hasattr(self.reward, "problem_mask"):
+            return self.reward.problem_mask(images, prompts)
+        return mask_from(self.reward, images, prompts, self.cfg.mask)
 
     # -- Î0 -----------------------------------------------------------------------------------
     def reference(self, prompts: list[str], seeds: list[int]) -> Reference:

@@ -235,3 +235,34 @@ def load_head(path: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     if layers[-1][0].shape[0] != 1:
         raise FocusNFixError(f"aesthetic head {path!r} must end in one output, got {layers[-1][0].shape[0]}")
     return layers
+
+
+class CLIPZeroShotReward(CLIPScoreReward):
+    """Zero-shot safety classifier from CLIP text prompts (e.g. violence, where no public
+    differentiable classifier ships): ``score = P(safe)`` ``(B,)`` in [0, 1] with
+    ``P = softmax(logit_scale · cos(E_img, E_txt(t)))`` over ``safe + unsafe`` texts, summed over the
+    safe ones. No heatmap: masks come from gradient saliency.
+
+    Args:
+        model: local ``CLIPModel`` folder or hub id.
+        safe, unsafe: descriptions of acceptable and problematic images.
+        temperature: softmax scale (CLIP's own ``logit_scale`` is 100).
+    """
+
+    name = "clip-zeroshot"
+
+    def __init__(self, model: str, safe: Sequence[str] = ("a peaceful photo", "a harmless scene"),
+                 unsafe: Sequence[str] = ("a violent photo", "a bloody, gory scene", "a photo of a weapon attack"),
+                 temperature: float = 100.0, revision: str | None = None, device: str | torch.device | None = None):
+        if not safe or not unsafe:
+            raise FocusNFixError("clip-zeroshot needs at least one safe and one unsafe description")
+        super().__init__(model, scale=temperature, heatmap="never", revision=revision, device=device)
+        self.n_safe = len(safe)
+        self.texts = list(safe) + list(unsafe)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> RewardOutput:
+        text = self.text_embeds(self.texts)  # (T, D)
+        emb = F.normalize(self.image_embeds(images), dim=-1)  # (B, D)
+        probs = (self.scale * emb @ text.T).softmax(-1)
+        p_safe = probs[:, : self.n_safe].sum(-1)
+        return RewardOutput(score=p_safe, heatmap=None, info={"p_unsafe": (1 - p_safe).detach()})
