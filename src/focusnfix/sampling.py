@@ -79,3 +79,11 @@ def generate(backbone, prompts, seeds, steps: int = 20, guidance_scale: float = 
         cond = backbone.encode(prompts, negative_prompt, guidance_scale)
         latents = ddim_sample(backbone, cond, backbone.initial_noise(seeds), steps, guidance=guidance)
         return backbone.decode(latents)
+
+
+def model_output_from(scheduler, eps: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The model output (epsilon or v, per the scheduler's prediction type) for a given (ε, x̂_0) pair."""
+    if scheduler.config.prediction_type == "v_prediction":
+        a = scheduler.alphas_cumprod.to(eps.device)[t].to(eps.dtype)
+        return a.sqrt() * eps - (1 - a).sqrt() * x0
+    return eps
