@@ -46,13 +46,70 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=cmd_sample)
 
-    try:
-        from .world.cli import register
-    except ImportError:
-        register = None
-    if register is not None:
+    e = sub.add_parser("eval", help="compare methods on identical (prompt, seed) pairs", description=(
+        "Generate every method's images for the same prompts and seeds with the config's model and sampler, "
+        "measure them against the base model (reward, change inside/outside the base mask, CLIP score, ...), "
+        "write an eval folder and its report.html."))
+    e.add_argument("--config", required=True, help="a training config YAML or a run folder (its config.yaml is used)")
+    e.add_argument("--set", action="append", default=[], metavar="key=value", help="config override (repeatable)")
+    e.add_argument("--methods", nargs="+", default=["base"], help=(
+        "base | NAME=RUN_DIR | RUN_DIR | rg[:scale=S,start=A,end=B] | rg-region[:...] | sld[:weak|medium|strong|max]"))
+    e.add_argument("--prompts", help="prompt set (parti:People, i2p:sexual, ...) or file; default: the config's prompts")
+    e.add_argument("--limit", type=int, help="use only the first N prompts")
+    e.add_argument("--seeds", type=int, nargs="+", help="noise seeds (default: each prompt's own seed, else 0)")
+    e.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    e.add_argument("--clip-model", help="local CLIP folder or hub id for a CLIP-score alignment metric")
+    e.add_argument("--out", required=True, help="eval folder to write")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing eval folder")
+    e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    e.set_defaults(func=cmd_eval)
+
+    for module in ("report", "world.cli"):
+        try:
+            register = __import__(f"focusnfix.{module}", fromlist=["register"]).register
+        except (ImportError, AttributeError):
+            continue
         register(sub)
     return p
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .evaluation.runner import Evaluation
+    from .prompt_sets import load_prompt_set
+    from .prompts import PromptRecord
+
+    config = Path(args.config)
+    if config.is_dir():
+        config = config / "config.yaml"
+    cfg = load_config(config, args.set)
+    if args.batch_size < 1:
+        raise FocusNFixError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.prompts:
+        records = load_prompt_set(args.prompts)
+    else:
+        records = [PromptRecord(p) for p in (cfg.data.sample_prompts or cfg.data.prompts)]
+    records = records[: args.limit] if args.limit else records
+    ev = Evaluation(cfg, args.methods, records, args.seeds, args.out, args.batch_size, args.clip_model,
+                    _extra_metrics(cfg), progress=not args.no_progress)
+    ev.prompt_set = args.prompts or "config prompts"
+    out = ev.run(overwrite=args.overwrite)
+    try:
+        from .report import render_report
+    except ImportError:
+        print(f"eval folder: {out}")
+        return 0
+    print(f"report: {render_report(out)}")
+    return 0
+
+
+def _extra_metrics(cfg) -> list:
+    """World-specific judges (alignment oracle, defect judge) when evaluating the built-in world."""
+    try:
+        from .world import eval_metrics_for
+    except ImportError:
+        return []
+    return eval_metrics_for(cfg.model.path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
