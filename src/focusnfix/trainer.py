@@ -95,6 +95,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.lr_schedule, t.warmup_steps, t.steps))
         self.optimizer, self.scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
         self.method = METHODS[cfg.method](self.backbone, self.reward, cfg)
+        if cfg.train.reference_cache != "off" and self.method.needs_reference:
+            from .cache import ReferenceCache, reference_fingerprint
+
+            folder = None if cfg.train.reference_cache == "memory" else cfg.train.reference_cache
+            self.method.cache = ReferenceCache(reference_fingerprint(self.backbone, self.reward, cfg), folder,
+                                               cfg.train.reference_cache_items)
         self.step, self.bad_steps = 0, 0
 
     # -- state ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ class FocusNFix:
     def __init__(self, backbone, reward, cfg: Config):
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
         self.lam = cfg.objective.lam
+        self.cache = None  # a focusnfix.cache.ReferenceCache, attached by the trainer
 
     @property
     def needs_reference(self) -> bool:
@@ -36,7 +37,23 @@ class FocusNFix:
 
     # -- Î0 -----------------------------------------------------------------------------------
     def reference(self, prompts: list[str], seeds: list[int]) -> Reference:
-        """Î0 and M(Î0) from the frozen model θ0 (same UNet, adapters disabled), no gradient."""
+        """Î0 and M(Î0) from the frozen model θ0 (same UNet, adapters disabled), no gradient.
+
+        With a :class:`~focusnfix.cache.ReferenceCache` attached (``self.cache``), pairs seen before
+        are read from it and only the missing ones are computed, as one batch."""
+        entries = [self.cache.get(p, s) if self.cache is not None else None for p, s in zip(prompts, seeds)]
+        missing = [i for i, e in enumerate(entries) if e is None]
+        if missing:
+            fresh = self._compute_reference([prompts[i] for i in missing], [seeds[i] for i in missing])
+            for j, i in enumerate(missing):
+                entries[i] = {"images": fresh.images[j], "mask": fresh.mask[j], "heatmap": fresh.heatmap[j]}
+                if self.cache is not None:
+                    self.cache.put(prompts[i], seeds[i], entries[i])
+        device = self.backbone.device
+        stack = lambda key: torch.stack([e[key] for e in entries]).to(device)  # noqa: E731
+        return Reference(images=stack("images"), mask=stack("mask"), heatmap=stack("heatmap"))
+
+    def _compute_reference(self, prompts: list[str], seeds: list[int]) -> Reference:
         s = self.cfg.sampler
         with torch.no_grad(), adapters_disabled(self.backbone.unet):
             cond = self.backbone.encode(prompts, s.negative_prompt, s.guidance_scale)
