@@ -161,3 +161,15 @@ def test_bf16_autocast_trains_with_float32_lora(tiny_dir, tmp_path):
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logs)
     assert all(p.dtype == torch.float32 for p in trainer.params)
     assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_attention_implementations_agree(tiny_dir, tmp_path, attention):
+    from focusnfix.backbones import load_backbone
+
+    ref = generate(load_backbone(str(tiny_dir)), ["a red circle"], [3], steps=4)
+    other = generate(load_backbone(str(tiny_dir), attention=attention), ["a red circle"], [3], steps=4)
+    assert (ref - other).abs().max().item() <= 1e-5
+    a = _train_lora(tiny_dir, tmp_path / "a")
+    b = _train_lora(tiny_dir, tmp_path / "b", **{"model.attention": attention})
+    assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-4  # after 2 Adam steps at lr 1e-2

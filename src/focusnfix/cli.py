@@ -157,8 +157,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from .lora import load_lora_into
 
         load_lora_into(backbone.pipe, args.lora)
-        if args.fuse:
+        if args.fuse:  # merge into the weights, then drop the adapter layers: the base model's cost
             backbone.pipe.fuse_lora()
+            backbone.pipe.unload_lora_weights()
     jobs = [(p, s) for p in prompts for s in args.seeds]
     out.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm

@@ -30,6 +30,7 @@ class ModelConfig:
     revision: str | None = _f(None, "Hub revision (ignored for local folders).")
     dtype: str = _f("float32", "Dtype of the frozen weights: float32, float16 or bfloat16. LoRA stays float32.")
     resolution: int | None = _f(None, "Image side in px; default: the UNet's sample_size times the VAE factor.")
+    attention: str = _f("default", "Attention implementation of UNet and VAE: default (diffusers' choice), sdpa (torch scaled_dot_product_attention) or eager.")
 
 
 @dataclass
@@ -97,6 +98,7 @@ class TrainConfig:
     adam_eps: float = _f(1e-8, "AdamW epsilon.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.")
     mixed_precision: str = _f("no", "no, fp16 or bf16 autocast (LoRA parameters stay float32).")
+    tf32: bool = _f(True, "Allow TF32 matmuls/convolutions on NVIDIA GPUs (Ampere+); no effect on CPU.")
     seed: int = _f(0, "Seed of everything random in training (prompt order, noise seeds, K draws, LoRA init).")
     log_every: int = _f(1, "Write metrics every N steps.")
     sample_every: int = _f(0, "Save a sample grid I0 | mask | I every N steps; 0 = only at the end.")
@@ -127,6 +129,7 @@ class Config:
         _check(self.method in ("fnf", "draft"), "method", f"must be fnf or draft, got {self.method!r}")
         _check(bool(self.model.path), "model.path", "is required (a diffusers folder, a hub id, or `tiny`)")
         _check(self.model.dtype in ("float32", "float16", "bfloat16"), "model.dtype", "must be float32, float16 or bfloat16")
+        _check(self.model.attention in ("default", "sdpa", "eager"), "model.attention", "must be default, sdpa or eager")
         _check(self.lora.rank > 0, "lora.rank", f"must be > 0, got {self.lora.rank}")
         _check(self.lora.alpha is None or self.lora.alpha > 0, "lora.alpha", "must be > 0")
         _check(bool(self.lora.targets), "lora.targets", "must name at least one module")

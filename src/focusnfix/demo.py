@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from .cli import _quiet_libraries
     from .config import load_config
-    from .report import render_report
+    from .demo_report import render_report
     from .trainer import Trainer, check_output_dir
 
     _quiet_libraries()

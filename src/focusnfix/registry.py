@@ -12,6 +12,7 @@ REWARDS: dict[str, str] = {
     "world-artifact": "focusnfix.world.rewards:WorldArtifactReward",
     "world-safety": "focusnfix.world.rewards:WorldSafetyReward",
     "nsfw": "focusnfix.rewards.nsfw:NSFWReward",
+    "nudenet": "focusnfix.rewards.nudenet:NudeNetReward",
     "clip-score": "focusnfix.rewards.clip:CLIPScoreReward",
     "aesthetic": "focusnfix.rewards.clip:AestheticReward",
     "clip-zeroshot": "focusnfix.rewards.clip:CLIPZeroShotReward",

@@ -86,7 +86,11 @@ class Trainer:
         self.prompts = resolve_prompts(cfg.data.prompts, cfg.data.prompt_file, cfg.data.prompt_set)
         self.accelerator = _accelerator(cfg.train.mixed_precision, cfg.train.cpu)
         set_seed(cfg.train.seed)
-        self.backbone = backbone or load_backbone(cfg.model.path, cfg.model.dtype, cfg.model.revision, cfg.model.resolution)
+        if cfg.train.tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        m = cfg.model
+        self.backbone = backbone or load_backbone(m.path, m.dtype, m.revision, m.resolution, attention=m.attention)
         self.backbone.to(self.accelerator.device)
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, **cfg.reward.args)
         self.params = add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)

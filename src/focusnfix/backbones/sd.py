@@ -64,6 +64,16 @@ class SDBackbone:
                 f"{self.vae_scale_factor}; use a multiple of {self.vae_scale_factor}"
             )
 
+    def set_attention(self, kind: str = "default") -> None:
+        """Attention implementation of UNet and VAE: ``sdpa`` (fused torch kernel), ``eager`` (plain
+        matmul-softmax, the reference), or ``default`` (leave diffusers' choice)."""
+        if kind == "default":
+            return
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        for module in (self.unet, self.vae):
+            module.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
     # -- devices ---------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -135,8 +145,8 @@ def _negatives(negative_prompt: str, n: int) -> list[str] | None:
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def load_backbone(path: str, dtype: str = "float32", revision: str | None = None,
-                  resolution: int | None = None, device: str | torch.device | None = None) -> SDBackbone:
+def load_backbone(path: str, dtype: str = "float32", revision: str | None = None, resolution: int | None = None,
+                  device: str | torch.device | None = None, attention: str = "default") -> SDBackbone:
     """Load an SD 1.x/2.x or SDXL pipeline from a local folder, a hub id, or ``tiny`` (random, 32 px).
 
     The family is read from the pipeline's ``model_index.json``. Weights must be safetensors
@@ -151,6 +161,7 @@ def load_backbone(path: str, dtype: str = "float32", revision: str | None = None
     from . import FAMILIES
 
     backbone = FAMILIES[type(pipe).__name__](pipe, resolution=resolution)
+    backbone.set_attention(attention)
     if device is not None:
         backbone.to(device)
     return backbone

@@ -130,7 +130,8 @@ class Evaluation:
         if not self.jobs:
             raise FocusNFixError("no (prompt, seed) pairs to evaluate; give prompts and --seeds")
         self.cfg, self.out, self.batch, self.progress = cfg, Path(out), batch_size, progress
-        self.backbone = load_backbone(cfg.model.path, cfg.model.dtype, cfg.model.revision, cfg.model.resolution)
+        m = cfg.model
+        self.backbone = load_backbone(m.path, m.dtype, m.revision, m.resolution, attention=m.attention)
         self.reward = build_reward(cfg.reward.name, **cfg.reward.args)
         self.clip = build_reward("clip-score", model=clip_model, heatmap="never") if clip_model else None
         self.extra_metrics = list(extra_metrics)

@@ -1,0 +1,89 @@
+"""Benchmark (c): inference seconds per image for base, Focus-N-Fix LoRA (unfused and fused),
+Reward Guidance and SLD, with the same sampler settings, interleaved repeats.
+
+    python benchmarks/inference.py [--model tiny] [--steps 20] [--batch 4] [--repeats 5]
+
+A LoRA is first trained for a few steps (Focus-N-Fix) so unfused/fused timings use real adapters.
+Prints a table and writes JSON (default benchmarks/results/inference.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results/inference.json")
+    args = p.parse_args(argv)
+    import torch
+
+    from focusnfix.backbones import load_backbone
+    from focusnfix.config import load_config
+    from focusnfix.lora import load_lora_into
+    from focusnfix.methods.reward_guidance import RewardGuidance
+    from focusnfix.methods.sld import SLDGuidance
+    from focusnfix.rewards import ColorReward
+    from focusnfix.sampling import generate
+    from focusnfix.trainer import train
+
+    torch.set_num_threads(args.threads)
+    run = Path(tempfile.mkdtemp(prefix="inf-bench-")) / "run"
+    train(load_config(None, [f"model.path={args.model}", "data.prompts=[a red circle]", "train.steps=2",
+                             "sampler.steps=4", f"train.output_dir={run}"]), progress=False)
+    prompts = (PROMPTS * args.batch)[: args.batch]
+    seeds = list(range(args.batch))
+    plain = load_backbone(args.model)
+    unfused, fused = load_backbone(args.model), load_backbone(args.model)
+    load_lora_into(unfused.pipe, run / "lora")
+    load_lora_into(fused.pipe, run / "lora")
+    fused.pipe.fuse_lora()
+    fused.pipe.unload_lora_weights()  # keep the merged weights, drop the adapter layers
+    reward = ColorReward()
+    variants = {
+        "base": (plain, lambda: None),
+        "fnf-lora-unfused": (unfused, lambda: None),
+        "fnf-lora-fused": (fused, lambda: None),
+        "reward-guidance": (plain, lambda: RewardGuidance(plain, reward, prompts, scale=30.0, steps=args.steps)),
+        "sld-medium": (plain, lambda: SLDGuidance(plain, "medium")),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for rep in range(args.repeats + 1):  # the first round is a warm-up
+        for name, (backbone, guidance) in variants.items():
+            t0 = time.perf_counter()
+            generate(backbone, prompts, seeds, args.steps, 7.5, guidance=guidance())
+            if rep:
+                times[name].append((time.perf_counter() - t0) / args.batch)
+    base = statistics.median(times["base"])
+    rows = [{"variant": n, "median_s_per_image": statistics.median(t), "stdev": statistics.stdev(t) if len(t) > 1 else 0.0,
+             "n": len(t), "ratio_vs_base": statistics.median(t) / base} for n, t in times.items()]
+    print(f"{'variant':18s} {'s/image':>9s} {'stdev':>8s} {'vs base':>8s}")
+    for r in rows:
+        print(f"{r['variant']:18s} {r['median_s_per_image']:9.4f} {r['stdev']:8.4f} {r['ratio_vs_base']:8.3f}")
+    result = {"benchmark": "inference", "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
+              "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "cuda": torch.cuda.is_available()}, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
