@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/lock.txt -e ".[nsfw]"
+	$(PY) -m pip install --quiet -r requirements/lock.txt -e ".[nsfw,nudenet]"
 	touch $(STAMP)
 
 install: $(STAMP)

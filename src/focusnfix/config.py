@@ -6,6 +6,7 @@ Unknown keys and wrong types raise :class:`ConfigError` listing the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,23 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2-style booleans: only true/false are booleans; yes/no/on/off stay strings
+    (so `mixed_precision: no` and `reference_cache: off` mean what they say)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _f(default: Any, help: str) -> Any:
@@ -197,6 +215,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -209,9 +229,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 pass
     elif tp is str:
-        if isinstance(value, bool):  # YAML 1.1 reads bare no/yes/off/on as booleans
-            return "no" if not value else "yes"
-        if isinstance(value, (str, int, float)):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     elif origin is list or tp is list:
         if isinstance(value, str) and args and args[0] is str:
@@ -275,7 +293,7 @@ def apply_override(data: dict, override: str) -> None:
 
 def _parse_value(raw: str) -> Any:
     try:
-        return yaml.safe_load(raw) if raw.strip() else ""
+        return _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         return raw
 
@@ -288,7 +306,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = _yaml(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             msg = str(e).replace("\n", " ")
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {msg}") from None

@@ -1,0 +1,18 @@
+"""Config loading: YAML 1.2 booleans, dotted overrides into mappings, saved config reloads."""
+from focusnfix.config import load_config, save_config
+
+
+def test_yes_no_on_off_stay_strings_and_booleans_accept_words(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {path: tiny}\ndata: {prompts: [a]}\ntrain:\n  mixed_precision: no\n  reference_cache: off\n  cpu: yes\n  lr: 1e-4\n")
+    cfg = load_config(path, ["train.tf32=off"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.reference_cache == "off"
+    assert cfg.train.cpu is True and cfg.train.tf32 is False and cfg.train.lr == 1e-4
+
+
+def test_overrides_reach_into_reward_args_and_round_trip(tmp_path):
+    cfg = load_config(None, ["model.path=tiny", "data.prompts=[a, b]", "reward.name=clip-score",
+                             "reward.args.model=/some/clip", "reward.args.scale=50"])
+    assert cfg.reward.args == {"model": "/some/clip", "scale": 50}
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg
