@@ -16,3 +16,13 @@ def test_overrides_reach_into_reward_args_and_round_trip(tmp_path):
     assert cfg.reward.args == {"model": "/some/clip", "scale": 50}
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_readme_lists_every_config_key_with_its_default():
+    from pathlib import Path
+
+    from focusnfix.config import field_help
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for key, default, _ in field_help():
+        assert f"| `{key}` | `{default}` |" in readme, f"README config table is missing or stale for {key}"
