@@ -1,0 +1,181 @@
+"""Report for an eval folder (written by ``focusnfix eval``).
+
+Contract (all paths relative to the folder):
+- ``eval.json``: title, model, reward, methods (display order), reference, prompt_set, seeds,
+  metrics {name: {label, higher_is_better}} (an entry may be null: metric not measured);
+- ``samples.jsonl``: one record per (sample, method): i, prompt, category, seed, method, image, mask,
+  heatmap and one float-or-null per metric (``<metric>_inf: true`` marks +inf, e.g. PSNR vs itself);
+- ``curves/<method>.jsonl`` (optional): a trained method's training metrics.jsonl.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import FocusNFixError
+from .eval_tables import (Metric, alignment_metric, category_section, finite, has_values, paired,
+                          summary_table)
+from .page import esc, fmt, image, meta_list, page, read_json, read_jsonl, table, url
+from .plots import Point, Series, color, line_chart, scatter_chart
+
+MAX_ROWS = 64  # sample-grid rows shown; the rest are counted in a note
+
+
+def _sample_key(row: dict[str, Any]) -> Any:
+    return row["i"] if row.get("i") is not None else (row.get("prompt"), row.get("seed"))
+
+
+def load_eval(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """eval.json and samples.jsonl, checked enough to render."""
+    meta = read_json(folder / "eval.json")
+    if not isinstance(meta, dict):
+        raise FocusNFixError(f"{folder / 'eval.json'} must hold a JSON object")
+    if not (folder / "samples.jsonl").is_file():
+        raise FocusNFixError(f"eval folder {folder} has eval.json but no samples.jsonl")
+    rows = [r for r in read_jsonl(folder / "samples.jsonl") if isinstance(r, dict)]
+    return meta, rows
+
+
+def _methods(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """eval.json's order, then any other method seen in the rows."""
+    order = [str(m) for m in meta.get("methods") or []]
+    for r in rows:
+        if r.get("method") is not None and str(r["method"]) not in order:
+            order.append(str(r["method"]))
+    return order
+
+
+def _metrics(meta: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Metric]:
+    """Metrics declared in eval.json (null entries dropped) that have at least one value."""
+    out = {}
+    for name, spec in (meta.get("metrics") or {}).items():
+        if isinstance(spec, dict) and has_values(rows, name):
+            out[name] = Metric(name, str(spec.get("label") or name), bool(spec.get("higher_is_better", True)))
+    if "reward" not in out and has_values(rows, "reward"):
+        out = {"reward": Metric("reward", "reward", True), **out}
+    return out
+
+
+def _curve_charts(folder: Path, methods: list[str]) -> str:
+    """Training reward and constraint per trained method, from curves/<method>.jsonl."""
+    files = sorted((folder / "curves").glob("*.jsonl")) if (folder / "curves").is_dir() else []
+    if not files:
+        return "<p class='note'>No training curves (curves/&lt;method&gt;.jsonl) in this folder.</p>"
+    files.sort(key=lambda p: (methods.index(p.stem) if p.stem in methods else len(methods), p.stem))
+    charts = []
+    for key in ("reward", "constraint"):
+        series = []
+        for path in files:
+            recs = [r for r in read_jsonl(path) if isinstance(r, dict)]
+            if any(finite(r.get(key)) for r in recs):
+                k = methods.index(path.stem) if path.stem in methods else len(methods) + files.index(path)
+                series.append(Series(path.stem, [r.get("step", j + 1) for j, r in enumerate(recs)],
+                                     [r.get(key) for r in recs], color(k)))
+        if series:
+            charts.append(line_chart(series, f"training {key}", "step", key))
+    links = " ".join(f"<a href='{url('curves/' + p.name)}'>{esc(p.name)}</a>" for p in files)
+    return f"<div class='charts'>{''.join(charts)}</div><p class='note'>Per-step training logs: {links}.</p>"
+
+
+def _tradeoff_charts(rows, methods: list[str], reference: str, metrics: dict[str, Metric]) -> str:
+    """Target gain (reward change) against collateral change: outside-mask MSE, and alignment."""
+    if "reward" not in metrics:
+        return ""
+    ys = [m for m in ("outside_mse",) if m in metrics]
+    align = alignment_metric(rows, metrics)
+    ys += [align.name] if align else []
+    charts = []
+    for y in ys:
+        points = []
+        for k, method in enumerate(methods):
+            if method == reference:
+                continue
+            sx, sy = paired(rows, "reward", method, reference), paired(rows, y, method, reference)
+            if sx["mean_diff"] is not None and sy["mean_diff"] is not None:
+                points.append(Point(method, sx["mean_diff"], sy["mean_diff"], color(k),
+                                    tuple(sx["ci"]) if sx["ci"] else None, tuple(sy["ci"]) if sy["ci"] else None))
+        label = metrics[y].label
+        charts.append(scatter_chart(points, f"Δ {label} vs target gain", f"Δ reward vs {reference}",
+                                    f"Δ {label}", origin_label=reference))
+    return (f"<div class='charts'>{''.join(charts)}</div><p class='note'>One point per method: paired mean change "
+            f"vs {esc(reference)} with 95% CIs as bars. Focus-N-Fix aims right (reward up) while staying near "
+            "y = 0 on outside-mask change (little collateral damage) and on alignment.</p>")
+
+
+def _caption(row: dict[str, Any] | None, with_change: bool) -> str:
+    if row is None:
+        return ""
+    text = f"r = {esc(fmt(row.get('reward'), 3))}" if "reward" in row else ""
+    if with_change and finite(row.get("outside_mse")):
+        text += f"<br>out-MSE {esc(fmt(row['outside_mse'], 2))}"
+    return f"<div class='cap'>{text}</div>"
+
+
+def _grid(folder: Path, rows, methods: list[str], reference: str) -> str:
+    """Rows of prompt | reference | heatmap | mask overlay | each other method, capped at MAX_ROWS."""
+    samples: dict[Any, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        samples.setdefault(_sample_key(r), {})[str(r.get("method"))] = r
+    keys = sorted(samples, key=lambda k: (isinstance(k, tuple), k if not isinstance(k, tuple) else str(k)))
+    others = [m for m in methods if m != reference]
+    header = ["prompt", f"{esc(reference)} (Î0)", "heatmap", "mask M(Î0)", *[esc(m) for m in others]]
+    body = []
+    for key in keys[:MAX_ROWS]:
+        by = samples[key]
+        any_row = by.get(reference) or next(iter(by.values()))
+        info = " · ".join(x for x in (f"#{any_row.get('i')}" if any_row.get("i") is not None else "",
+                                      f"seed {any_row.get('seed')}", any_row.get("category") or "") if x)
+        cells = [f"<td class='text'>{esc(any_row.get('prompt', ''))}<br><small>{esc(info)}</small></td>"]
+        ref = by.get(reference)
+        cells.append(image(folder, ref.get("image") if ref else None, alt=reference) + _caption(ref, False))
+        cells.append(image(folder, any_row.get("heatmap"), alt="heatmap"))
+        cells.append(image(folder, any_row.get("mask"), alt="mask"))
+        for m in others:
+            r = by.get(m)
+            cells.append(image(folder, r.get("image") if r else None, alt=m) + _caption(r, True))
+        body.append(cells)
+    note = f"<p class='note'>{len(keys)} samples"
+    if len(keys) > MAX_ROWS:
+        note += f"; the first {MAX_ROWS} are shown (all are in samples.jsonl and images/)"
+    note += ". r = reward (higher is better); out-MSE = MSE vs the base image outside the mask.</p>"
+    return f"{note}<div style='overflow-x:auto'>{table(header, body)}</div>"
+
+
+def _method_specs(meta: dict[str, Any], methods: list[str]) -> str:
+    """eval.json's optional method_specs {method: {kind, path, params...}} as a small table."""
+    specs = meta.get("method_specs")
+    if not isinstance(specs, dict) or not specs:
+        return ""
+    body = []
+    for m in [m for m in methods if m in specs] + [m for m in specs if m not in methods]:
+        spec = specs[m] if isinstance(specs[m], dict) else {"kind": specs[m]}
+        params = ", ".join(f"{k} = {v}" for k, v in spec.items() if k != "kind" and v is not None)
+        body.append([f"<b>{esc(m)}</b>", esc(spec.get("kind", "")), f"<td class='text'>{esc(params)}</td>"])
+    return "<h3>Methods</h3>" + table(["method", "kind", "settings"], body)
+
+
+def render_eval(folder: Path, title: str | None = None) -> str:
+    """The whole report page for an eval folder, as HTML."""
+    meta, rows = load_eval(folder)
+    methods = _methods(meta, rows)
+    reference = str(meta.get("reference") or (methods[0] if methods else "base"))
+    metrics = _metrics(meta, rows)
+    title = title or meta.get("title") or f"focusnfix eval: {folder.resolve().name}"
+    seeds, sampler = meta.get("seeds"), meta.get("sampler")
+    n_samples = len({_sample_key(r) for r in rows})
+    intro = meta_list([("model", meta.get("model")), ("reward", meta.get("reward")),
+                       ("prompt set", meta.get("prompt_set")),
+                       ("seeds", ", ".join(map(str, seeds)) if isinstance(seeds, list) else seeds),
+                       ("samples", f"{n_samples} (prompt, seed) pairs × {len(methods)} methods"),
+                       ("methods", ", ".join(methods)), ("reference", reference),
+                       ("sampler", ", ".join(f"{k} {v}" for k, v in sampler.items()) if isinstance(sampler, dict) else sampler)])
+    summary = summary_table(rows, methods, reference, list(metrics.values())) + _method_specs(meta, methods)
+    sections = [("summary", "Summary", summary)]
+    align = alignment_metric(rows, metrics)
+    if align is not None:
+        sections.append(("categories", f"Per-category {align.label}", category_section(rows, methods, reference, align)))
+    sections.append(("tradeoff", "Trade-off", _tradeoff_charts(rows, methods, reference, metrics)))
+    sections.append(("curves", "Training curves", _curve_charts(folder, methods)))
+    sections.append(("samples", "Samples", _grid(folder, rows, methods, reference)))
+    files = "".join(f"<a href='{url(n)}'>{esc(n)}</a> " for n in ("eval.json", "samples.jsonl") if (folder / n).is_file())
+    return page(str(title), sections, intro + f"<p class='small'>Data: {files}</p>")
