@@ -44,7 +44,8 @@ def test_eval_all_methods_on_identical_pairs(tiny_dir, tmp_path, capsys):
     assert main(["train", "--no-progress", *base_overrides(tiny_dir, run, **{"train.steps": 3})]) == 0
     out = tmp_path / "eval"
     rc = main(["eval", "--config", str(run), "--methods", "base", f"fnf={run}", "rg:scale=100", "rg-region:scale=100",
-               "sld:max", "--seeds", "1", "2", "--out", str(out), "--no-progress", "--set", "sampler.steps=4"])
+               "sld:max", "--seeds", "1", "2", "--out", str(out), "--no-progress", "--set", "sampler.steps=4",
+               "--batch-size", "3"])  # 4 pairs in batches of 3 and 1
     assert rc == 0
     meta = json.loads((out / "eval.json").read_text())
     assert meta["methods"] == ["base", "fnf", "rg", "rg-region", "sld-max"]

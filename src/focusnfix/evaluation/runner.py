@@ -152,7 +152,8 @@ class Evaluation:
         try:
             for b, (start, jobs) in enumerate(tqdm(list(self.batches()), desc=f"eval {spec.name}", disable=not self.progress)):
                 prompts, seeds = [j[0] for j in jobs], [j[2] for j in jobs]
-                guidance = _guidance(spec, self.backbone, self.reward, prompts, self.masks[b] if self.masks else None, s.steps)
+                masks = self.masks[b] if spec.kind == "rg-region" else None  # M(Î0) from the finished base pass
+                guidance = _guidance(spec, self.backbone, self.reward, prompts, masks, s.steps)
                 t0 = time.perf_counter()
                 images = generate(self.backbone, prompts, seeds, s.steps, s.guidance_scale, s.negative_prompt, guidance)
                 seconds += [(time.perf_counter() - t0) / len(jobs)] * len(jobs)
