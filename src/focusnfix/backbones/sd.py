@@ -147,7 +147,8 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 def load_backbone(path: str, dtype: str = "float32", revision: str | None = None, resolution: int | None = None,
                   device: str | torch.device | None = None, attention: str = "default") -> SDBackbone:
-    """Load an SD 1.x/2.x or SDXL pipeline from a local folder, a hub id, or ``tiny`` (random, 32 px).
+    """Load an SD 1.x/2.x or SDXL pipeline from a local folder, a hub id, ``tiny`` (random, 32 px) or
+    ``world`` (the built-in world's trained 64 px model).
 
     The family is read from the pipeline's ``model_index.json``. Weights must be safetensors
     (pickled ``.bin`` files are refused). Errors are one-line :class:`FocusNFixError` messages.
@@ -156,6 +157,10 @@ def load_backbone(path: str, dtype: str = "float32", revision: str | None = None
         from ..tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline()
+    elif path == "world":  # the built-in world's committed pipeline
+        from ..world import pipeline_path
+
+        pipe = _from_pretrained(str(pipeline_path()), DTYPES[dtype], None)
     else:
         pipe = _from_pretrained(path, DTYPES[dtype], revision)
     from . import FAMILIES
