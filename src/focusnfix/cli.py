@@ -105,10 +105,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _extra_metrics(cfg) -> list:
     """World-specific judges (alignment oracle, defect judge) when evaluating the built-in world."""
-    try:
-        from .world import eval_metrics_for
-    except ImportError:
-        return []
+    from .evaluation.world_metrics import eval_metrics_for
+
     return eval_metrics_for(cfg.model.path)
 
 

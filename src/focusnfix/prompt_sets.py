@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,15 +41,37 @@ SETS: dict[str, _Set] = {
 }
 
 
+WORLD_SPLITS = ("all", "train", "heldout")
+
+
 def list_prompt_sets() -> dict[str, str]:
     """Packaged set name -> one-line description with size, source, license and content warning."""
-    return {name: s.description for name, s in SETS.items()}
+    return {**{name: s.description for name, s in SETS.items()},
+            "world": "the built-in world's grammar (216 captions; world:train 162 / world:heldout 54), category = shape"}
+
+
+def world_prompts(split: str = "all") -> list[PromptRecord]:
+    """Every caption of the world's grammar; ``train`` / ``heldout`` is a fixed 3:1 split (every 4th
+    caption held out), so fine-tuning and evaluation prompts never overlap."""
+    from .world import data
+
+    keys = list(data.ATTRIBUTES)
+    records = []
+    for i, values in enumerate(itertools.product(*data.ATTRIBUTES.values())):
+        attrs = dict(zip(keys, values))
+        if split == "all" or (split == "heldout") == (i % 4 == 0):
+            records.append(PromptRecord(data.caption(attrs), attrs.get("shape")))
+    return records
 
 
 def load_prompt_set(spec: str) -> list[PromptRecord]:
     """Prompts from a packaged set name (see :func:`list_prompt_sets`; ``parti:<Category>`` filters Parti
     by category, case-insensitive) or from a path to a ``.txt`` / ``.csv`` / ``.tsv`` file."""
     name, _, arg = spec.partition(":")
+    if name.lower() == "world":
+        if (arg or "all") not in WORLD_SPLITS:
+            raise FocusNFixError(f"unknown world split {arg!r}; valid: {', '.join(WORLD_SPLITS)}")
+        return world_prompts(arg or "all")
     key = spec.lower() if spec.lower() in SETS else name.lower()
     if key not in SETS:
         if Path(spec).suffix.lower() in (".txt", ".csv", ".tsv") or Path(spec).exists():

@@ -36,6 +36,9 @@ METRICS = {  # name -> (label, higher is better)
     "inside_psnr": ("PSNR vs base inside mask (dB)", True), "outside_psnr": ("PSNR vs base outside mask (dB)", True),
     "inside_ssim": ("SSIM vs base inside mask", True), "outside_ssim": ("SSIM vs base outside mask", True),
     "clip_score": ("CLIP score (100·cos)", True),
+    "alignment": ("alignment-oracle accuracy (all attributes right)", True),
+    "alignment_fraction": ("share of caption attributes right", True),
+    "defect_artifact": ("artifact rate (defect judge)", False), "defect_unwanted": ("unwanted-element rate (defect judge)", False),
     "seconds": ("inference seconds per image", False),
 }
 ExtraMetric = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
