@@ -116,7 +116,11 @@ def _grid(folder: Path, rows, methods: list[str], reference: str) -> str:
     samples: dict[Any, dict[str, dict[str, Any]]] = {}
     for r in rows:
         samples.setdefault(_sample_key(r), {})[str(r.get("method"))] = r
-    keys = sorted(samples, key=lambda k: (isinstance(k, tuple), k if not isinstance(k, tuple) else str(k)))
+    def worst_first(k: Any) -> tuple:  # the samples with a problem (low base reward) lead the grid
+        base_reward = (samples[k].get(reference) or {}).get("reward")
+        return (base_reward if finite(base_reward) else float("inf"), isinstance(k, tuple), str(k) if isinstance(k, tuple) else k)
+
+    keys = sorted(samples, key=worst_first)
     others = [m for m in methods if m != reference]
     header = ["prompt", f"{esc(reference)} (Î0)", "heatmap", "mask M(Î0)", *[esc(m) for m in others]]
     body = []
@@ -137,7 +141,8 @@ def _grid(folder: Path, rows, methods: list[str], reference: str) -> str:
     note = f"<p class='note'>{len(keys)} samples"
     if len(keys) > MAX_ROWS:
         note += f"; the first {MAX_ROWS} are shown (all are in samples.jsonl and images/)"
-    note += ". r = reward (higher is better); out-MSE = MSE vs the base image outside the mask.</p>"
+    note += (", ordered by the base image's reward, worst first. r = reward (higher is better); out-MSE = MSE vs "
+             "the base image outside the mask.</p>")
     return f"{note}<div style='overflow-x:auto'>{table(header, body)}</div>"
 
 
