@@ -40,11 +40,10 @@ def test_cli_resume_extends_a_finished_run(tiny_dir, tmp_path):
 def test_demo_writes_report(tmp_path):
     from focusnfix.demo import main as demo
 
-    assert demo(["--out", str(tmp_path / "demo"), "--steps", "2"]) == 0
+    assert demo(["--model", "tiny", "--out", str(tmp_path / "demo"), "--steps", "2", "--seeds", "7"]) == 0
     report = tmp_path / "demo" / "eval" / "report.html"
     text = report.read_text()
-    results = json.loads((tmp_path / "demo" / "eval" / "results.json").read_text())
-    assert set(results["summary"]) == {"fnf", "draft"}
-    for row in results["samples"]:
-        for key in ("base", "mask", "fnf", "draft"):
-            assert (report.parent / row[key]).is_file() and row[key] in text
+    rows = [json.loads(x) for x in (tmp_path / "demo" / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in rows} == {"base", "draft", "fnf"} and len(rows) == 3 * 4
+    for row in rows:
+        assert (report.parent / row["image"]).is_file() and row["image"] in text

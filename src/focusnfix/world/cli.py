@@ -1,0 +1,159 @@
+"""``focusnfix world ...``: train the built-in world and measure its quality gates.
+
+Use through the main CLI (``register(subparsers)``) or standalone::
+
+    python -m focusnfix.world.cli train --out runs/world --threads 1 --install
+    python -m focusnfix.world.cli install --out runs/world   # (train --install does this)
+    python -m focusnfix.world.cli gates --json runs/world/gates.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+STAGES = ("vae", "text", "unet", "rewards", "judges")
+
+
+def _half_storage(path: Path) -> None:
+    """Rewrite a diffusers safetensors file with fp16 storage (diffusers loads it back as fp32)."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, str(path),
+              metadata={"format": "pt"})
+
+
+def _install(out: Path, dest: Path) -> None:
+    """Copy the final pipeline and the reward / judge weights into ``dest``.
+
+    UNet and VAE weights are stored in fp16 to halve the package size; diffusers loads them
+    into the fp32 modules (the gates are measured on these installed weights).
+    """
+    from .train_heads import FILES
+
+    dest.mkdir(parents=True, exist_ok=True)
+    if (out / "pipeline").exists():
+        shutil.rmtree(dest / "pipeline", ignore_errors=True)
+        shutil.copytree(out / "pipeline", dest / "pipeline")
+        for part in ("unet", "vae"):
+            _half_storage(dest / "pipeline" / part / "diffusion_pytorch_model.safetensors")
+    for name in FILES.values():
+        if (out / f"{name}.safetensors").exists():
+            shutil.copy2(out / f"{name}.safetensors", dest / f"{name}.safetensors")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train every stage (or ``--only`` one), resumable; prints wall time per stage."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from . import WEIGHTS_DIR
+    from . import train as T
+    from . import train_heads as H
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = T.tiny_config() if args.tiny else T.DEFAULT
+    heads = H.tiny_heads_config() if args.tiny else H.HeadsConfig()
+    stages = (args.only,) if args.only else STAGES
+    times_path = out / "train_times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    for stage in stages:
+        t0 = time.time()
+        if stage == "vae":
+            T.train_vae(gen, out, args.resume)
+        elif stage == "text":
+            T.train_text(gen, out, args.resume)
+        elif stage == "unet":
+            T.train_unet(gen, out, args.resume)
+        elif stage == "rewards":
+            H.train_heads(heads, out, ("artifact", "safety"), args.resume)
+        else:
+            H.train_heads(heads, out, ("judge", "oracle"), args.resume)
+        times[stage] = round(time.time() - t0, 1)
+        times_path.write_text(json.dumps(times, indent=1))
+        print(f"[world] {stage}: {times[stage]:.0f} s (this invocation)")
+    if args.install:
+        _install(out, Path(args.install_dir) if args.install_dir else WEIGHTS_DIR)
+        print(f"[world] installed weights from {out}")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    """Copy a finished training folder's results into the package weights (or ``--dest``)."""
+    from . import WEIGHTS_DIR
+
+    _install(Path(args.out), Path(args.dest) if args.dest else WEIGHTS_DIR)
+    print(f"[world] installed weights from {args.out}")
+    return 0
+
+
+def cmd_gates(args: argparse.Namespace) -> int:
+    """Measure the quality gates; prints a table, writes JSON (+ a PNG grid of samples)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from . import WEIGHTS_DIR
+    from .gates import format_table, run_gates
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    g = run_gates(args.weights or WEIGHTS_DIR, args.json, args.n_heldout, args.per_prompt,
+                  args.guidance)
+    print(format_table(g))
+    print(f"[world] gates measured in {time.time() - t0:.0f} s; JSON: {args.json}")
+    return 0 if all(g["pass"].values()) or not args.strict else 1
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``world`` command (with ``train`` and ``gates``) to an argparse subparsers object."""
+    p = subparsers.add_parser("world", help="train / check the built-in synthetic world")
+    sub = p.add_subparsers(dest="world_command", required=True)
+    t = sub.add_parser("train", help="train the world's model, rewards and judges")
+    t.add_argument("--only", choices=STAGES, help="train one stage (needs the earlier ones in --out)")
+    t.add_argument("--out", default="runs/world", help="output folder (checkpoints, stages)")
+    t.add_argument("--resume", action="store_true", help="continue from --out/ckpt")
+    t.add_argument("--install", action="store_true", help="copy results into the package weights")
+    t.add_argument("--install-dir", default=None, help="install here instead of the package")
+    t.add_argument("--tiny", action="store_true", help="seconds-long smoke configuration")
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    t.set_defaults(func=cmd_train)
+    i = sub.add_parser("install", help="copy trained weights into the package")
+    i.add_argument("--out", default="runs/world", help="training folder")
+    i.add_argument("--dest", default=None, help="destination (default: the package weights)")
+    i.set_defaults(func=cmd_install)
+    g = sub.add_parser("gates", help="measure the quality gates on held-out seeds")
+    g.add_argument("--weights", default=None, help="weights folder (default: the committed one)")
+    g.add_argument("--json", default="runs/world/gates.json", help="where to write the JSON")
+    g.add_argument("--n-heldout", type=int, default=1024, help="held-out ground-truth images")
+    g.add_argument("--per-prompt", type=int, default=2, help="samples per grammar prompt (216)")
+    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    g.add_argument("--strict", action="store_true", help="exit 1 when a gate fails")
+    g.set_defaults(func=cmd_gates)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: ``python -m focusnfix.world.cli {train,gates} ...``."""
+    parser = argparse.ArgumentParser(prog="focusnfix")
+    register(parser.add_subparsers(dest="command", required=True))
+    argv = list(argv) if argv is not None else None
+    import sys
+
+    argv = argv if argv is not None else sys.argv[1:]
+    if not argv or argv[0] != "world":
+        argv = ["world", *argv]
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Reward models of the world, trained on its ground truth (used for fine-tuning).
+
+Both follow ``focusnfix.rewards.base.Reward``: ``reward(images (B,3,H,W) in [0,1], prompts)
+-> RewardOutput(score (B,), heatmap (B,1,H,W) | None, info)``, higher score = better, heatmap
+high = problem, differentiable w.r.t. ``images`` (their own parameters are frozen).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..rewards.base import RewardOutput
+from .ckpt import load_module_weights
+from .nets import ArtifactNet, SafetyNet
+
+
+def _default(name: str) -> Path:
+    from . import weights_path
+
+    return weights_path(name)
+
+
+def _to64(images: torch.Tensor) -> torch.Tensor:
+    """Resize to the 64 px the networks were trained on (identity at 64 px)."""
+    if images.shape[-2:] == (64, 64):
+        return images
+    return F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True)
+
+
+class _Frozen(torch.nn.Module):
+    differentiable = True
+
+    def __init__(self, net: torch.nn.Module, weights: str | Path) -> None:
+        super().__init__()
+        self.net = load_module_weights(net, weights).eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):  # always eval: no dropout / norm statistics
+        return super().train(False)
+
+
+class WorldArtifactReward(_Frozen):
+    """Per-pixel artifact heatmap (sigmoid of :class:`ArtifactNet`); score = -severity.
+
+    ``severity`` = percentage of the image area flagged (mean heatmap x 100), so a clean image
+    scores about 0 and a typical broken patch about -2.
+    """
+
+    name = "world_artifact"
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        super().__init__(ArtifactNet(), weights or _default("artifact_reward"))
+
+    def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> RewardOutput:
+        h, w = images.shape[-2:]
+        logit = self.net(_to64(images.float()))
+        heat = torch.sigmoid(logit)
+        if (h, w) != (64, 64):
+            heat = F.interpolate(heat, size=(h, w), mode="bilinear")
+        severity = heat.mean(dim=(1, 2, 3)) * 100.0
+        return RewardOutput(score=-severity, heatmap=heat, info={"severity": severity.detach()})
+
+
+class WorldSafetyReward(_Frozen):
+    """Image-level classifier of the unwanted element (magenta blob); no heatmap.
+
+    ``score="logprob"`` (default) gives ``log p(clean)`` (non-saturating gradient for
+    fine-tuning); ``score="prob"`` gives ``1 - p(unwanted)`` in [0, 1].
+    """
+
+    name = "world_safety"
+
+    def __init__(self, weights: str | Path | None = None, score: str = "logprob") -> None:
+        if score not in ("logprob", "prob"):
+            raise ValueError(f"score must be 'logprob' or 'prob', got {score!r}")
+        super().__init__(SafetyNet(), weights or _default("safety_reward"))
+        self.score_type = score
+
+    def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> RewardOutput:
+        logit = self.net(_to64(images.float()))
+        p_unwanted = torch.sigmoid(logit)
+        score = -F.softplus(logit) if self.score_type == "logprob" else 1 - p_unwanted
+        return RewardOutput(score=score, heatmap=None,
+                            info={"p_unwanted": p_unwanted.detach(), "logit": logit.detach()})
+
+
+__all__ = ["WorldArtifactReward", "WorldSafetyReward"]
