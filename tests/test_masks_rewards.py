@@ -106,3 +106,18 @@ def test_no_trust_remote_code_and_no_pickle_loading_in_source():
         assert "trust_remote_code" not in text, path
         for banned in ("torch.load(", "import pickle", "pickle.load", "weights_only=False", "use_safetensors=False"):
             assert banned not in text, (path, banned)
+
+
+def test_skip_above_gives_clean_images_an_empty_mask():
+    from focusnfix.config import MaskConfig
+    from focusnfix.rewards.compose import mask_from
+
+    reward = ClassifierReward(RedTopLeft(), bad_class=1)
+    images = torch.rand(2, 3, 32, 32) * 0.3
+    images[0, 0, :16, :16] = 1.0  # only image 0 has the problem
+    images[1, 2] += 0.6  # image 1 is blue: clearly clean (score ~0.99)
+    plain, _ = mask_from(reward, images, ["x", "y"], MaskConfig(source="saliency", threshold=0.3, dilate=0))
+    gated, _ = mask_from(reward, images, ["x", "y"], MaskConfig(source="saliency", threshold=0.3, dilate=0, skip_above=0.9))
+    assert plain[1].sum() > 0  # saliency of a clean image still marks something (normalised per image)
+    assert gated[1].sum() == 0 and torch.equal(gated[0], plain[0])
+    assert gated[0, :, :16, :16].mean() > gated[0, :, 16:, 16:].mean()

@@ -84,6 +84,7 @@ class MaskConfig:
     dilate: int = _f(2, "Dilation radius in px applied after thresholding.")
     blur: float = _f(0.0, "Gaussian blur sigma in px applied last (soft mask edges); 0 = binary mask.")
     min_area: int = _f(0, "Connected regions smaller than this many px are dropped before dilation.")
+    skip_above: float | None = _f(None, "Images whose reward is already >= this get an empty mask (nothing to fix); use with saliency masks.")
 
 
 @dataclass

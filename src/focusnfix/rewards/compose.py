@@ -26,23 +26,30 @@ from ..masks import heatmap_to_mask, saliency_map
 from .base import RewardOutput
 
 
-def problem_map(reward, images: torch.Tensor, prompts: Sequence[str], source: str = "auto") -> torch.Tensor:
-    """The map a mask is thresholded from: the reward's heatmap, or gradient saliency when it has none."""
-    heat = None
-    if source in ("auto", "heatmap"):
-        with torch.no_grad():
-            heat = reward(images, prompts).heatmap
-        if heat is None and source == "heatmap":
-            raise FocusNFixError(f"mask.source=heatmap but reward {reward.name!r} returns no heatmap; use saliency or auto")
+def problem_map(reward, images: torch.Tensor, prompts: Sequence[str], source: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(map, score)``: the map a mask is thresholded from (the reward's heatmap, or gradient
+    saliency when it has none) and the reward's score of ``images``."""
+    with torch.no_grad():
+        out = reward(images, prompts)
+    heat = out.heatmap if source in ("auto", "heatmap") else None
+    if heat is None and source == "heatmap":
+        raise FocusNFixError(f"mask.source=heatmap but reward {reward.name!r} returns no heatmap; use saliency or auto")
     if heat is None:
         heat = saliency_map(reward, images, prompts)
-    return heat.float()
+    return heat.float(), out.score.detach()
 
 
 def mask_from(reward, images: torch.Tensor, prompts: Sequence[str], m) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(M, map)`` for one reward with mask settings ``m`` (a :class:`~focusnfix.config.MaskConfig`)."""
-    heat = problem_map(reward, images, prompts, m.source)
-    return heatmap_to_mask(heat, m.threshold, m.quantile, m.dilate, m.blur, m.min_area), heat
+    """``(M, map)`` for one reward with mask settings ``m`` (a :class:`~focusnfix.config.MaskConfig`).
+
+    Images whose score is already ``>= m.skip_above`` get an empty mask: nothing to fix, so the
+    region constraint then covers the whole image (saliency maps are normalised per image and would
+    otherwise mark arbitrary regions of clean images)."""
+    heat, score = problem_map(reward, images, prompts, m.source)
+    mask = heatmap_to_mask(heat, m.threshold, m.quantile, m.dilate, m.blur, m.min_area)
+    if m.skip_above is not None:
+        mask = mask * (score < m.skip_above).to(mask).view(-1, 1, 1, 1)
+    return mask, heat
 
 
 class WeightedSum:
