@@ -11,8 +11,8 @@ from focusnfix.errors import FocusNFixError
 from focusnfix.trainer import Trainer
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-TINY_REWARDS = {  # the user's own plug-in model is replaced by a heatmap reward of the same contract
-    "my_pkg.rewards:ArtifactReward": ["reward.name=color", "reward.args={}"],
+TINY_REWARDS = {  # the user's own plug-in heatmap model is replaced by the world's (same contract)
+    "my_pkg.rewards:ArtifactReward": ["reward.name=focusnfix.world.rewards:WorldArtifactReward", "reward.args={}"],
 }
 
 
