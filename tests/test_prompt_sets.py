@@ -58,7 +58,7 @@ def test_errors_are_one_line(spec, hint):
 
 def test_descriptions_licenses_and_files_shipped():
     sets = list_prompt_sets()
-    assert set(sets) == set(SETS) and all("\n" not in d for d in sets.values())
+    assert set(sets) == set(SETS) | {"world"} and all("\n" not in d for d in sets.values())
     assert all("CONTENT WARNING" in sets[n] for n in ("i2p:sexual", "i2p:violence", "ringabell"))
     assert all(lic in d for d, lic in zip(sets.values(), ("Apache-2.0", "MIT", "MIT", "MIT", "MIT")))
     data = resources.files("focusnfix").joinpath("data")
@@ -69,3 +69,12 @@ def test_descriptions_licenses_and_files_shipped():
         assert digest in sources and s.file in sources
     licenses = [p.name for p in data.joinpath("licenses").iterdir()]
     assert len(licenses) == 5 and all(name in sources for name in licenses)
+
+
+def test_world_splits_are_disjoint_and_cover_the_grammar():
+    train, held, every = (load_prompt_set(f"world:{s}") for s in ("train", "heldout", "all"))
+    assert len(every) == 216 and len(train) == 162 and len(held) == 54
+    assert not {r.prompt for r in train} & {r.prompt for r in held}
+    assert {r.category for r in held} == {"circle", "square", "triangle"}
+    with pytest.raises(FocusNFixError, match="unknown world split"):
+        load_prompt_set("world:test")

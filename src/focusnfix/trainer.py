@@ -92,6 +92,7 @@ class Trainer:
         m = cfg.model
         self.backbone = backbone or load_backbone(m.path, m.dtype, m.revision, m.resolution, attention=m.attention)
         self.backbone.to(self.accelerator.device)
+        self.backbone.cache_conditioning = True  # the text encoders are frozen during training
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, **cfg.reward.args)
         self.params = add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
         t = cfg.train
@@ -167,15 +168,15 @@ class Trainer:
     def _average_gradients(self, nonfinite: float) -> bool:
         """Data parallel: mean of the LoRA gradients over ranks (one all-reduce); True if all finite."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.accelerator.num_processes == 1:
+            return nonfinite == 0.0 and all(bool(torch.isfinite(g).all()) for g in grads)
         flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([nonfinite], device=grads[0].device)])
-        if self.accelerator.num_processes > 1:
-            flat = self.accelerator.reduce(flat, reduction="mean")
-        finite = bool(torch.isfinite(flat).all()) and float(flat[-1]) == 0.0
+        flat = self.accelerator.reduce(flat, reduction="mean")
         offset = 0
         for p, g in zip(self.params, grads):
             p.grad = flat[offset: offset + g.numel()].view_as(g).clone()
             offset += g.numel()
-        return finite
+        return bool(torch.isfinite(flat).all()) and float(flat[-1]) == 0.0
 
     def _average_logs(self, logs: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1 or not logs:

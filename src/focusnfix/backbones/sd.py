@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -56,6 +57,8 @@ class SDBackbone:
                 module.requires_grad_(False)
                 module.eval()
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.cache_conditioning = False  # the trainer turns it on: its text encoders never change
+        self._encoded: OrderedDict[tuple, Conditioning] = OrderedDict()
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.resolution = resolution or self.unet.config.sample_size * self.vae_scale_factor
         if self.resolution % self.vae_scale_factor:
@@ -85,6 +88,22 @@ class SDBackbone:
 
     # -- conditioning c --------------------------------------------------------------------
     def encode(self, prompts: Sequence[str], negative_prompt: str = "", guidance_scale: float = 7.5) -> Conditioning:
+        """Text conditioning for ``prompts``. With ``cache_conditioning`` on, repeated requests (the
+        reference and the trained pass of a step, a fixed prompt pool) come from a small LRU cache; it
+        must stay off while text-encoder weights can change (e.g. loading a LoRA into the pipeline)."""
+        if not self.cache_conditioning:
+            return self._encode(prompts, negative_prompt, guidance_scale)
+        key = (tuple(prompts), negative_prompt, float(guidance_scale), str(self.device))
+        if key in self._encoded:
+            self._encoded.move_to_end(key)
+            return self._encoded[key]
+        cond = self._encode(prompts, negative_prompt, guidance_scale)
+        self._encoded[key] = cond
+        if len(self._encoded) > 64:
+            self._encoded.popitem(last=False)
+        return cond
+
+    def _encode(self, prompts: Sequence[str], negative_prompt: str, guidance_scale: float) -> Conditioning:
         """Encode prompts (and the negative prompt for CFG) with the pipeline's ``encode_prompt``."""
         cfg = guidance_scale > 1.0
         with torch.no_grad():

@@ -27,7 +27,7 @@ class SDXLBackbone(SDBackbone):
         ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=torch.float32, device=self.device)
         return ids.repeat(batch, 1)
 
-    def encode(self, prompts: Sequence[str], negative_prompt: str = "", guidance_scale: float = 7.5) -> Conditioning:
+    def _encode(self, prompts: Sequence[str], negative_prompt: str, guidance_scale: float) -> Conditioning:
         """Both text encoders via the pipeline's ``encode_prompt``; pooled embeds and time ids in ``added``."""
         cfg = guidance_scale > 1.0
         with torch.no_grad():
