@@ -6,6 +6,7 @@ Methods (strings):
   ``NAME=RUN`` or ``RUN``          a trained LoRA (a run folder with ``lora/``, or a LoRA folder)
   ``rg[:scale=S,start=A,end=B]``   Reward Guidance;  ``rg-region[:...]`` with the region constraint
   ``sld[:PRESET][,concept=TEXT]``  Safe Latent Diffusion (weak, medium, strong, max)
+  ``NAME=rg:...``, ``NAME=sld:...``  the same under another name (several settings side by side)
 
 All metrics are computed on the 8-bit images that are saved (what a user sees), so the base method
 compared with itself gives exactly zero change.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -53,7 +55,13 @@ class MethodSpec:
 
 
 def parse_method(spec: str) -> MethodSpec:
-    """Parse one method string (see the module docstring)."""
+    """Parse one method string (see the module docstring); ``NAME=rg:...`` / ``NAME=sld:...`` names
+    an inference-time method (to compare several settings)."""
+    named = re.match(r"^([\w.-]+)=((?:rg|rg-region|sld)(?::.*)?)$", spec)
+    if named:
+        parsed = parse_method(named.group(2))
+        parsed.name = named.group(1)
+        return parsed
     head, _, rest = spec.partition(":")
     if spec == "base":
         return MethodSpec("base", "base")
