@@ -42,6 +42,48 @@ def time_steps(trainer, n: int) -> list[float]:
     return times
 
 
+def component_costs(trainer, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of the pieces one step is made of: a UNet call (CFG batch) without and with
+    backward, a VAE decode without and with backward, for the trainer's batch size."""
+    import torch
+
+    bb, cfg = trainer.backbone, trainer.cfg
+    prompts = ["a red circle"] * cfg.train.batch_size
+    cond = bb.encode(prompts, "", cfg.sampler.guidance_scale)
+    x = bb.initial_noise(list(range(len(prompts))))
+    t = bb.scheduler.timesteps[0] if len(bb.scheduler.timesteps) else torch.tensor(999)
+
+    def timed(fn) -> float:
+        fn()
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return statistics.median(out)
+
+    def unet_grad():
+        bb.model_fn(x, t, cond).float().mean().backward()
+
+    def vae_grad():
+        z = x.clone().requires_grad_(True)
+        bb.decode(z).mean().backward()
+
+    with torch.no_grad():
+        unet_fwd = timed(lambda: bb.model_fn(x, t, cond))
+        vae_fwd = timed(lambda: bb.decode(x))
+    costs = {"unet_nograd": unet_fwd, "unet_grad": timed(unet_grad), "vae_nograd": vae_fwd, "vae_grad": timed(vae_grad)}
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return costs
+
+
+def floor(costs: dict[str, float], steps: int, k: int) -> dict[str, float]:
+    """Lower bounds from the component costs: what a step must evaluate at least."""
+    draft = (steps - k) * costs["unet_nograd"] + k * costs["unet_grad"] + costs["vae_grad"]
+    reference = steps * costs["unet_nograd"] + costs["vae_nograd"]
+    return {"draft": draft, "fnf-cold": draft + reference, "fnf-warm": draft}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny", help="pipeline folder or `tiny`")
@@ -68,16 +110,21 @@ def main(argv=None) -> int:
         for name, trainer in trainers.items():
             times[name] += time_steps(trainer, args.steps)
     med = {name: statistics.median(t) for name, t in times.items()}
+    costs = component_costs(trainers["draft"])
+    bound = floor(costs, args.sampler_steps, args.k)
     rows = [{"variant": n, "median_s": med[n], "mean_s": statistics.mean(t), "stdev_s": statistics.stdev(t) if len(t) > 1 else 0.0,
-             "n": len(t), "ratio_vs_draft": med[n] / med["draft"]} for n, t in times.items()]
+             "n": len(t), "ratio_vs_draft": med[n] / med["draft"], "floor_s": bound[n], "floor_share": bound[n] / med[n]}
+            for n, t in times.items()]
     cache = warm.cache
     result = {"benchmark": "fnf_vs_draft", "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
               "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
-              "warm_cache": {"hits": cache.hits, "misses": cache.misses}, "rows": rows}
-    print(f"{'variant':10s} {'median s/step':>14s} {'mean':>8s} {'stdev':>8s} {'n':>4s} {'vs DRaFT':>9s}")
+              "warm_cache": {"hits": cache.hits, "misses": cache.misses}, "component_costs_s": costs, "rows": rows}
+    print(f"{'variant':10s} {'median s/step':>14s} {'mean':>8s} {'stdev':>8s} {'n':>4s} {'vs DRaFT':>9s} {'floor s':>8s} {'floor/step':>10s}")
     for r in rows:
-        print(f"{r['variant']:10s} {r['median_s']:14.4f} {r['mean_s']:8.4f} {r['stdev_s']:8.4f} {r['n']:4d} {r['ratio_vs_draft']:9.3f}")
+        print(f"{r['variant']:10s} {r['median_s']:14.4f} {r['mean_s']:8.4f} {r['stdev_s']:8.4f} {r['n']:4d} {r['ratio_vs_draft']:9.3f}"
+              f" {r['floor_s']:8.4f} {r['floor_share']:10.2f}")
+    print("component costs (s): " + ", ".join(f"{k} {v:.4f}" for k, v in costs.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -1,0 +1,59 @@
+"""The benchmark scripts stay runnable: our side of benchmark (b) (benchmarks/trl_alignprop.py) for a
+couple of steps at the smallest size. TRL's side needs its own virtualenv and is not run here."""
+import importlib.util
+import json
+import math
+import subprocess
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trl_alignprop_our_worker_runs(tmp_path):
+    bench = _load("trl_alignprop")
+    model = bench.prepare_model(tmp_path / "tiny", 8)
+    assert (model / "tokenizer" / "vocab.json").is_file() and (model / "tokenizer" / "merges.txt").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(model / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert all(k.startswith("text_model.") for k in f.keys())  # transformers 4.x (TRL's env) needs the prefix
+
+    class Args:  # 1 warm-up + 1 timed optimizer step, T = 4, K = 2
+        steps, sampler_steps, k, batch, rank, lr, guidance, seed = 1, 4, 2, 1, 4, 1e-3, 5.0, 0
+
+    cmd = bench.worker_command("ours", model, Args)
+    import focusnfix
+
+    env = {**bench.child_env(), "PYTHONPATH": str(Path(focusnfix.__file__).resolve().parents[1])}  # works uninstalled too
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["side"] == "ours" and len(res["times"]) == 1 and res["times"][0] > 0
+    assert len(res["rewards"]) == 2 and all(math.isfinite(x) for x in res["rewards"])
+    assert res["maxrss_mb"] > 0 and res["rss_peak_steps_mb"] >= res["rss_before_steps_mb"] > 0
+    assert res["torch_threads"] == 1
+
+    summary = {"32px": {"ours": bench.summarise([res, res]), "trl": bench.summarise([res])}}
+    text = bench.table(summary)
+    assert "32px" in text and "1.00x" in text
+
+
+def test_trl_settings_truncate_to_last_k_steps():
+    worker = _load("trl_worker")
+
+    class Args:
+        sampler_steps, k, seed, guidance, batch, lr = 20, 2, 0, 5.0, 2, 1e-3
+
+    s = worker.trl_settings(Args, "/tmp/x")
+    # TRL detaches the UNet output of steps i < truncated_backprop_timestep: steps 18 and 19 keep gradient
+    assert s["truncated_backprop_rand"] is False and s["truncated_backprop_timestep"] == 18
+    assert s["truncated_rand_backprop_minmax"] == (18, 18)
+    assert s["sample_eta"] == 0.0 and s["mixed_precision"] == "no" and s["train_adam_weight_decay"] == 0.0
+    assert s["train_gradient_accumulation_steps"] == 1
