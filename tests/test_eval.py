@@ -20,6 +20,9 @@ def test_change_only_inside_the_mask_gives_zero_outside():
     edited[..., 4:10, 4:10] = 1 - edited[..., 4:10, 4:10]
     m = change_metrics(edited, base, mask)
     assert torch.equal(m["outside_mse"], torch.zeros(2)) and torch.all(torch.isinf(m["outside_psnr"]))
+    assert torch.equal(m["outside_mae"], torch.zeros(2))
+    expected_mae = (edited - base).abs()[..., 4:10, 4:10].mean((1, 2, 3))
+    assert torch.allclose(m["inside_mae"], expected_mae, atol=1e-6)
     assert torch.all(m["inside_mse"] > 0.05) and torch.all(m["inside_ssim"] < 0.9)
     same = change_metrics(base, base, mask)
     assert torch.all(torch.isinf(same["inside_psnr"])) and torch.allclose(same["inside_ssim"], torch.ones(2))

@@ -30,7 +30,7 @@ def _summary(eval_dir: Path) -> list[dict]:
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         mean = lambda k: (sum(r[k] for r in mine if r.get(k) is not None) / max(1, sum(r.get(k) is not None for r in mine)))  # noqa: E731
-        out.append({"method": method, **{k: mean(k) for k in ("reward", "defect_artifact", "alignment", "inside_mse", "outside_mse")
+        out.append({"method": method, **{k: mean(k) for k in ("reward", "defect_artifact", "alignment", "inside_mae", "outside_mae")
                                          if any(r.get(k) is not None for r in mine)}})
     return out
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.run(overwrite=True)
     report = render_report(out / "eval", title=f"focusnfix demo: Focus-N-Fix vs DRaFT ({cfg.reward.name} on {cfg.model.path})")
     table = _summary(out / "eval")
-    keys = [k for k in ("reward", "defect_artifact", "alignment", "inside_mse", "outside_mse") if k in table[0]]
+    keys = [k for k in ("reward", "defect_artifact", "alignment", "inside_mae", "outside_mae") if k in table[0]]
     print("\n " + " | ".join(["method".ljust(6), *[k.rjust(15) for k in keys]]))
     for row in table:
         print(" " + " | ".join([row["method"].ljust(6), *[f"{row[k]:15.5f}" for k in keys]]))

@@ -17,12 +17,13 @@ def _region(mask: torch.Tensor, inside: bool) -> torch.Tensor:
     return hard if inside else 1.0 - hard
 
 
-def region_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inside: bool) -> torch.Tensor:
-    """Mean squared difference over the region's pixels and channels, ``(B,)``; nan if the region is empty."""
+def region_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inside: bool, power: int = 2) -> torch.Tensor:
+    """Mean squared (``power=2``) or absolute (``power=1``) difference over the region's pixels and
+    channels, ``(B,)``; nan if the region is empty."""
     r = _region(mask, inside)
     area = r.flatten(1).sum(1)
-    sq = ((a - b) ** 2 * r).flatten(1).sum(1) / (3 * area).clamp_min(1)
-    return torch.where(area > 0, sq, torch.full_like(sq, math.nan))
+    err = ((a - b).abs() ** power * r).flatten(1).sum(1) / (3 * area).clamp_min(1)
+    return torch.where(area > 0, err, torch.full_like(err, math.nan))
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
@@ -60,9 +61,11 @@ def region_ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inside: bo
 
 
 def change_metrics(images: torch.Tensor, base: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MSE, PSNR and SSIM of ``images`` against ``base`` inside and outside ``mask``, each ``(B,)``."""
+    """Mean absolute change, MSE, PSNR and SSIM of ``images`` against ``base`` inside and outside
+    ``mask``, each ``(B,)``."""
     out = {}
     for where, inside in (("inside", True), ("outside", False)):
+        out[f"{where}_mae"] = region_mse(images, base, mask, inside, power=1)
         mse = region_mse(images, base, mask, inside)
         out[f"{where}_mse"], out[f"{where}_psnr"] = mse, psnr(mse)
         out[f"{where}_ssim"] = region_ssim(images, base, mask, inside)

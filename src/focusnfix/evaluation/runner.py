@@ -34,6 +34,7 @@ from .metrics import change_metrics
 
 METRICS = {  # name -> (label, higher is better)
     "reward": ("target reward", True),
+    "inside_mae": ("mean |change| vs base inside mask", False), "outside_mae": ("mean |change| vs base outside mask", False),
     "inside_mse": ("MSE vs base inside mask", False), "outside_mse": ("MSE vs base outside mask", False),
     "inside_psnr": ("PSNR vs base inside mask (dB)", True), "outside_psnr": ("PSNR vs base outside mask (dB)", True),
     "inside_ssim": ("SSIM vs base inside mask", True), "outside_ssim": ("SSIM vs base outside mask", True),
