@@ -27,7 +27,7 @@ DEFECTS = {
     "artifact": {"config": ROOT / "configs" / "world-artifact.yaml", "judge": "defect_artifact", "inference": ["rg", "rg-region"]},
     "unwanted": {"config": ROOT / "configs" / "world-safety.yaml", "judge": "defect_unwanted", "inference": ["rg", "rg-region", "sld"]},
 }
-COLUMNS = ["reward", "{judge}", "alignment", "outside_mse", "inside_mse", "outside_ssim", "seconds"]
+COLUMNS = ["reward", "{judge}", "alignment", "outside_mae", "inside_mae", "outside_ssim", "seconds"]
 
 
 def train_runs(defect: str, seeds: list[int], work: Path, overrides: list[str]) -> dict[str, Path]:
@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--sld-concept", default="magenta")
     p.add_argument("--work", default="runs/shapesbench")
     p.add_argument("--out", default="benchmarks/results/shapesbench.json")
+    p.add_argument("--aggregate-only", action="store_true", help="re-read existing eval folders under --work, no training")
     args = p.parse_args(argv)
     import torch
 
@@ -118,8 +119,10 @@ def main(argv=None) -> int:
     work, result = Path(args.work), {"command": " ".join([sys.executable, *sys.argv]), "settings": vars(args), "defects": {}}
     for defect in args.defects:
         t0 = time.perf_counter()
-        runs = train_runs(defect, args.seeds, work, args.set)
-        eval_dir = evaluate(defect, runs, args, work)
+        if args.aggregate_only:
+            eval_dir = work / defect / "eval"
+        else:
+            eval_dir = evaluate(defect, train_runs(defect, args.seeds, work, args.set), args, work)
         table = aggregate(eval_dir, defect)
         result["defects"][defect] = {"table": table, "eval_dir": str(eval_dir), "seconds": time.perf_counter() - t0}
         print(f"\n### {defect}\n\n{markdown(defect, table)}\n", flush=True)
