@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -219,7 +220,7 @@ class Evaluation:
         """Generate, measure and write the eval folder atomically (a temporary folder renamed at the end)."""
         if self.out.exists() and any(self.out.iterdir()) and not overwrite:
             raise FocusNFixError(f"eval folder {str(self.out)!r} exists and is not empty; choose another --out or pass --overwrite")
-        tmp = self.out.with_name(f".tmp-{self.out.name}")
+        tmp = self.out.with_name(f".tmp-{self.out.name}-{os.getpid()}")  # per process: concurrent evals don't collide
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
