@@ -27,7 +27,7 @@ DEFECTS = {
     "artifact": {"config": ROOT / "configs" / "world-artifact.yaml", "judge": "defect_artifact", "inference": ["rg", "rg-region"]},
     "unwanted": {"config": ROOT / "configs" / "world-safety.yaml", "judge": "defect_unwanted", "inference": ["rg", "rg-region", "sld"]},
 }
-COLUMNS = ["reward", "{judge}", "alignment", "outside_mae", "inside_mae", "outside_ssim", "seconds"]
+COLUMNS = ["reward", "{judge}", "alignment", "outside_mae", "inside_mae", "outside_mse", "inside_mse", "outside_ssim", "seconds"]
 
 
 def train_runs(defect: str, seeds: list[int], work: Path, overrides: list[str]) -> dict[str, Path]:
