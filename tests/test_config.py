@@ -14,6 +14,8 @@ def test_overrides_reach_into_reward_args_and_round_trip(tmp_path):
     cfg = load_config(None, ["model.path=tiny", "data.prompts=[a, b]", "reward.name=clip-score",
                              "reward.args.model=/some/clip", "reward.args.scale=50"])
     assert cfg.reward.args == {"model": "/some/clip", "scale": 50}
+    nested = load_config(None, ["model.path=tiny", "data.prompts=[a]", "reward.args.terms=x", "reward.args.terms.0=y"])
+    assert nested.reward.args == {"terms": {"0": "y"}}  # a scalar is replaced by a mapping, not indexed into
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cfg
 

@@ -278,9 +278,10 @@ def apply_override(data: dict, override: str) -> None:
         if i == len(parts) - 1:
             node[part] = _parse_value(raw)
         elif typing.get_origin(tp) is dict or tp is dict:  # free-form mapping, e.g. reward.args.model=...
-            node = node.setdefault(part, {}) if isinstance(node.get(part), dict) else node.setdefault(part, {})
-            for sub in parts[i + 1: -1]:
-                node = node.setdefault(sub, {})
+            for sub in parts[i: -1]:
+                if not isinstance(node.get(sub), dict):
+                    node[sub] = {}
+                node = node[sub]
             node[parts[-1]] = _parse_value(raw)
             return
         elif dataclasses.is_dataclass(tp):
