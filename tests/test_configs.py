@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import base_overrides  # noqa: F401  (shared fixtures)
 
 from focusnfix.config import load_config
 from focusnfix.errors import FocusNFixError

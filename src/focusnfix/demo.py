@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=54, help="held-out prompts to evaluate (max 54)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001], help="held-out noise seeds")
     args = p.parse_args(argv)
-    import torch
 
     from .cli import _quiet_libraries
     from .config import load_config
@@ -57,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import Trainer, check_output_dir
 
     _quiet_libraries()
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     config = CONFIGS / ("world-artifact.yaml" if args.model == "world" else "demo.yaml")
@@ -91,4 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:  # the process's thread count is the entry point's choice, not main()'s
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
     sys.exit(main())
