@@ -9,9 +9,7 @@ all of them alike; the first step of every run (warm-up) is not timed. Prints a 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -20,6 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
 
 
 def make_trainer(args, method: str, cache: str, out: Path):
@@ -116,18 +116,14 @@ def main(argv=None) -> int:
              "n": len(t), "ratio_vs_draft": med[n] / med["draft"], "floor_s": bound[n], "floor_share": bound[n] / med[n]}
             for n, t in times.items()]
     cache = warm.cache
-    result = {"benchmark": "fnf_vs_draft", "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
-              "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+    result = {"benchmark": "fnf_vs_draft", "settings": vars(args),
               "warm_cache": {"hits": cache.hits, "misses": cache.misses}, "component_costs_s": costs, "rows": rows}
     print(f"{'variant':10s} {'median s/step':>14s} {'mean':>8s} {'stdev':>8s} {'n':>4s} {'vs DRaFT':>9s} {'floor s':>8s} {'floor/step':>10s}")
     for r in rows:
         print(f"{r['variant']:10s} {r['median_s']:14.4f} {r['mean_s']:8.4f} {r['stdev_s']:8.4f} {r['n']:4d} {r['ratio_vs_draft']:9.3f}"
               f" {r['floor_s']:8.4f} {r['floor_share']:10.2f}")
     print("component costs (s): " + ", ".join(f"{k} {v:.4f}" for k, v in costs.items()))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

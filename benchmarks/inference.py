@@ -9,9 +9,7 @@ Prints a table and writes JSON (default benchmarks/results/inference.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -20,6 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
 
 
@@ -76,12 +76,7 @@ def main(argv=None) -> int:
     print(f"{'variant':18s} {'s/image':>9s} {'stdev':>8s} {'vs base':>8s}")
     for r in rows:
         print(f"{r['variant']:18s} {r['median_s_per_image']:9.4f} {r['stdev']:8.4f} {r['ratio_vs_base']:8.3f}")
-    result = {"benchmark": "inference", "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
-              "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "cuda": torch.cuda.is_available()}, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, {"benchmark": "inference", "settings": vars(args), "rows": rows})
     return 0
 
 

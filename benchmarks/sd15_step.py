@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -23,6 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
 
 
 def build_pipeline(small: bool, seed: int = 0):
@@ -118,12 +118,7 @@ def main(argv=None) -> int:
         rows.append({"variant": name, **run_variant(args, k, ckpt, bf16)})
         r = rows[-1]
         print(f"{name:22s} {r['median_s']:9.3f} s/step  peak {r['peak_mb']:9.1f} MB ({r['peak_kind']})", flush=True)
-    result = {"benchmark": "sd15_step", "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
-              "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, {"benchmark": "sd15_step", "settings": vars(args), "rows": rows})
     return 0
 
 

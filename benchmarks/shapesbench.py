@@ -22,6 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEFECTS = {
     "artifact": {"config": ROOT / "configs" / "world-artifact.yaml", "judge": "defect_artifact", "inference": ["rg", "rg-region"]},
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    work, result = Path(args.work), {"command": " ".join([sys.executable, *sys.argv]), "settings": vars(args), "defects": {}}
+    work, result = Path(args.work), {"benchmark": "shapesbench", "settings": vars(args), "defects": {}}
     for defect in args.defects:
         t0 = time.perf_counter()
         if args.aggregate_only:
@@ -126,9 +128,7 @@ def main(argv=None) -> int:
         table = aggregate(eval_dir, defect)
         result["defects"][defect] = {"table": table, "eval_dir": str(eval_dir), "seconds": time.perf_counter() - t0}
         print(f"\n### {defect}\n\n{markdown(defect, table)}\n", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 
