@@ -13,7 +13,6 @@ under --work.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -71,12 +70,10 @@ def evaluate(defect: str, runs: dict[str, Path], args, work: Path) -> Path:
 
 def aggregate(eval_dir: Path, defect: str) -> list[dict]:
     """Per method family: mean over samples per method, then mean ± std over training seeds."""
-    rows = [json.loads(x) for x in (eval_dir / "samples.jsonl").read_text().splitlines()]
+    from focusnfix.evaluation.runner import method_means
+
     cols = [c.format(judge=DEFECTS[defect]["judge"]) for c in COLUMNS]
-    per_method: dict[str, dict[str, float]] = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        per_method[method] = {c: statistics.mean(v) for c in cols if (v := [r[c] for r in mine if r.get(c) is not None])}
+    per_method = method_means(eval_dir, cols)
     families: dict[str, list[dict]] = {}
     for method, values in per_method.items():
         families.setdefault(method.split("-s")[0] if method[:3] in ("fnf", "dra") else method, []).append(values)

@@ -24,15 +24,7 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _summary(eval_dir: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (eval_dir / "samples.jsonl").read_text().splitlines()]
-    out = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        mean = lambda k: (sum(r[k] for r in mine if r.get(k) is not None) / max(1, sum(r.get(k) is not None for r in mine)))  # noqa: E731
-        out.append({"method": method, **{k: mean(k) for k in ("reward", "defect_artifact", "alignment", "inside_mae", "outside_mae")
-                                         if any(r.get(k) is not None for r in mine)}})
-    return out
+SUMMARY = ("reward", "defect_artifact", "alignment", "inside_mae", "outside_mae")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .cli import _quiet_libraries
     from .config import load_config
-    from .evaluation.runner import Evaluation
+    from .evaluation.runner import Evaluation, method_means
     from .evaluation.world_metrics import eval_metrics_for
     from .prompt_sets import load_prompt_set
     from .prompts import PromptRecord
@@ -76,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.prompt_set = "world:heldout" if args.model == "world" else "demo prompts"
     ev.run(overwrite=True)
     report = render_report(out / "eval", title=f"focusnfix demo: Focus-N-Fix vs DRaFT ({cfg.reward.name} on {cfg.model.path})")
-    table = _summary(out / "eval")
-    keys = [k for k in ("reward", "defect_artifact", "alignment", "inside_mae", "outside_mae") if k in table[0]]
+    table = [{"method": m, **v} for m, v in method_means(out / "eval", list(SUMMARY)).items()]
+    keys = [k for k in SUMMARY if k in table[0]]
     print("\n " + " | ".join(["method".ljust(6), *[k.rjust(15) for k in keys]]))
     for row in table:
         print(" " + " | ".join([row["method"].ljust(6), *[f"{row[k]:15.5f}" for k in keys]]))

@@ -252,3 +252,14 @@ class Evaluation:
                 "method_specs": {s.name: {"kind": s.kind, **s.params, "path": str(s.path) if s.path else None} for s in self.specs}}
         (tmp / "eval.json").write_text(json.dumps(meta, indent=1))
         (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def method_means(eval_dir: str | Path, metrics: list[str]) -> dict[str, dict[str, float]]:
+    """Per method (in eval order), the mean of each metric over the samples that have a finite value."""
+    rows = [json.loads(x) for x in (Path(eval_dir) / "samples.jsonl").read_text().splitlines()]
+    out: dict[str, dict[str, float]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        values = {k: [r[k] for r in mine if r.get(k) is not None] for k in metrics}
+        out[method] = {k: sum(v) / len(v) for k, v in values.items() if v}
+    return out
