@@ -1,5 +1,7 @@
 """Launched by tests with `torchrun --nproc_per_node 2`: trains through the Trainer API and writes
-each rank's final LoRA tensors to OUT/rank{r}.safetensors so the test can compare ranks."""
+each rank's final LoRA tensors to OUT/rank{r}.safetensors so the test can compare ranks, and the
+number of UNet weights this rank holds to OUT/rank{r}.json (half of them each when sharded)."""
+import json
 import os
 import sys
 
@@ -10,6 +12,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from focusnfix.config import load_config  # noqa: E402
 from focusnfix.lora import lora_state  # noqa: E402
+from focusnfix.sharding import local  # noqa: E402
 from focusnfix.trainer import Trainer  # noqa: E402
 
 
@@ -20,7 +23,12 @@ def main() -> None:
     trainer = Trainer(load_config(None, overrides))
     trainer.train(resume=resume, progress=False)
     rank = trainer.accelerator.process_index
-    save_file(lora_state(trainer.backbone.unet), os.path.join(trainer.cfg.train.output_dir, f"rank{rank}.safetensors"))
+    out = trainer.cfg.train.output_dir
+    save_file(lora_state(trainer.backbone.unet), os.path.join(out, f"rank{rank}.safetensors"))
+    held = sum(local(p).numel() for p in trainer.backbone.unet.parameters())
+    total = sum(p.numel() for p in trainer.backbone.unet.parameters())
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"held": held, "total": total}, f)
     trainer.accelerator.wait_for_everyone()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -1,5 +1,6 @@
 """Two CPU processes (gloo, torchrun): identical LoRA on every rank, equal to one process with the
-same global batch, and checkpoint save + resume under two processes."""
+same global batch, and checkpoint save + resume under two processes; replicated and sharded (FSDP)."""
+import json
 import os
 import subprocess
 import sys
@@ -16,9 +17,9 @@ from focusnfix.trainer import Trainer
 DRIVER = Path(__file__).with_name("dist_driver.py")
 
 
-def torchrun(args: list[str], tmp_path: Path) -> None:
+def torchrun(args: list[str], tmp_path: Path, port: int = 29517) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(DRIVER.parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(DRIVER), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(DRIVER), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     if proc.returncode != 0:
         pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -43,3 +44,35 @@ def test_two_processes_match_one_process_and_resume(tiny_dir, tmp_path):
     assert max((ref[n] - ranks[0][n]).abs().max().item() for n in ref) <= 1e-5
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4  # one writer (the main process), no duplicated steps after resume
+
+
+def test_fsdp_shards_the_unet_and_matches_one_process(tiny_dir, tmp_path):
+    """train.fsdp=true: each rank holds half of the UNet's weights; ranks stay in step when one rank
+    finds its reference in the cache and the other does not (with seed_pool=2 that happens at step 2;
+    without the trainer's lockstep the run crashes there); checkpoint + resume; same LoRA as one process.
+
+    Tolerance 1e-4 (the replicated test holds 1e-5): the gathered weights live in other buffers, so
+    kernels round differently (grad norm equal to 1e-7 relative), and Adam's first steps divide by
+    sqrt(v) + 1e-8, which turns last-bit differences of gradients near 1e-8 into ~1e-6 per step. The
+    LoRA itself moves by ~4e-2 over these steps."""
+    out = tmp_path / "fsdp"
+    common = {"train.batch_size": 1, "train.cpu": True, "train.checkpoint_every": 2, "sampler.k_max": 3, "data.seed_pool": 2}
+    torchrun(base_overrides(tiny_dir, out, **common, **{"train.steps": 2, "train.fsdp": True}), tmp_path, port=29518)
+    torchrun([*base_overrides(tiny_dir, out, **common, **{"train.steps": 4, "train.fsdp": True}), "--resume"], tmp_path, port=29518)
+    for r in (0, 1):
+        counts = json.loads((out / f"rank{r}.json").read_text())
+        assert counts["held"] <= 0.51 * counts["total"], counts
+    ranks = [load_file(out / f"rank{r}.safetensors") for r in (0, 1)]
+    assert all(ranks[0][n].equal(ranks[1][n]) for n in ranks[0])
+    saved = load_file(out / "checkpoints" / "step-000004" / "lora.safetensors")
+    assert all(saved[n].equal(ranks[0][n]) for n in saved)  # the gathered state, not one shard
+    exported = load_file(out / "lora" / "pytorch_lora_weights.safetensors")  # diffusers names, same tensors
+    key = lambda t: (tuple(t.shape), round(t.double().sum().item(), 9))  # noqa: E731
+    assert sorted(map(key, exported.values())) == sorted(map(key, ranks[0].values()))
+
+    single = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "single", **common, **{"train.steps": 4, "train.grad_accum": 2})))
+    single.train(progress=False)
+    ref = lora_state(single.backbone.unet)
+    moved = max(ref[n].abs().max().item() for n in ref if "lora_B" in n)
+    assert moved > 1e-2
+    assert max((ref[n] - ranks[0][n]).abs().max().item() for n in ref) <= 1e-4

@@ -88,32 +88,44 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer state as (tensors for safetensors, JSON metadata). Sharded (FSDP) state is
+    gathered into whole tensors, so every rank must call this."""
+    from .sharding import full
+
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for idx, state in sd["state"].items():
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{idx}.{key}"] = full(value.detach()).cpu().contiguous()
             else:
                 scalars[f"{idx}.{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
 def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Inverse of :func:`optimizer_files`; per-parameter state is laid out like its (maybe sharded) parameter."""
+    from .sharding import shard_like
+
+    params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, key = name.split(".", 1)
+        param = params[int(idx)] if int(idx) < len(params) else None
+        if torch.is_tensor(value) and param is not None and value.shape == param.shape:
+            value = shard_like(param, value)
         state.setdefault(int(idx), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(folder: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def save_checkpoint(folder: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: tuple[dict[str, torch.Tensor], dict],
                     scheduler: torch.optim.lr_scheduler.LRScheduler, extra: dict | None = None) -> Path:
-    """Write a complete checkpoint atomically to ``folder`` and return it."""
+    """Write a complete checkpoint atomically to ``folder`` and return it. ``lora`` comes from
+    :func:`focusnfix.lora.lora_state`, ``optimizer`` from :func:`optimizer_files`."""
     with atomic_dir(folder) as tmp:
         save_file({k: v.contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
-        tensors, meta = _optimizer_to_files(optimizer)
+        tensors, meta = optimizer
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))

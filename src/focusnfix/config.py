@@ -126,6 +126,7 @@ class TrainConfig:
     max_bad_steps: int = _f(3, "Stop after N consecutive steps with a non-finite loss or gradient (each is skipped).")
     output_dir: str = _f("runs/fnf", "The run folder.")
     cpu: bool = _f(False, "Force CPU even when a GPU is present.")
+    fsdp: bool = _f(False, "Shard the frozen UNet over the processes (FSDP2) instead of replicating it; also on under an accelerate FSDP config (docs/distributed.md).")
     reference_cache: str = _f("memory", "Cache of I0 and M(I0) per (prompt, seed): off, memory, or a folder (memory + disk, reused across runs).")
     reference_cache_items: int = _f(512, "Most (prompt, seed) references kept in memory (LRU).")
 

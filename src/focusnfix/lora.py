@@ -47,12 +47,18 @@ def adapters_disabled(unet) -> Iterator[None]:
 
 
 def lora_state(unet) -> dict[str, torch.Tensor]:
-    """The trainable LoRA tensors by parameter name (for checkpoints), detached copies on CPU."""
-    return {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if "lora_" in n}
+    """The trainable LoRA tensors by parameter name (for checkpoints), detached copies on CPU.
+
+    On a sharded UNet (FSDP) the tensors are gathered: every rank must call this."""
+    from .sharding import full
+
+    return {n: full(p.detach()).cpu().clone() for n, p in unet.named_parameters() if "lora_" in n}
 
 
 def load_lora_state(unet, state: dict[str, torch.Tensor]) -> None:
     """Inverse of :func:`lora_state`; the names and shapes must match exactly."""
+    from .sharding import shard_like
+
     params = {n: p for n, p in unet.named_parameters() if "lora_" in n}
     if set(params) != set(state):
         extra, missing = sorted(set(state) - set(params))[:3], sorted(set(params) - set(state))[:3]
@@ -62,21 +68,23 @@ def load_lora_state(unet, state: dict[str, torch.Tensor]) -> None:
         for n, p in params.items():
             if p.shape != state[n].shape:
                 raise FocusNFixError(f"LoRA tensor {n} has shape {tuple(state[n].shape)}, model expects {tuple(p.shape)}")
-            p.copy_(state[n].to(p.device, p.dtype))
+            p.copy_(shard_like(p, state[n]))
 
 
-def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets: list[str], pipeline_cls=None) -> Path:
+def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets: list[str], pipeline_cls=None,
+              state: dict[str, torch.Tensor] | None = None) -> Path:
     """Save in diffusers format (``pytorch_lora_weights.safetensors``) so that
     ``pipeline_cls.load_lora_weights(folder)`` loads it (default ``StableDiffusionPipeline``; pass
     ``StableDiffusionXLPipeline`` for SDXL); rank/alpha are recorded in the file's adapter metadata
-    and in ``lora_config.json``."""
+    and in ``lora_config.json``. ``state`` (from :func:`lora_state`) replaces reading the UNet's
+    tensors; a sharded UNet must pass it, gathered on every rank."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state, adapter_name=ADAPTER))
     layers = {k: v.detach().cpu().contiguous() for k, v in layers.items()}
     meta = {"r": rank, "lora_alpha": alpha if alpha is not None else rank, "target_modules": list(targets)}
     (pipeline_cls or StableDiffusionPipeline).save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=meta)

@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import load_backbone
-from .checkpoint import atomic_dir, atomic_write_text, fault_point, latest_checkpoint, load_training_state, prune_checkpoints, read_lora, save_checkpoint
+from .checkpoint import (atomic_dir, atomic_write_text, fault_point, latest_checkpoint, load_training_state, optimizer_files,
+                         prune_checkpoints, read_lora, save_checkpoint)
 from .config import Config, save_config
 from .errors import FocusNFixError, TrainingDiverged
 from .images import save_preview_grid
@@ -26,6 +27,7 @@ from .methods import METHODS, Batch
 from .prompts import resolve_prompts
 from .registry import build_reward
 from .sampling import draw_k
+from .sharding import full, local
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -94,19 +96,43 @@ class Trainer:
         self.backbone.to(self.accelerator.device)
         self.backbone.cache_conditioning = True  # the text encoders are frozen during training
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, **cfg.reward.args)
-        self.params = add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
-        t = cfg.train
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.lr_schedule, t.warmup_steps, t.steps))
-        self.optimizer, self.scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
+        add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
         self.method = METHODS[cfg.method](self.backbone, self.reward, cfg)
         if cfg.train.reference_cache != "off" and self.method.needs_reference:
             from .cache import ReferenceCache, reference_fingerprint
 
             folder = None if cfg.train.reference_cache == "memory" else cfg.train.reference_cache
             self.method.cache = ReferenceCache(reference_fingerprint(self.backbone, self.reward, cfg), folder,
-                                               cfg.train.reference_cache_items)
+                                               cfg.train.reference_cache_items)  # reads whole weights: before sharding
+        self.sharded = self._shard()
+        if self.sharded:
+            self.method.lockstep = self._any_rank
+        self.params = [p for n, p in self.backbone.unet.named_parameters() if "lora_" in n]  # sharded ones if FSDP
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.lr_schedule, t.warmup_steps, t.steps))
+        self.optimizer, self.scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
         self.step, self.bad_steps = 0, 0
+
+    def _shard(self) -> bool:
+        """FSDP (``train.fsdp`` or an accelerate FSDP config): shard the frozen UNet over the ranks."""
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        plugin = getattr(acc.state, "fsdp_plugin", None)
+        if not (self.cfg.train.fsdp or acc.distributed_type == DistributedType.FSDP) or acc.num_processes == 1:
+            return False
+        from .sharding import shard_unet
+
+        shard_unet(self.backbone.unet, acc.device, acc.num_processes, getattr(plugin, "reshard_after_forward", True) is not False)
+        return True
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True if ``flag`` holds on any rank (a collective: every rank calls it)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
 
     # -- state ----------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -126,8 +152,10 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Main process writes the (replicated) state atomically; all ranks wait for it."""
         folder = self.out / "checkpoints" / f"step-{self.step:06d}"
+        gather = self.sharded or self.accelerator.is_main_process  # sharded state is gathered by every rank
+        lora, optimizer = (lora_state(self.backbone.unet), optimizer_files(self.optimizer)) if gather else (None, None)
         if self.accelerator.is_main_process:
-            save_checkpoint(folder, self.step, lora_state(self.backbone.unet), self.optimizer, self.scheduler)
+            save_checkpoint(folder, self.step, lora, optimizer, self.scheduler)
             prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return folder
@@ -141,7 +169,7 @@ class Trainer:
         for batch in make_batches(self.cfg, self.prompts, self.step, acc.process_index, acc.num_processes):
             with acc.autocast():
                 loss, logs = self.method.loss(batch)
-            if torch.isfinite(loss):
+            if torch.isfinite(loss) or self.sharded:  # FSDP: every rank joins backward's reduce-scatter
                 acc.backward(loss / t.grad_accum)
             else:
                 totals["nonfinite"] = 1.0
@@ -150,7 +178,8 @@ class Trainer:
         finite = self._average_gradients(totals.pop("nonfinite", 0.0))
         totals = self._average_logs(totals)
         if finite:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")))
+            norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+            grad_norm = float(full(norm))
             self.optimizer.step()
             self.bad_steps = 0
         else:
@@ -166,7 +195,12 @@ class Trainer:
         return {**totals, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], "skipped": float(not finite)}
 
     def _average_gradients(self, nonfinite: float) -> bool:
-        """Data parallel: mean of the LoRA gradients over ranks (one all-reduce); True if all finite."""
+        """Data parallel: mean of the LoRA gradients over ranks (one all-reduce); True if all finite.
+
+        Sharded (FSDP), the gradients arrive averaged (reduce-scatter); only the finite check spans the ranks."""
+        if self.sharded:
+            bad = nonfinite != 0.0 or not all(bool(torch.isfinite(local(p.grad)).all()) for p in self.params if p.grad is not None)
+            return not self._any_rank(bad)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.accelerator.num_processes == 1:
             return nonfinite == 0.0 and all(bool(torch.isfinite(g).all()) for g in grads)
@@ -188,13 +222,16 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def sample_grid(self, name: str) -> Path | None:
-        """Save rows of I0 | mask | I for the sample prompts and seeds (main process only)."""
-        if not self.accelerator.is_main_process:
+        """Save rows of I0 | mask | I for the sample prompts and seeds (main process writes; sharded,
+        every rank runs the model)."""
+        if not (self.accelerator.is_main_process or self.sharded):
             return None
         d = self.cfg.data
         prompts = d.sample_prompts or self.prompts[:4]
         pairs = [(p, s) for p in prompts for s in d.sample_seeds]
         preview = self.method.preview([p for p, _ in pairs], [s for _, s in pairs])
+        if not self.accelerator.is_main_process:
+            return None
         return save_preview_grid(preview, self.out / "samples" / f"{name}.png")
 
     def train(self, resume: bool = False, progress: bool = True) -> Path:
@@ -232,11 +269,12 @@ class Trainer:
     def finish(self) -> None:
         """Final checkpoint, diffusers-format LoRA in ``lora/``, final sample grid, ``summary.json``."""
         self.save_checkpoint()
+        state = lora_state(self.backbone.unet) if self.sharded or self.accelerator.is_main_process else None
+        grid_path = self.sample_grid("final")
         if self.accelerator.is_main_process:
             lora = self.cfg.lora
             with atomic_dir(self.out / "lora") as tmp:
-                save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, lora.targets, type(self.backbone.pipe))
-            grid_path = self.sample_grid("final")
+                save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, lora.targets, type(self.backbone.pipe), state=state)
             rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
             summary = {"method": self.cfg.method, "steps": self.step, "processes": self.accelerator.num_processes,
                        "final": rows[-1] if rows else {}, "first": rows[0] if rows else {},

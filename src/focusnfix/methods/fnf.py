@@ -23,6 +23,7 @@ class FocusNFix:
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
         self.lam = cfg.objective.lam
         self.cache = None  # a focusnfix.cache.ReferenceCache, attached by the trainer
+        self.lockstep = None  # sharded training: bool -> "true on any rank?" (a collective), set by the trainer
 
     @property
     def needs_reference(self) -> bool:
@@ -43,6 +44,8 @@ class FocusNFix:
         are read from it and only the missing ones are computed, as one batch."""
         entries = [self.cache.get(p, s) if self.cache is not None else None for p, s in zip(prompts, seeds)]
         missing = [i for i, e in enumerate(entries) if e is None]
+        if self.lockstep is not None and self.lockstep(bool(missing)) and not missing:
+            missing = list(range(len(entries)))  # FSDP: run the reference pass on every rank or none (equal to the cached one)
         if missing:
             fresh = self._compute_reference([prompts[i] for i in missing], [seeds[i] for i in missing])
             for j, i in enumerate(missing):
