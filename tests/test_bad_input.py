@@ -33,6 +33,7 @@ CASES = {
     "unknown reward": ({"reward.name": "nosuchreward"}, "unknown reward 'nosuchreward'"),
     "reward import path fails": ({"reward.name": "nosuchpkg.mod:Thing"}, "cannot import module 'nosuchpkg.mod'"),
     "rank <= 0": ({"lora.rank": 0}, "lora.rank must be > 0"),
+    "fp16 with FSDP": ({"train.fsdp": True, "train.mixed_precision": "fp16"}, "fp16 is not supported with train.fsdp"),
     "unknown method": ({"method": "magic"}, "method must be fnf or draft"),
     "bad reward args": ({"reward.args": "{nope: 1}"}, "rejected its arguments"),
     "resolution not divisible": ({"model.resolution": 30}, "not divisible by the VAE factor"),

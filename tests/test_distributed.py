@@ -27,7 +27,8 @@ def torchrun(args: list[str], tmp_path: Path, port: int = 29517) -> None:
 
 def test_two_processes_match_one_process_and_resume(tiny_dir, tmp_path):
     out = tmp_path / "dist"
-    common = {"train.batch_size": 1, "train.cpu": True, "train.checkpoint_every": 2, "sampler.k_max": 3}
+    common = {"train.batch_size": 1, "train.cpu": True, "train.checkpoint_every": 2, "sampler.k_max": 3,
+              "train.warmup_steps": 3}  # the LR schedule advances once per step on every rank
     torchrun(base_overrides(tiny_dir, out, **common, **{"train.steps": 2}), tmp_path)
     ranks = [load_file(out / f"rank{r}.safetensors") for r in (0, 1)]
     assert all(ranks[0][n].equal(ranks[1][n]) for n in ranks[0])
@@ -56,7 +57,8 @@ def test_fsdp_shards_the_unet_and_matches_one_process(tiny_dir, tmp_path):
     sqrt(v) + 1e-8, which turns last-bit differences of gradients near 1e-8 into ~1e-6 per step. The
     LoRA itself moves by ~4e-2 over these steps."""
     out = tmp_path / "fsdp"
-    common = {"train.batch_size": 1, "train.cpu": True, "train.checkpoint_every": 2, "sampler.k_max": 3, "data.seed_pool": 2}
+    common = {"train.batch_size": 1, "train.cpu": True, "train.checkpoint_every": 2, "sampler.k_max": 3, "data.seed_pool": 2,
+              "train.warmup_steps": 3}
     torchrun(base_overrides(tiny_dir, out, **common, **{"train.steps": 2, "train.fsdp": True}), tmp_path, port=29518)
     torchrun([*base_overrides(tiny_dir, out, **common, **{"train.steps": 4, "train.fsdp": True}), "--resume"], tmp_path, port=29518)
     for r in (0, 1):
@@ -76,3 +78,20 @@ def test_fsdp_shards_the_unet_and_matches_one_process(tiny_dir, tmp_path):
     moved = max(ref[n].abs().max().item() for n in ref if "lora_B" in n)
     assert moved > 1e-2
     assert max((ref[n] - ranks[0][n]).abs().max().item() for n in ref) <= 1e-4
+
+
+def test_accelerate_configs_load_and_reshard_setting_is_read():
+    from types import SimpleNamespace
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from focusnfix.sharding import reshard_after_forward
+
+    folder = Path(__file__).parents[1] / "configs" / "accelerate"
+    kinds = {p.name: load_config_from_file(str(p)).distributed_type.value for p in folder.glob("*.yaml")}  # unknown keys raise
+    assert kinds == {"ddp-1node.yaml": "MULTI_GPU", "ddp-2nodes.yaml": "MULTI_GPU", "fsdp-1node.yaml": "FSDP"}
+    assert reshard_after_forward(None) and reshard_after_forward(SimpleNamespace(reshard_after_forward=True))
+    assert not reshard_after_forward(SimpleNamespace(reshard_after_forward=False))
+    assert not reshard_after_forward(SimpleNamespace(reshard_after_forward=ShardingStrategy.SHARD_GRAD_OP))
+    assert reshard_after_forward(SimpleNamespace(reshard_after_forward="FULL_SHARD"))

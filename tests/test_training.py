@@ -153,14 +153,42 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_dir, tmp_path):
     assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
 
 
-def test_bf16_autocast_trains_with_float32_lora(tiny_dir, tmp_path):
-    trainer = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"train.mixed_precision": "bf16"})))
-    before = lora_state(trainer.backbone.unet)
-    logs = [trainer.train_step() for _ in range(2)]
-    after = lora_state(trainer.backbone.unet)
-    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logs)
-    assert all(p.dtype == torch.float32 for p in trainer.params)
-    assert any(not torch.equal(before[n], after[n]) for n in before)
+def _first_gradient(tiny_dir, out, precision):
+    """The unscaled LoRA gradient of one micro-batch under ``train.mixed_precision=precision``, flattened."""
+    trainer = Trainer(load_config(None, base_overrides(tiny_dir, out, **{"train.mixed_precision": precision})))
+    with trainer.autocast():
+        loss, _ = trainer.method.loss(make_batches(trainer.cfg, trainer.prompts, 0)[0])
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.unscale_(trainer.optimizer)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in trainer.params)
+    return torch.cat([p.grad.flatten() for p in trainer.params])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_gradient_follows_float32(tiny_dir, tmp_path, precision):
+    """Autocast really runs (the gradient differs from float32) and stays close (cosine >= 0.99,
+    norm within 5 %); fp16 goes through the loss scaler and is unscaled before use."""
+    ref = _first_gradient(tiny_dir, tmp_path / "fp32", "no")
+    low = _first_gradient(tiny_dir, tmp_path / precision, precision)
+    assert not torch.equal(ref, low)
+    assert torch.nn.functional.cosine_similarity(ref, low, dim=0) >= 0.99
+    assert abs(low.norm() / ref.norm() - 1) <= 0.05
+
+
+def test_fp16_overflow_backs_off_the_loss_scale_without_counting_as_divergence(tiny_dir, tmp_path):
+    """A loss scale far too large overflows fp16: those steps are skipped and the scale halves each
+    time (not counted toward train.max_bad_steps=3); then training proceeds and the scale is resumed."""
+    out = tmp_path / "run"
+    trainer = Trainer(load_config(None, base_overrides(tiny_dir, out, **{"train.mixed_precision": "fp16", "train.steps": 8})))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**28)  # here gradients fit from about 2**24
+    logs = [trainer.train_step() for _ in range(8)]
+    skipped = [entry["skipped"] for entry in logs]
+    assert skipped[:3] == [1.0, 1.0, 1.0] and 0.0 in skipped  # more than 3 skips in a row, yet no TrainingDiverged
+    assert [entry["loss_scale"] for entry in logs[:3]] == [2.0**28, 2.0**27, 2.0**26]
+    assert all(torch.isfinite(torch.tensor(entry["grad_norm"])) for entry, s in zip(logs, skipped) if not s)
+    trainer.save_checkpoint()
+    resumed = Trainer(load_config(None, base_overrides(tiny_dir, out, **{"train.mixed_precision": "fp16", "train.steps": 8})))
+    assert resumed.resume() and resumed.scaler.get_scale() == trainer.scaler.get_scale()
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])

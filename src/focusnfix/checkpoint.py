@@ -167,11 +167,11 @@ def read_lora(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "lora.safetensors")
 
 
-def load_training_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler) -> int:
-    """Restore optimizer and scheduler state from a checkpoint folder; return its step."""
+def load_training_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """Restore optimizer and scheduler state from a checkpoint folder; return ``trainer.json`` (its step and extras)."""
     _optimizer_from_files(optimizer, load_file(folder / "optimizer.safetensors"), json.loads((folder / "optimizer.json").read_text()))
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
-    return json.loads((folder / "trainer.json").read_text())["step"]
+    return json.loads((folder / "trainer.json").read_text())
 
 
 def prune_checkpoints(root: str | Path, keep: int) -> None:

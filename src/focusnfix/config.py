@@ -116,7 +116,7 @@ class TrainConfig:
     adam_beta2: float = _f(0.999, "AdamW beta2.")
     adam_eps: float = _f(1e-8, "AdamW epsilon.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.")
-    mixed_precision: str = _f("no", "no, fp16 or bf16 autocast (LoRA parameters stay float32).")
+    mixed_precision: str = _f("no", "no, fp16 (with dynamic loss scaling) or bf16 autocast; LoRA parameters stay float32.")
     tf32: bool = _f(True, "Allow TF32 matmuls/convolutions on NVIDIA GPUs (Ampere+); no effect on CPU.")
     seed: int = _f(0, "Seed of everything random in training (prompt order, noise seeds, K draws, LoRA init).")
     log_every: int = _f(1, "Write metrics every N steps.")
@@ -167,6 +167,8 @@ class Config:
         _check(t.lr > 0, "train.lr", "must be > 0")
         _check(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule", "must be constant, linear or cosine")
         _check(t.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision", "must be no, fp16 or bf16")
+        _check(not (t.fsdp and t.mixed_precision == "fp16"), "train.mixed_precision",
+               "fp16 is not supported with train.fsdp (its loss scaler does not handle sharded gradients); use bf16")
         _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
         _check(bool(self.data.prompts or self.data.prompt_file or self.data.prompt_set), "data.prompts",

@@ -37,6 +37,13 @@ def shard_unet(unet: torch.nn.Module, device: torch.device, world_size: int, res
     return len(units)
 
 
+def reshard_after_forward(fsdp_plugin) -> bool:
+    """What an accelerate FSDP config asks for: False for ``fsdp_reshard_after_forward: false`` (FSDP2)
+    or the FSDP1 strategies that keep gathered weights (SHARD_GRAD_OP, NO_SHARD); True otherwise."""
+    value = str(getattr(fsdp_plugin, "reshard_after_forward", True)).rsplit(".", 1)[-1]
+    return value not in ("False", "false", "SHARD_GRAD_OP", "NO_SHARD")
+
+
 def is_sharded(tensor) -> bool:
     from torch.distributed.tensor import DTensor
 

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.prompts = resolve_prompts(cfg.data.prompts, cfg.data.prompt_file, cfg.data.prompt_set)
-        self.accelerator = _accelerator(cfg.train.mixed_precision, cfg.train.cpu)
+        self.accelerator = _accelerator(cfg.train.cpu)
         set_seed(cfg.train.seed)
         if cfg.train.tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -111,7 +112,9 @@ class Trainer:
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.lr_schedule, t.warmup_steps, t.steps))
-        self.optimizer, self.scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
+        # Not accelerate.prepare(): its scheduler steps once per process per step, and its fp16 scaler
+        # and autocast are skipped on CPU. Precision is owned here (fp32 LoRA, autocast, GradScaler).
+        self.scaler = torch.amp.GradScaler(self.accelerator.device.type, enabled=t.mixed_precision == "fp16")
         self.step, self.bad_steps = 0, 0
 
     def _shard(self) -> bool:
@@ -122,9 +125,12 @@ class Trainer:
         plugin = getattr(acc.state, "fsdp_plugin", None)
         if not (self.cfg.train.fsdp or acc.distributed_type == DistributedType.FSDP) or acc.num_processes == 1:
             return False
-        from .sharding import shard_unet
+        from .sharding import reshard_after_forward, shard_unet
 
-        shard_unet(self.backbone.unet, acc.device, acc.num_processes, getattr(plugin, "reshard_after_forward", True) is not False)
+        if self.cfg.train.mixed_precision == "fp16":
+            raise FocusNFixError("train.mixed_precision=fp16 is not supported with FSDP (its loss scaler does not handle sharded "
+                                 "gradients); use train.mixed_precision=bf16")
+        shard_unet(self.backbone.unet, acc.device, acc.num_processes, reshard_after_forward(plugin))
         return True
 
     def _any_rank(self, flag: bool) -> bool:
@@ -145,7 +151,10 @@ class Trainer:
         if ckpt is None:
             return False
         load_lora_state(self.backbone.unet, read_lora(ckpt))  # checks the LoRA fits before the optimizer
-        self.step = load_training_state(ckpt, self.optimizer, self.scheduler)
+        state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        self.step = state["step"]
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         _truncate_metrics(self.out / "metrics.jsonl", self.step)
         return True
 
@@ -155,7 +164,7 @@ class Trainer:
         gather = self.sharded or self.accelerator.is_main_process  # sharded state is gathered by every rank
         lora, optimizer = (lora_state(self.backbone.unet), optimizer_files(self.optimizer)) if gather else (None, None)
         if self.accelerator.is_main_process:
-            save_checkpoint(folder, self.step, lora, optimizer, self.scheduler)
+            save_checkpoint(folder, self.step, lora, optimizer, self.scheduler, extra={"scaler": self.scaler.state_dict()})
             prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return folder
@@ -167,50 +176,66 @@ class Trainer:
         torch.manual_seed(t.seed * 1_000_003 + self.step * 1_009 + acc.process_index)  # LoRA dropout etc.
         totals: dict[str, float] = {}
         for batch in make_batches(self.cfg, self.prompts, self.step, acc.process_index, acc.num_processes):
-            with acc.autocast():
+            with self.autocast():
                 loss, logs = self.method.loss(batch)
             if torch.isfinite(loss) or self.sharded:  # FSDP: every rank joins backward's reduce-scatter
-                acc.backward(loss / t.grad_accum)
+                self.scaler.scale(loss / t.grad_accum).backward()
             else:
                 totals["nonfinite"] = 1.0
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value / t.grad_accum
-        finite = self._average_gradients(totals.pop("nonfinite", 0.0))
+        losses_ok, grads_ok = self._average_gradients(totals.pop("nonfinite", 0.0))
         totals = self._average_logs(totals)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.unscale_(self.optimizer)  # fp16: every rank unscales the same averaged gradients
+        finite = losses_ok and grads_ok
         if finite:
             norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
             grad_norm = float(full(norm))
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # = optimizer.step() without fp16
             self.bad_steps = 0
         else:
             grad_norm = float("nan")
-            self.bad_steps += 1
+            overflow = scale is not None and losses_ok and scale > 1.0  # fp16 overflow: the scaler backs off; not a bad step
+            self.bad_steps += not overflow
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule is a function of the step, skipped or not
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         self.step += 1
         fault_point("after-step", self.step)
         if self.bad_steps >= t.max_bad_steps:
             raise TrainingDiverged(f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (last: step {self.step}); "
                                    "the last good checkpoint is intact: lower train.lr or check the reward, then --resume")
-        return {**totals, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], "skipped": float(not finite)}
+        logs = {**totals, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], "skipped": float(not finite)}
+        return logs if scale is None else {**logs, "loss_scale": scale}
 
-    def _average_gradients(self, nonfinite: float) -> bool:
-        """Data parallel: mean of the LoRA gradients over ranks (one all-reduce); True if all finite.
+    def autocast(self):
+        """``train.mixed_precision``: fp16/bf16 autocast of the forward passes (LoRA parameters stay float32)."""
+        mp = self.cfg.train.mixed_precision
+        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16, enabled=mp != "no")
 
-        Sharded (FSDP), the gradients arrive averaged (reduce-scatter); only the finite check spans the ranks."""
+    def _average_gradients(self, nonfinite: float) -> tuple[bool, bool]:
+        """Data parallel: mean of the LoRA gradients over ranks (one all-reduce).
+
+        Returns (every rank's loss was finite, every averaged gradient is finite). Sharded (FSDP),
+        the gradients arrive averaged (reduce-scatter); only the two checks span the ranks."""
+        acc = self.accelerator
         if self.sharded:
-            bad = nonfinite != 0.0 or not all(bool(torch.isfinite(local(p.grad)).all()) for p in self.params if p.grad is not None)
-            return not self._any_rank(bad)
+            bad_grad = not all(bool(torch.isfinite(local(p.grad)).all()) for p in self.params if p.grad is not None)
+            flags = acc.reduce(torch.tensor([nonfinite, float(bad_grad)], device=acc.device), reduction="sum")
+            return float(flags[0]) == 0.0, float(flags[1]) == 0.0
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        if self.accelerator.num_processes == 1:
-            return nonfinite == 0.0 and all(bool(torch.isfinite(g).all()) for g in grads)
+        if acc.num_processes == 1:
+            return nonfinite == 0.0, all(bool(torch.isfinite(g).all()) for g in grads)
         flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([nonfinite], device=grads[0].device)])
-        flat = self.accelerator.reduce(flat, reduction="mean")
+        flat = acc.reduce(flat, reduction="mean")
         offset = 0
         for p, g in zip(self.params, grads):
             p.grad = flat[offset: offset + g.numel()].view_as(g).clone()
             offset += g.numel()
-        return bool(torch.isfinite(flat).all()) and float(flat[-1]) == 0.0
+        return float(flat[-1]) == 0.0, bool(torch.isfinite(flat[:-1]).all())
 
     def _average_logs(self, logs: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1 or not logs:
@@ -303,16 +328,16 @@ class _MetricsLog:
             self.writer.close()
 
 
-def _accelerator(mixed_precision: str, cpu: bool):
-    """An Accelerator; a second Trainer in the same process may use other precision settings."""
+def _accelerator(cpu: bool):
+    """An Accelerator (process group, device, reductions); a second Trainer in the same process may set ``cpu`` otherwise."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+        return Accelerator(cpu=cpu)
     except ValueError:  # accelerate keeps a process-wide state; reset it (keeps the distributed setup)
         AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+        return Accelerator(cpu=cpu)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
