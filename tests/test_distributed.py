@@ -50,7 +50,8 @@ def test_two_processes_match_one_process_and_resume(tiny_dir, tmp_path):
 def test_fsdp_shards_the_unet_and_matches_one_process(tiny_dir, tmp_path):
     """train.fsdp=true: each rank holds half of the UNet's weights; ranks stay in step when one rank
     finds its reference in the cache and the other does not (with seed_pool=2 that happens at step 2;
-    without the trainer's lockstep the run crashes there); checkpoint + resume; same LoRA as one process.
+    without the trainer's lockstep the run crashes there); gradient checkpointing (blocks are gathered
+    again in backward); checkpoint + resume; same LoRA as one process without checkpointing.
 
     Tolerance 1e-4 (the replicated test holds 1e-5): the gathered weights live in other buffers, so
     kernels round differently (grad norm equal to 1e-7 relative), and Adam's first steps divide by
@@ -59,8 +60,9 @@ def test_fsdp_shards_the_unet_and_matches_one_process(tiny_dir, tmp_path):
     out = tmp_path / "fsdp"
     common = {"train.batch_size": 1, "train.cpu": True, "train.checkpoint_every": 2, "sampler.k_max": 3, "data.seed_pool": 2,
               "train.warmup_steps": 3}
-    torchrun(base_overrides(tiny_dir, out, **common, **{"train.steps": 2, "train.fsdp": True}), tmp_path, port=29518)
-    torchrun([*base_overrides(tiny_dir, out, **common, **{"train.steps": 4, "train.fsdp": True}), "--resume"], tmp_path, port=29518)
+    sharded = {"train.fsdp": True, "sampler.grad_checkpointing": True, "sampler.vae_checkpointing": True}  # recompute gathers again
+    torchrun(base_overrides(tiny_dir, out, **common, **sharded, **{"train.steps": 2}), tmp_path, port=29518)
+    torchrun([*base_overrides(tiny_dir, out, **common, **sharded, **{"train.steps": 4}), "--resume"], tmp_path, port=29518)
     for r in (0, 1):
         counts = json.loads((out / f"rank{r}.json").read_text())
         assert counts["held"] <= 0.51 * counts["total"], counts
