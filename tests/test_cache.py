@@ -68,3 +68,58 @@ def test_every_key_part_changes_the_fingerprint_and_lora_does_not(trainer):
         variants.append(reference_fingerprint(bb, reward, cfg))
         weight[0, 0, 0, 0] -= 1e-3
     assert len(set(variants)) == len(variants) and base not in variants
+
+
+def _perturb_lora(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_adapters_per_row_runs_theta0_and_theta_in_one_batch(tiny_dir, tmp_path):
+    """Row 0 with adapters off equals the adapters-disabled UNet, row 1 the fine-tuned one, in one call
+    (with CFG's doubled batch); and the LoRA really changes the output, so the check can fail."""
+    from focusnfix.lora import adapters_disabled, adapters_per_row
+
+    t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "run")))
+    bb = t.backbone
+    _perturb_lora(bb.unet)
+    with torch.no_grad():
+        cond = bb.encode(PROMPTS, "", 5.0)
+        x = bb.initial_noise(SEEDS)
+        step = bb.scheduler.timesteps[0] if len(bb.scheduler.timesteps) else torch.tensor(999)
+        with adapters_per_row(bb.unet, torch.tensor([0.0, 1.0])):
+            mixed = bb.model_fn(x, step, cond)
+        with adapters_disabled(bb.unet):
+            base = bb.model_fn(x, step, cond)
+        tuned = bb.model_fn(x, step, cond)
+    assert (base[1] - tuned[1]).abs().max() > 1e-2
+    assert torch.allclose(mixed[0], base[0], atol=1e-6) and torch.allclose(mixed[1], tuned[1], atol=1e-6)
+
+
+def test_batched_reference_equals_separate_passes(tiny_dir, tmp_path):
+    """train.batch_reference: Î0, M(Î0) and Î (and so the loss and gradient) equal the two-pass path
+    to float rounding, for a fine-tuned LoRA, a cached/missing mix, and K = T (nothing to share)."""
+    t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"sampler.steps": 6})))
+    _perturb_lora(t.backbone.unet, seed=1)
+    method = t.method
+    method.cache = ReferenceCache(method.cache.fingerprint, None)
+    method.reference(PROMPTS[:1], SEEDS[:1])  # the first pair cached, the second missing
+    for k in (2, 6):
+        results = {}
+        for flag in (False, True):
+            method.batch_reference = flag
+            cache = copy.deepcopy(method.cache)
+            method.cache = cache
+            ref, images = method.reference_and_trained(PROMPTS, SEEDS, k)
+            results[flag] = (ref, images)
+            assert cache.misses == 1 + 1 and cache.hits == 1  # the batched path computes only what is missing
+            method.cache = ReferenceCache(cache.fingerprint, None)
+            method.reference(PROMPTS[:1], SEEDS[:1])
+        (ra, ia), (rb, ib) = results[False], results[True]
+        assert torch.allclose(ra.images, rb.images, atol=1e-5) and torch.equal(ra.mask, rb.mask)
+        assert torch.allclose(ia, ib, atol=1e-5) and ib.requires_grad
+    separate = FocusNFix(t.backbone, t.reward, t.cfg).reference(PROMPTS, SEEDS)  # no cache at all
+    assert torch.allclose(separate.images, rb.images, atol=1e-5)

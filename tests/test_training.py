@@ -141,10 +141,14 @@ def _train_lora(tiny_dir, out, **extra):
 
 
 def test_accumulation_invariance(tiny_dir, tmp_path):
-    """Batch 2 x 1 accumulation == batch 1 x 2 accumulation (same trajectories, same gradient)."""
-    a = _train_lora(tiny_dir, tmp_path / "a", **{"train.batch_size": 2, "train.grad_accum": 1})
-    b = _train_lora(tiny_dir, tmp_path / "b", **{"train.batch_size": 1, "train.grad_accum": 2})
-    assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-5
+    """Batch 2 x 1 accumulation == batch 1 x 2 accumulation (same trajectories, same gradient).
+
+    Strict (1e-5) with the reference pass run separately; with train.batch_reference the UNet batches
+    are 4 and 2 rows, which round differently, and two Adam steps at lr 1e-2 magnify that (1e-4)."""
+    for batched, tol in ((False, 1e-5), (True, 1e-4)):
+        a = _train_lora(tiny_dir, tmp_path / f"a{batched}", **{"train.batch_size": 2, "train.grad_accum": 1, "train.batch_reference": batched})
+        b = _train_lora(tiny_dir, tmp_path / f"b{batched}", **{"train.batch_size": 1, "train.grad_accum": 2, "train.batch_reference": batched})
+        assert max((a[n] - b[n]).abs().max().item() for n in a) <= tol
 
 
 def test_gradient_checkpointing_gives_the_same_training(tiny_dir, tmp_path):

@@ -129,6 +129,7 @@ class TrainConfig:
     fsdp: bool = _f(False, "Shard the frozen UNet over the processes (FSDP2) instead of replicating it; also on under an accelerate FSDP config (docs/distributed.md).")
     reference_cache: str = _f("memory", "Cache of I0 and M(I0) per (prompt, seed): off, memory, or a folder (memory + disk, reused across runs).")
     reference_cache_items: int = _f(512, "Most (prompt, seed) references kept in memory (LRU).")
+    batch_reference: bool = _f(True, "On a reference-cache miss, run the frozen and the trained model's first T-K steps as one batch (per-row LoRA on/off); equal up to float rounding.")
 
 
 @dataclass

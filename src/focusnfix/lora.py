@@ -46,6 +46,31 @@ def adapters_disabled(unet) -> Iterator[None]:
         unet.enable_adapters()
 
 
+@contextmanager
+def adapters_per_row(unet, active: torch.Tensor) -> Iterator[None]:
+    """Per-sample adapters: batch row i runs the fine-tuned model θ if ``active[i]`` is 1 and the frozen
+    θ0 if it is 0, so one UNet call can serve both (the trainer batches the reference pass Î0 with
+    the trained pass Î this way).
+
+    Every LoRA branch's output is multiplied row-wise by ``active`` (a UNet is batch-first in every
+    layer, attention projections included). A batch of m·len(active) rows (classifier-free guidance
+    stacks [uncond; cond]) repeats ``active`` m times. A row with 0 gets base(x) + 0, exactly θ0."""
+    def route(module, inputs, output):
+        rows = active.to(output.device, output.dtype)
+        rows = rows.repeat(output.shape[0] // rows.numel())
+        return output * rows.view(-1, *[1] * (output.ndim - 1))
+
+    suffix = f"lora_B.{ADAPTER}"
+    handles = [m.register_forward_hook(route) for n, m in unet.named_modules() if n.endswith(suffix)]
+    if not handles:
+        raise FocusNFixError("adapters_per_row: this UNet has no LoRA adapter")
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def lora_state(unet) -> dict[str, torch.Tensor]:
     """The trainable LoRA tensors by parameter name (for checkpoints), detached copies on CPU.
 

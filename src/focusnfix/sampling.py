@@ -34,11 +34,15 @@ def ddim_sample(
     guidance: Guidance | None = None,
     grad_checkpointing: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    first: int = 0,
+    last: int | None = None,
 ) -> torch.Tensor:
     """Run T = ``steps`` DDIM steps from x_T = ``noise``; return the final latents x_0.
 
     Only the last ``k`` steps record gradients (``k = 0``: no gradient at all). ``callback(i, t, x)``
-    is called after each step with the new latents (detached).
+    is called after each step with the new latents (detached). ``first``/``last`` run only steps
+    ``first <= i < last`` of the T (``noise`` is then the latents before step ``first``, and the
+    result the latents after step ``last - 1``), so a trajectory can be split and resumed.
     """
     if not 0 <= k <= steps:
         raise ValueError(f"K must satisfy 0 <= K <= T, got K={k}, T={steps}")
@@ -46,7 +50,10 @@ def ddim_sample(
     scheduler.set_timesteps(steps, device=noise.device)
     model_fn = guidance(backbone.model_fn) if guidance is not None else backbone.model_fn
     x = noise
+    last = steps if last is None else last
     for i, t in enumerate(scheduler.timesteps):
+        if not first <= i < last:
+            continue
         with torch.set_grad_enabled(torch.is_grad_enabled() and i >= steps - k):
             if grad_checkpointing and torch.is_grad_enabled():
                 out = checkpoint(model_fn, x, t, cond, use_reentrant=False)

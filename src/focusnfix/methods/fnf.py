@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Config
-from ..lora import adapters_disabled
+from ..lora import adapters_disabled, adapters_per_row
 from ..rewards.compose import mask_from
 from ..objective import fnf_loss, region_constraint
 from ..sampling import ddim_sample
@@ -23,6 +23,7 @@ class FocusNFix:
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
         self.lam = cfg.objective.lam
         self.cache = None  # a focusnfix.cache.ReferenceCache, attached by the trainer
+        self.batch_reference = cfg.train.batch_reference
         self.lockstep = None  # sharded training: bool -> "true on any rank?" (a collective), set by the trainer
 
     @property
@@ -42,41 +43,78 @@ class FocusNFix:
 
         With a :class:`~focusnfix.cache.ReferenceCache` attached (``self.cache``), pairs seen before
         are read from it and only the missing ones are computed, as one batch."""
+        entries, missing = self._lookup(prompts, seeds)
+        if missing:
+            self._store(entries, missing, prompts, seeds, self._compute_reference(*_pick(missing, prompts, seeds)))
+        return self._stack(entries)
+
+    def reference_and_trained(self, prompts: list[str], seeds: list[int], k: int) -> tuple[Reference, torch.Tensor]:
+        """(Î0 with M(Î0), Î) for one micro-batch.
+
+        Î0 and Î start from the same x_T, so on a reference-cache miss (with ``train.batch_reference``)
+        the frozen and the fine-tuned model's first T-K steps, all without gradient, run as one UNet
+        batch with per-row adapters (:func:`~focusnfix.lora.adapters_per_row`): T-K calls fewer than
+        two separate passes. Then Î0 finishes its K steps without gradient and Î with gradient."""
+        entries, missing = self._lookup(prompts, seeds)
+        s, split = self.cfg.sampler, self.cfg.sampler.steps - k
+        if not (missing and self.batch_reference and split > 0):
+            if missing:
+                self._store(entries, missing, prompts, seeds, self._compute_reference(*_pick(missing, prompts, seeds)))
+            return self._stack(entries), self.trained_images(prompts, seeds, k)
+        ref_prompts, ref_seeds = _pick(missing, prompts, seeds)
+        active = torch.tensor([0.0] * len(missing) + [1.0] * len(prompts))  # θ0 rows, then θ rows
+        with torch.no_grad(), adapters_per_row(self.backbone.unet, active):
+            cond = self.backbone.encode(ref_prompts + prompts, s.negative_prompt, s.guidance_scale)
+            x = ddim_sample(self.backbone, cond, self.backbone.initial_noise(ref_seeds + seeds), s.steps, last=split)
+        fresh = self._compute_reference(ref_prompts, ref_seeds, latents=x[: len(missing)], first=split)
+        self._store(entries, missing, prompts, seeds, fresh)
+        return self._stack(entries), self.trained_images(prompts, seeds, k, latents=x[len(missing):], first=split)
+
+    def _lookup(self, prompts: list[str], seeds: list[int]) -> tuple[list, list[int]]:
+        """Cached entries (None where missing) and the indices to compute."""
         entries = [self.cache.get(p, s) if self.cache is not None else None for p, s in zip(prompts, seeds)]
         missing = [i for i, e in enumerate(entries) if e is None]
         if self.lockstep is not None and self.lockstep(bool(missing)) and not missing:
             missing = list(range(len(entries)))  # FSDP: run the reference pass on every rank or none (equal to the cached one)
-        if missing:
-            fresh = self._compute_reference([prompts[i] for i in missing], [seeds[i] for i in missing])
-            for j, i in enumerate(missing):
-                entries[i] = {"images": fresh.images[j], "mask": fresh.mask[j], "heatmap": fresh.heatmap[j]}
-                if self.cache is not None:
-                    self.cache.put(prompts[i], seeds[i], entries[i])
+        return entries, missing
+
+    def _store(self, entries: list, missing: list[int], prompts: list[str], seeds: list[int], fresh: Reference) -> None:
+        for j, i in enumerate(missing):
+            entries[i] = {"images": fresh.images[j], "mask": fresh.mask[j], "heatmap": fresh.heatmap[j]}
+            if self.cache is not None:
+                self.cache.put(prompts[i], seeds[i], entries[i])
+
+    def _stack(self, entries: list) -> Reference:
         device = self.backbone.device
         stack = lambda key: torch.stack([e[key] for e in entries]).to(device)  # noqa: E731
         return Reference(images=stack("images"), mask=stack("mask"), heatmap=stack("heatmap"))
 
-    def _compute_reference(self, prompts: list[str], seeds: list[int]) -> Reference:
+    def _compute_reference(self, prompts: list[str], seeds: list[int], latents: torch.Tensor | None = None,
+                           first: int = 0) -> Reference:
+        """Î0 and M(Î0); ``latents``/``first`` resume a trajectory whose first steps ran elsewhere."""
         s = self.cfg.sampler
         with torch.no_grad(), adapters_disabled(self.backbone.unet):
             cond = self.backbone.encode(prompts, s.negative_prompt, s.guidance_scale)
-            latents = ddim_sample(self.backbone, cond, self.backbone.initial_noise(seeds), s.steps)
-            images = self.backbone.decode(latents)
+            x = self.backbone.initial_noise(seeds) if latents is None else latents
+            images = self.backbone.decode(ddim_sample(self.backbone, cond, x, s.steps, first=first))
         mask, heat = self.mask(images, prompts)
         return Reference(images=images, mask=mask, heatmap=heat)
 
     # -- Î with gradient through the last K steps ----------------------------------------------
-    def trained_images(self, prompts: list[str], seeds: list[int], k: int) -> torch.Tensor:
+    def trained_images(self, prompts: list[str], seeds: list[int], k: int, latents: torch.Tensor | None = None,
+                       first: int = 0) -> torch.Tensor:
         s = self.cfg.sampler
         cond = self.backbone.encode(prompts, s.negative_prompt, s.guidance_scale)
-        latents = ddim_sample(self.backbone, cond, self.backbone.initial_noise(seeds), s.steps, k=k,
-                              grad_checkpointing=s.grad_checkpointing)
+        x = self.backbone.initial_noise(seeds) if latents is None else latents
+        latents = ddim_sample(self.backbone, cond, x, s.steps, k=k, grad_checkpointing=s.grad_checkpointing, first=first)
         return self.backbone.decode(latents, grad_checkpointing=s.vae_checkpointing)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """L = mean over the batch of -r(Î, c) + λ ‖(1 - M(Î0)) ⊙ (Î - Î0)‖."""
-        ref = self.reference(batch.prompts, batch.seeds) if self.needs_reference else None
-        images = self.trained_images(batch.prompts, batch.seeds, batch.k)
+        if self.needs_reference:
+            ref, images = self.reference_and_trained(batch.prompts, batch.seeds, batch.k)
+        else:
+            ref, images = None, self.trained_images(batch.prompts, batch.seeds, batch.k)
         score = self.reward(images, batch.prompts).score
         constraint = None
         if ref is not None:
@@ -94,3 +132,7 @@ class FocusNFix:
         ref = self.reference(prompts, seeds)
         images = self.trained_images(prompts, seeds, k=0)
         return {"reference": ref.images, "mask": ref.mask, "images": images}
+
+
+def _pick(indices: list[int], prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:
+    return [prompts[i] for i in indices], [seeds[i] for i in indices]
