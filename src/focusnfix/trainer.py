@@ -95,6 +95,10 @@ class Trainer:
         self.backbone.cache_conditioning = True  # the text encoders are frozen during training
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, **cfg.reward.args)
         self.params = add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
+        if m.compile:  # after add_lora, so the compiled forward includes the adapters
+            from .compile import compile_unet
+
+            compile_unet(self.backbone.unet)
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.lr_schedule, t.warmup_steps, t.steps))
