@@ -49,6 +49,7 @@ class ModelConfig:
     dtype: str = _f("float32", "Dtype of the frozen weights: float32, float16 or bfloat16. LoRA stays float32.")
     resolution: int | None = _f(None, "Image side in px; default: the UNet's sample_size times the VAE factor.")
     attention: str = _f("default", "Attention implementation of UNet and VAE: default (diffusers' choice), sdpa (torch scaled_dot_product_attention) or eager.")
+    compile: bool = _f(False, "torch.compile the UNet (inductor, layout optimization off for correct gradients). Slow to compile: minutes on CPU.")
 
 
 @dataclass
@@ -129,7 +130,7 @@ class TrainConfig:
     fsdp: bool = _f(False, "Shard the frozen UNet over the processes (FSDP2) instead of replicating it; also on under an accelerate FSDP config (docs/distributed.md).")
     reference_cache: str = _f("memory", "Cache of I0 and M(I0) per (prompt, seed): off, memory, or a folder (memory + disk, reused across runs).")
     reference_cache_items: int = _f(512, "Most (prompt, seed) references kept in memory (LRU).")
-    batch_reference: bool = _f(True, "On a reference-cache miss, run the frozen and the trained model's first T-K steps as one batch (per-row LoRA on/off); equal up to float rounding.")
+    batch_reference: bool = _f(True, "On a reference-cache miss, run the frozen and the trained model's first T-K steps as one batch (per-row LoRA on/off); equal up to float rounding. Off under model.compile.")
 
 
 @dataclass

@@ -88,6 +88,10 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         self.prompts = resolve_prompts(cfg.data.prompts, cfg.data.prompt_file, cfg.data.prompt_set)
         self.accelerator = _accelerator(cfg.train.cpu)
+        launched = self.accelerator.mixed_precision  # from an accelerate config / --mixed_precision
+        if launched != "no" and launched != cfg.train.mixed_precision and self.accelerator.is_main_process:
+            warnings.warn(f"accelerate's mixed_precision={launched} is not used; precision is train.mixed_precision="
+                          f"{cfg.train.mixed_precision} (set train.mixed_precision={launched} to use it)", stacklevel=2)
         set_seed(cfg.train.seed)
         if cfg.train.tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -108,6 +112,11 @@ class Trainer:
         self.sharded = self._shard()
         if self.sharded:
             self.method.lockstep = self._any_rank
+        if m.compile:  # after add_lora and sharding, so the compiled forward includes both
+            from .compile import compile_unet
+
+            compile_unet(self.backbone.unet)
+            self.method.batch_reference = False  # its per-row hooks are invisible to the compiled graph
         self.params = [p for n, p in self.backbone.unet.named_parameters() if "lora_" in n]  # sharded ones if FSDP
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
