@@ -29,11 +29,16 @@ def add_lora(unet, rank: int, alpha: float | None = None, targets: list[str] | t
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(targets),
                         lora_dropout=dropout, init_lora_weights="gaussian")
     unet.add_adapter(config, adapter_name=ADAPTER)
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    params = list(lora_parameters(unet).values())
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
     return params
+
+
+def lora_parameters(unet) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters by name (on a sharded UNet, the sharded parameters)."""
+    return {n: p for n, p in unet.named_parameters() if "lora_" in n}
 
 
 @contextmanager
@@ -77,14 +82,14 @@ def lora_state(unet) -> dict[str, torch.Tensor]:
     On a sharded UNet (FSDP) the tensors are gathered: every rank must call this."""
     from .sharding import full
 
-    return {n: full(p.detach()).cpu().clone() for n, p in unet.named_parameters() if "lora_" in n}
+    return {n: full(p.detach()).cpu().clone() for n, p in lora_parameters(unet).items()}
 
 
 def load_lora_state(unet, state: dict[str, torch.Tensor]) -> None:
     """Inverse of :func:`lora_state`; the names and shapes must match exactly."""
     from .sharding import shard_like
 
-    params = {n: p for n, p in unet.named_parameters() if "lora_" in n}
+    params = lora_parameters(unet)
     if set(params) != set(state):
         extra, missing = sorted(set(state) - set(params))[:3], sorted(set(params) - set(state))[:3]
         raise FocusNFixError(f"LoRA state does not match this model (unexpected {extra}, missing {missing}); "

