@@ -77,7 +77,8 @@ def test_aesthetic_linear_and_mlp_heads(clip_dir, tmp_path):
            "layers.2.weight": torch.randn(4, 8), "layers.2.bias": torch.randn(4),
            "layers.10.weight": torch.randn(1, 4), "layers.10.bias": torch.randn(1)}  # index order, not text order
     save_file(mlp, tmp_path / "mlp.safetensors")
-    save_file({"weight": torch.randn(1, 16), "bias": torch.randn(1)}, tmp_path / "linear.safetensors")
+    linear = {"weight": torch.randn(1, 16), "bias": torch.randn(1)}
+    save_file(linear, tmp_path / "linear.safetensors")
     images = _images(2, 32, 32, seed=3).requires_grad_(True)
     model = CLIPModel.from_pretrained(clip_dir).eval()
     x = (images.detach() - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
@@ -90,6 +91,8 @@ def test_aesthetic_linear_and_mlp_heads(clip_dir, tmp_path):
             h = F.linear(F.linear(F.linear(emb, mlp["layers.0.weight"], mlp["layers.0.bias"]),
                                   mlp["layers.2.weight"], mlp["layers.2.bias"]), mlp["layers.10.weight"], mlp["layers.10.bias"])
             assert torch.allclose(out.score, h[:, 0], atol=1e-4)
+        else:
+            assert torch.allclose(out.score, F.linear(emb, linear["weight"], linear["bias"])[:, 0], atol=1e-4)
         assert out.heatmap is None and r.differentiable
     out.score.sum().backward()
     assert images.grad.abs().sum() > 0
