@@ -164,3 +164,28 @@ def test_judges_shapes():
     p = DefectJudge()(b.images)
     assert p["artifact"].shape == (4,) and p["unwanted"].shape == (4,)
     assert bool(((p["artifact"] >= 0) & (p["artifact"] <= 1)).all())
+
+
+def test_world_checkpoint_round_trip_and_overwrite(tmp_path):
+    """world/ckpt.py: modules, AdamW state and JSON state come back exactly; saving again to the same
+    path replaces the checkpoint and leaves no temporary or set-aside folder."""
+    from focusnfix.world.ckpt import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    for _ in range(2):
+        net(torch.randn(5, 4)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    path = tmp_path / "ck"
+    save_checkpoint(path, {"net": net}, opt, {"step": 1})
+    save_checkpoint(path, {"net": net}, opt, {"step": 2, "log": [0.5]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    net2 = torch.nn.Linear(4, 3)
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=1e-2)
+    state = load_checkpoint(path, {"net": net2}, opt2)
+    assert state == {"step": 2, "log": [0.5]}
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert all(torch.equal(s1[i][k], s2[i][k]) for i in s1 for k in s1[i])
