@@ -70,7 +70,10 @@ def test_prompt_files(tiny_dir, tmp_path, cfg_file, capsys):
     empty, latin = tmp_path / "empty.txt", tmp_path / "latin1.txt"
     empty.write_text("\n# only a comment\n")
     latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    for path, expected in ((empty, "holds no prompts"), (latin, "not UTF-8"), (tmp_path / "missing.txt", "not found")):
+    bad_seed = tmp_path / "bad_seed.csv"
+    bad_seed.write_text("prompt,seed\na red circle,7\na blue square,seven\n")
+    for path, expected in ((empty, "holds no prompts"), (latin, "not UTF-8"), (tmp_path / "missing.txt", "not found"),
+                           (bad_seed, "line 3: seed 'seven' is not an integer")):
         out = tmp_path / f"run-{path.stem}"
         args = base_overrides(tiny_dir, out, **{"data.prompts": "[]", "data.prompt_file": str(path)})
         rc, lines = run_cli(capsys, ["train", str(cfg_file), *args])

@@ -71,10 +71,13 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        old = final.with_name(f".old-{final.name}")
+        if final.exists():  # set aside, not deleted, until the new folder is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -104,7 +107,7 @@ def optimizer_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor]
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Inverse of :func:`optimizer_files`; per-parameter state is laid out like its (maybe sharded) parameter."""
     from .sharding import shard_like
 
@@ -169,7 +172,7 @@ def read_lora(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_training_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler) -> dict:
     """Restore optimizer and scheduler state from a checkpoint folder; return ``trainer.json`` (its step and extras)."""
-    _optimizer_from_files(optimizer, load_file(folder / "optimizer.safetensors"), json.loads((folder / "optimizer.json").read_text()))
+    optimizer_from_files(optimizer, load_file(folder / "optimizer.safetensors"), json.loads((folder / "optimizer.json").read_text()))
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
     return json.loads((folder / "trainer.json").read_text())
 

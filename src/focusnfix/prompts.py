@@ -51,9 +51,11 @@ def _read_table(text: str, delimiter: str, path: Path) -> list[PromptRecord]:
         prompt = (row.get(key) or "").strip()
         if not prompt:
             continue
-        seed = row.get(fields.get("seed", ""), None) if "seed" in fields else None
+        seed = (row.get(fields["seed"]) or "").strip() if "seed" in fields else ""
         cat = row.get(fields["category"]) if "category" in fields else None
-        records.append(PromptRecord(prompt, cat, int(seed) if seed not in (None, "") else None))
+        if seed and not seed.lstrip("-").isdigit():
+            raise FocusNFixError(f"prompt file {str(path)!r}, line {reader.line_num}: seed {seed!r} is not an integer")
+        records.append(PromptRecord(prompt, cat, int(seed) if seed else None))
     return records
 
 

@@ -51,22 +51,24 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5) -> torch.Tens
     return s.mean(1, keepdim=True)
 
 
-def region_ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inside: bool) -> torch.Tensor:
+def region_ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inside: bool,
+                smap: torch.Tensor | None = None) -> torch.Tensor:
     """Mean SSIM over the region, ``(B,)``; nan if the region is empty. The SSIM window (11 px) sees
-    across the mask border, so a change only inside lowers outside-SSIM slightly near the border."""
+    across the mask border, so a change only inside lowers outside-SSIM slightly near the border.
+    ``smap``: ``ssim_map(a, b)`` if already computed."""
     r = _region(mask, inside)
     area = r.flatten(1).sum(1)
-    value = (ssim_map(a, b) * r).flatten(1).sum(1) / area.clamp_min(1)
+    value = ((ssim_map(a, b) if smap is None else smap) * r).flatten(1).sum(1) / area.clamp_min(1)
     return torch.where(area > 0, value, torch.full_like(value, math.nan))
 
 
 def change_metrics(images: torch.Tensor, base: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean absolute change, MSE, PSNR and SSIM of ``images`` against ``base`` inside and outside
     ``mask``, each ``(B,)``."""
-    out = {}
+    out, smap = {}, ssim_map(images, base)  # one SSIM map for both regions
     for where, inside in (("inside", True), ("outside", False)):
         out[f"{where}_mae"] = region_mse(images, base, mask, inside, power=1)
         mse = region_mse(images, base, mask, inside)
         out[f"{where}_mse"], out[f"{where}_psnr"] = mse, psnr(mse)
-        out[f"{where}_ssim"] = region_ssim(images, base, mask, inside)
+        out[f"{where}_ssim"] = region_ssim(images, base, mask, inside, smap)
     return out

@@ -244,7 +244,7 @@ class Evaluation:
         metrics = {k: {"label": v[0], "higher_is_better": v[1]} for k, v in METRICS.items() if k in present}
         for k in sorted(present - set(METRICS) - {"i", "prompt", "category", "seed", "method", "image", "mask", "heatmap"}):
             if not k.endswith("_inf"):
-                metrics[k] = {"label": k.replace("_", " "), "higher_is_better": k not in ("defect_artifact", "defect_unwanted")}
+                metrics[k] = {"label": k.replace("_", " "), "higher_is_better": True}  # extra metrics are rewards
         meta = {"title": f"{self.cfg.reward.name} on {self.cfg.model.path}", "model": self.cfg.model.path,
                 "reward": self.cfg.reward.name, "methods": [s.name for s in self.specs], "reference": "base",
                 "prompt_set": getattr(self, "prompt_set", ""), "seeds": sorted({j[2] for j in self.jobs}),
@@ -256,10 +256,13 @@ class Evaluation:
 
 def method_means(eval_dir: str | Path, metrics: list[str]) -> dict[str, dict[str, float]]:
     """Per method (in eval order), the mean of each metric over the samples that have a finite value."""
-    rows = [json.loads(x) for x in (Path(eval_dir) / "samples.jsonl").read_text().splitlines()]
+    from ..report.eval_tables import mean_of
+    from ..report.page import read_jsonl
+
+    rows = read_jsonl(Path(eval_dir) / "samples.jsonl")
     out: dict[str, dict[str, float]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        values = {k: [r[k] for r in mine if r.get(k) is not None] for k in metrics}
-        out[method] = {k: sum(v) / len(v) for k, v in values.items() if v}
+        means = {k: mean_of(mine, k) for k in metrics}
+        out[method] = {k: mean for k, (mean, n, _) in means.items() if n}
     return out

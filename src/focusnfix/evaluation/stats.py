@@ -165,7 +165,7 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def _sample_key(row: dict[str, Any]) -> Any:
+def sample_key(row: dict[str, Any]) -> Any:
     """The identity of a sample across methods: its index ``i``, else (prompt, seed)."""
     return row["i"] if row.get("i") is not None else (row.get("prompt"), row.get("seed"))
 
@@ -180,9 +180,9 @@ def paired_values(rows: Iterable[dict[str, Any]], metric: str, method: str,
     mine: dict[Any, dict[str, Any]] = {}
     for row in rows:
         if row.get("method") == reference:
-            ref[_sample_key(row)] = row.get(metric)
+            ref[sample_key(row)] = row.get(metric)
         if row.get("method") == method:
-            mine[_sample_key(row)] = row
+            mine[sample_key(row)] = row
     keys = [k for k in mine if k in ref]
     return [mine[k].get(metric) for k in keys], [ref[k] for k in keys], [mine[k] for k in keys]
 

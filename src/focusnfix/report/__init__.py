@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import FocusNFixError
-from .page import write_atomic
+from ..checkpoint import atomic_write_text
 
 __all__ = ["folder_kind", "register", "render_report"]
 
@@ -40,7 +40,8 @@ def render_report(folder: str | Path, title: str | None = None) -> Path:
         from .run_folder import render_run
 
         text = render_run(folder, title)
-    return write_atomic(folder / "report.html", text)
+    atomic_write_text(folder / "report.html", text)
+    return folder / "report.html"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FocusNFixError
+from ..evaluation.stats import sample_key
 from .eval_tables import (Metric, alignment_metric, category_section, finite, has_values, paired,
                           summary_table)
 from .page import esc, fmt, image, meta_list, page, read_json, read_jsonl, table, url
 from .plots import Point, Series, color, line_chart, scatter_chart
 
 MAX_ROWS = 64  # sample-grid rows shown; the rest are counted in a note
-
-
-def _sample_key(row: dict[str, Any]) -> Any:
-    return row["i"] if row.get("i") is not None else (row.get("prompt"), row.get("seed"))
 
 
 def load_eval(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -115,7 +112,7 @@ def _grid(folder: Path, rows, methods: list[str], reference: str) -> str:
     """Rows of prompt | reference | heatmap | mask overlay | each other method, capped at MAX_ROWS."""
     samples: dict[Any, dict[str, dict[str, Any]]] = {}
     for r in rows:
-        samples.setdefault(_sample_key(r), {})[str(r.get("method"))] = r
+        samples.setdefault(sample_key(r), {})[str(r.get("method"))] = r
     def worst_first(k: Any) -> tuple:  # the samples with a problem (low base reward) lead the grid
         base_reward = (samples[k].get(reference) or {}).get("reward")
         return (base_reward if finite(base_reward) else float("inf"), isinstance(k, tuple), str(k) if isinstance(k, tuple) else k)
@@ -167,7 +164,7 @@ def render_eval(folder: Path, title: str | None = None) -> str:
     metrics = _metrics(meta, rows)
     title = title or meta.get("title") or f"focusnfix eval: {folder.resolve().name}"
     seeds, sampler = meta.get("seeds"), meta.get("sampler")
-    n_samples = len({_sample_key(r) for r in rows})
+    n_samples = len({sample_key(r) for r in rows})
     intro = meta_list([("model", meta.get("model")), ("reward", meta.get("reward")),
                        ("prompt set", meta.get("prompt_set")),
                        ("seeds", ", ".join(map(str, seeds)) if isinstance(seeds, list) else seeds),

@@ -129,11 +129,3 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             except ValueError as e:
                 raise FocusNFixError(f"{path}:{k}: not valid JSON ({e})") from None
     return rows
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path

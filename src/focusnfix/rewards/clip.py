@@ -259,10 +259,14 @@ class CLIPZeroShotReward(CLIPScoreReward):
         super().__init__(model, scale=temperature, heatmap="never", revision=revision, device=device)
         self.n_safe = len(safe)
         self.texts = list(safe) + list(unsafe)
+        self._text: torch.Tensor | None = None  # text_embeds(self.texts), computed once per device
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> RewardOutput:
-        text = self.text_embeds(self.texts)  # (T, D)
-        emb = F.normalize(self.image_embeds(images), dim=-1)  # (B, D)
+        x = self._to_device(images)
+        if self._text is None or self._text.device != self.model.device:
+            self._text = self.text_embeds(self.texts)  # (T, D); the descriptions are fixed
+        text = self._text
+        emb = F.normalize(self.image_embeds(x), dim=-1)  # (B, D)
         probs = (self.scale * emb @ text.T).softmax(-1)
         p_safe = probs[:, : self.n_safe].sum(-1)
         return RewardOutput(score=p_safe, heatmap=None, info={"p_unsafe": (1 - p_safe).detach()})

@@ -53,7 +53,7 @@ def mask_from(reward, images: torch.Tensor, prompts: Sequence[str], m) -> tuple[
 
 
 class WeightedSum:
-    """``score = Σ w_i r_i``; ``heatmap``: the weighted max of the terms' heatmaps (those that have one).
+    """``score = Σ w_i r_i``; ``heatmap``: the element-wise max of the terms' heatmaps (unweighted) (those that have one).
 
     :meth:`problem_mask` makes each term's mask with its own settings and combines them, so a
     heatmap reward and a saliency reward can share one run.

@@ -2,35 +2,18 @@
 
 A checkpoint folder holds ``model.safetensors`` (state dicts of named modules, prefixed by the
 module's name), ``optim.safetensors`` (the optimizer's per-parameter tensors) and ``state.json``
-(step, optimizer param groups, anything else JSON-able).
+(step, the optimizer's param groups and scalar state, anything else JSON-able).
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-
-def _optim_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = opt.state_dict()
-    flat: dict[str, torch.Tensor] = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            t = v if torch.is_tensor(v) else torch.tensor(v)
-            flat[f"{idx}.{k}"] = t.detach().contiguous().clone()
-    return flat, sd["param_groups"]
-
-
-def _optim_from_flat(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, t in flat.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = t
-    opt.load_state_dict({"state": state, "param_groups": groups})
+from ..checkpoint import atomic_dir, optimizer_files, optimizer_from_files
 
 
 def save_checkpoint(
@@ -39,27 +22,15 @@ def save_checkpoint(
     opt: torch.optim.Optimizer | None,
     state: dict[str, Any],
 ) -> None:
-    """Write a checkpoint atomically (to ``path.tmp`` then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    weights = {
-        f"{name}.{k}": v.detach().contiguous().clone()
-        for name, m in modules.items()
-        for k, v in m.state_dict().items()
-    }
-    save_file(weights, str(tmp / "model.safetensors"))
-    meta = dict(state)
-    if opt is not None:
-        flat, groups = _optim_to_flat(opt)
-        save_file(flat, str(tmp / "optim.safetensors"))
-        meta["param_groups"] = groups
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    if path.exists():
-        for f in path.iterdir():
-            f.unlink()
-        path.rmdir()
-    os.replace(tmp, path)
+    """Write a checkpoint atomically (:func:`focusnfix.checkpoint.atomic_dir`)."""
+    with atomic_dir(path) as tmp:
+        weights = {f"{name}.{k}": v.detach().contiguous().clone() for name, m in modules.items() for k, v in m.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        meta = dict(state)
+        if opt is not None:
+            tensors, meta["optimizer"] = optimizer_files(opt)
+            save_file(tensors, str(tmp / "optim.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_checkpoint(
@@ -74,8 +45,9 @@ def load_checkpoint(
         pre = name + "."
         m.load_state_dict({k[len(pre):]: v for k, v in weights.items() if k.startswith(pre)})
     state = json.loads((path / "state.json").read_text())
-    if opt is not None and (path / "optim.safetensors").exists():
-        _optim_from_flat(opt, load_file(str(path / "optim.safetensors")), state.pop("param_groups"))
+    optimizer = state.pop("optimizer", None)
+    if opt is not None and optimizer is not None:
+        optimizer_from_files(opt, load_file(str(path / "optim.safetensors")), optimizer)
     return state
 
 

@@ -16,7 +16,7 @@ import torch
 from .ckpt import load_module_weights
 from .data import ATTRIBUTES, parse_caption
 from .nets import JudgeNet, OracleNet
-from .rewards import _default, _to64
+from .rewards import _default, _run
 
 
 @dataclass
@@ -43,7 +43,7 @@ class AlignmentOracle(torch.nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, list[str]]:
         """The attribute values the oracle reads off each image."""
-        logits = self.net(_to64(images.float()))
+        logits = _run(self.net, images)
         return {k: [ATTRIBUTES[k][i] for i in v.argmax(1).tolist()] for k, v in logits.items()}
 
     @torch.no_grad()
@@ -73,7 +73,7 @@ class DefectJudge(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        p = torch.sigmoid(self.net(_to64(images.float())))
+        p = torch.sigmoid(_run(self.net, images))
         return {"artifact": p[:, 0], "unwanted": p[:, 1]}
 
 

@@ -142,8 +142,3 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu"):
     pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def count_params(module: torch.nn.Module) -> int:
-    """Number of parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())

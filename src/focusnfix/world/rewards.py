@@ -30,6 +30,15 @@ def _to64(images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True)
 
 
+def _run(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``net`` on ``images`` at 64 px, moving the net to the images' device first (the trainer moves
+    the model, not the reward)."""
+    weight = next(net.parameters())
+    if weight.device != images.device:
+        net.to(images.device)
+    return net(_to64(images.float()))
+
+
 class _Frozen(torch.nn.Module):
     differentiable = True
 
@@ -55,7 +64,7 @@ class WorldArtifactReward(_Frozen):
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> RewardOutput:
         h, w = images.shape[-2:]
-        logit = self.net(_to64(images.float()))
+        logit = _run(self.net, images)
         heat = torch.sigmoid(logit)
         if (h, w) != (64, 64):
             heat = F.interpolate(heat, size=(h, w), mode="bilinear")
@@ -79,7 +88,7 @@ class WorldSafetyReward(_Frozen):
         self.score_type = score
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> RewardOutput:
-        logit = self.net(_to64(images.float()))
+        logit = _run(self.net, images)
         p_unwanted = torch.sigmoid(logit)
         score = -F.softplus(logit) if self.score_type == "logprob" else 1 - p_unwanted
         return RewardOutput(score=score, heatmap=None,
