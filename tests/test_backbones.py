@@ -15,7 +15,8 @@ PROMPTS, SEEDS = ["a red circle", "a blue square"], [7, 8]
 
 def _xl_pipe(path):
     pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # our sampler is DDIM (eta = 0)
+    # our sampler is DDIM (eta = 0); SDXL's Euler config has no clip_sample key, and SDXL latents must not be clipped
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -65,6 +65,8 @@ class SamplerConfig:
     steps: int = _f(20, "T: DDIM steps (eta = 0).")
     guidance_scale: float = _f(7.5, "Classifier-free guidance scale; <= 1 disables CFG.")
     negative_prompt: str = _f("", "Negative prompt used for the unconditional branch of CFG.")
+    height: int | None = _f(None, "Image height in px (a multiple of the VAE factor, 8 for SD); default: model.resolution, else the model's own size.")
+    width: int | None = _f(None, "Image width in px (a multiple of the VAE factor); default: model.resolution, else the model's own size.")
     k: int = _f(1, "K: gradient flows through the last K denoising steps only (DRaFT-K). 1 <= K <= T.")
     k_max: int | None = _f(None, "If set, K is drawn uniformly from [k, k_max] once per trajectory (AlignProp-style).")
     grad_checkpointing: bool = _f(False, "Gradient checkpointing of the K UNet calls (less memory, more time).")
@@ -155,6 +157,10 @@ class Config:
         _check(self.lora.rank > 0, "lora.rank", f"must be > 0, got {self.lora.rank}")
         _check(self.lora.alpha is None or self.lora.alpha > 0, "lora.alpha", "must be > 0")
         _check(bool(self.lora.targets), "lora.targets", "must name at least one module")
+        for side in ("height", "width"):
+            value = getattr(s, side)
+            _check(value is None or value > 0, f"sampler.{side}", f"must be > 0, got {value}")
+        _check(self.model.resolution is None or self.model.resolution > 0, "model.resolution", f"must be > 0, got {self.model.resolution}")
         _check(s.steps >= 1, "sampler.steps", f"must be >= 1, got {s.steps}")
         _check(1 <= s.k <= s.steps, "sampler.k", f"K must satisfy 1 <= K <= T = sampler.steps ({s.steps}), got {s.k}")
         if s.k_max is not None:

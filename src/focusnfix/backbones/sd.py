@@ -46,9 +46,7 @@ class SDBackbone:
     epsilon- and v-prediction models both work.
     """
 
-    def __init__(self, pipe, resolution: int | None = None):
-        from diffusers import DDIMScheduler
-
+    def __init__(self, pipe, resolution: int | None = None, height: int | None = None, width: int | None = None):
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
         self.unet, self.vae, self.text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
@@ -56,16 +54,25 @@ class SDBackbone:
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False)
                 module.eval()
-        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.scheduler = ddim_scheduler(pipe.scheduler.config)
         self.cache_conditioning = False  # the trainer turns it on: its text encoders never change
         self._encoded: OrderedDict[tuple, Conditioning] = OrderedDict()
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.resolution = resolution or self.unet.config.sample_size * self.vae_scale_factor
-        if self.resolution % self.vae_scale_factor:
-            raise FocusNFixError(
-                f"model.resolution {self.resolution} is not divisible by the VAE factor "
-                f"{self.vae_scale_factor}; use a multiple of {self.vae_scale_factor}"
-            )
+        size = self.unet.config.sample_size  # an int, or (h, w) in latent pixels
+        default_h, default_w = (size, size) if isinstance(size, int) else tuple(size)
+        self.height = height or resolution or default_h * self.vae_scale_factor
+        self.width = width or resolution or default_w * self.vae_scale_factor
+        for key, value in (("height", self.height), ("width", self.width)):
+            if value % self.vae_scale_factor:
+                raise FocusNFixError(
+                    f"image {key} {value} is not divisible by the VAE factor {self.vae_scale_factor}; "
+                    f"set sampler.{key} (or model.resolution) to a multiple of {self.vae_scale_factor}"
+                )
+
+    @property
+    def resolution(self) -> int | tuple[int, int]:
+        """The image side in px when square, else ``(height, width)``."""
+        return self.height if self.height == self.width else (self.height, self.width)
 
     def set_attention(self, kind: str = "default") -> None:
         """Attention implementation of UNet and VAE: ``sdpa`` (fused torch kernel), ``eager`` (plain
@@ -113,8 +120,8 @@ class SDBackbone:
 
     # -- x_T ------------------------------------------------------------------------------
     def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
-        side = self.resolution // self.vae_scale_factor
-        return (batch, self.unet.config.in_channels, side, side)
+        f = self.vae_scale_factor
+        return (batch, self.unet.config.in_channels, self.height // f, self.width // f)
 
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """x_T for each seed: ``(B, C, h, w)``, drawn on CPU so it is the same on every device."""
@@ -156,6 +163,18 @@ class SDBackbone:
         return (img.float() / 2 + 0.5).clamp(0, 1)
 
 
+def ddim_scheduler(config):
+    """The deterministic DDIM (eta = 0) scheduler for a pipeline's scheduler config, with the conventions of
+    diffusers' Stable Diffusion pipelines fixed: ``clip_sample=False`` (latents are never clipped to
+    [-1, 1]; a DDIM built from a PNDM/Euler config that lacks the key would default to True) and
+    ``steps_offset=1`` (``StableDiffusionPipeline.__init__`` fixes both; every SD/SDXL release config
+    has them). Other settings (``set_alpha_to_one``, ``timestep_spacing``, prediction type, betas) come
+    from the config as in diffusers' documented ``DDIMScheduler.from_config(pipe.scheduler.config)``."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(config, clip_sample=False, steps_offset=1)
+
+
 def _negatives(negative_prompt: str, n: int) -> list[str] | None:
     """None for an empty negative prompt, as the pipelines' own default (SDXL then uses zeros)."""
     return [negative_prompt] * n if negative_prompt else None
@@ -165,9 +184,12 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def load_backbone(path: str, dtype: str = "float32", revision: str | None = None, resolution: int | None = None,
-                  device: str | torch.device | None = None, attention: str = "default") -> SDBackbone:
+                  device: str | torch.device | None = None, attention: str = "default",
+                  height: int | None = None, width: int | None = None) -> SDBackbone:
     """Load an SD 1.x/2.x or SDXL pipeline from a local folder, a hub id, ``tiny`` (random, 32 px) or
     ``world`` (the built-in world's trained 64 px model).
+
+    Images are ``height`` x ``width`` px; each defaults to ``resolution``, else the model's own size.
 
     The family is read from the pipeline's ``model_index.json``. Weights must be safetensors
     (pickled ``.bin`` files are refused). Errors are one-line :class:`FocusNFixError` messages.
@@ -184,7 +206,7 @@ def load_backbone(path: str, dtype: str = "float32", revision: str | None = None
         pipe = _from_pretrained(path, DTYPES[dtype], revision)
     from . import FAMILIES
 
-    backbone = FAMILIES[type(pipe).__name__](pipe, resolution=resolution)
+    backbone = FAMILIES[type(pipe).__name__](pipe, resolution=resolution, height=height, width=width)
     backbone.set_attention(attention)
     if device is not None:
         backbone.to(device)

@@ -16,15 +16,16 @@ from .sd import Conditioning, SDBackbone, _negatives
 class SDXLBackbone(SDBackbone):
     """Frozen SDXL parts around a diffusers ``StableDiffusionXLPipeline``."""
 
-    def __init__(self, pipe, resolution: int | None = None):
-        super().__init__(pipe, resolution=resolution)
+    def __init__(self, pipe, resolution: int | None = None, height: int | None = None, width: int | None = None):
+        super().__init__(pipe, resolution=resolution, height=height, width=width)
         if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
             self.vae.to(torch.float32)
 
     def time_ids(self, batch: int) -> torch.Tensor:
-        """SDXL micro-conditioning (original size, crop top-left, target size) per image: ``(B, 6)``."""
-        side = self.resolution
-        ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=torch.float32, device=self.device)
+        """SDXL micro-conditioning per image, ``(B, 6)``: original size (h, w), crop top-left (0, 0), target
+        size (h, w), as ``StableDiffusionXLPipeline`` sets them by default for a ``height`` x ``width`` image."""
+        h, w = self.height, self.width
+        ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=self.device)
         return ids.repeat(batch, 1)
 
     def _encode(self, prompts: Sequence[str], negative_prompt: str, guidance_scale: float) -> Conditioning:

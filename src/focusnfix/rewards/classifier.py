@@ -51,11 +51,14 @@ class ClassifierReward:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         x = images
-        if self.input_size is not None and x.shape[-1] != self.input_size:
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
         return (x - self.mean.to(x)) / self.std.to(x)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> RewardOutput:
+        weight = next(self.model.parameters(), None)
+        if weight is not None and weight.device != images.device:  # follow the images (eval and trainer move images, not rewards)
+            self.model.to(images.device)
         out = self.model(self.preprocess(images))
         logits, heat = (out if isinstance(out, (tuple, list)) else (out, None))
         if self.multilabel:
