@@ -97,7 +97,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         m = cfg.model
-        self.backbone = backbone or load_backbone(m.path, m.dtype, m.revision, m.resolution, attention=m.attention)
+        self.backbone = backbone or load_backbone(m.path, m.dtype, m.revision, m.resolution, attention=m.attention,
+                                                  height=cfg.sampler.height, width=cfg.sampler.width)
         self.backbone.to(self.accelerator.device)
         self.backbone.cache_conditioning = True  # the text encoders are frozen during training
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, **cfg.reward.args)
@@ -186,10 +187,15 @@ class Trainer:
         return folder
 
     # -- one optimizer step ---------------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
-        """Accumulate this rank's micro-batches, average gradients over ranks, step (or skip if non-finite)."""
+    def accumulate_gradients(self) -> dict[str, float]:
+        """Forward and backward of this rank's micro-batches of the current step: the (loss-scaled) LoRA
+        gradients are summed in ``p.grad``; returns the logs averaged over the micro-batches.
+
+        The step's random numbers (LoRA dropout, the only consumer of torch's global generator in a
+        step) come from a generator reseeded from ``(train.seed, step, rank)``, so a resumed run draws
+        the same ones; the checkpoint's step number is that generator's whole state."""
         t, acc = self.cfg.train, self.accelerator
-        torch.manual_seed(t.seed * 1_000_003 + self.step * 1_009 + acc.process_index)  # LoRA dropout etc.
+        torch.manual_seed(t.seed * 1_000_003 + self.step * 1_009 + acc.process_index)
         totals: dict[str, float] = {}
         for batch in make_batches(self.cfg, self.prompts, self.step, acc.process_index, acc.num_processes):
             with self.autocast():
@@ -200,6 +206,12 @@ class Trainer:
                 totals["nonfinite"] = 1.0
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value / t.grad_accum
+        return totals
+
+    def train_step(self) -> dict[str, float]:
+        """Accumulate this rank's micro-batches, average gradients over ranks, step (or skip if non-finite)."""
+        t = self.cfg.train
+        totals = self.accumulate_gradients()
         losses_ok, grads_ok = self._average_gradients(totals.pop("nonfinite", 0.0))
         totals = self._average_logs(totals)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
