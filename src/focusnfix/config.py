@@ -311,13 +311,27 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped in the wheel; `configs/` in a checkout
+
+
+def _packaged(path: Path) -> Path:
+    """``world-artifact``, ``world-artifact.yaml`` or ``configs/world-artifact.yaml`` name a packaged config
+    when no such file exists here (an installed package has no ``configs/`` folder)."""
+    if path.is_file() or path.parent not in (Path("."), Path("configs")):
+        return path
+    shipped = PACKAGED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml")
+    return shipped if shipped.is_file() else path
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Load a YAML config (or defaults when ``path`` is None), apply overrides, validate."""
+    """Load a YAML config (or defaults when ``path`` is None), apply overrides, validate. ``path`` may
+    name a packaged config (``world-artifact``)."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
+        path = _packaged(Path(path))
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found")
+            names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+            raise ConfigError(f"config file {str(path)!r} not found (packaged configs: {names})")
         try:
             data = _yaml(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:

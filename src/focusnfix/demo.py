@@ -21,8 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
+from .config import PACKAGED_CONFIGS
 
 SUMMARY = ("reward", "defect_artifact", "alignment", "inside_mae", "outside_mae")
 
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    config = CONFIGS / ("world-artifact.yaml" if args.model == "world" else "demo.yaml")
+    config = PACKAGED_CONFIGS / ("world-artifact.yaml" if args.model == "world" else "demo.yaml")
     start = time.perf_counter()
     for method in ("fnf", "draft"):  # same config and budget; DRaFT is lambda = 0
         overrides = [f"train.output_dir={out / method}", f"method={method}"] + ([f"train.steps={args.steps}"] if args.steps else [])
