@@ -47,7 +47,7 @@ class ModelConfig:
     path: str = _f("", "Diffusers folder or hub id of an SD 1.x/2.x or SDXL pipeline; `world` = the built-in world, `tiny` = random tiny model.")
     revision: str | None = _f(None, "Hub revision (ignored for local folders).")
     dtype: str = _f("float32", "Dtype of the frozen weights: float32, float16 or bfloat16. LoRA stays float32.")
-    resolution: int | None = _f(None, "Image side in px; default: the UNet's sample_size times the VAE factor.")
+    resolution: int | None = _f(None, "Square image side in px; default: the UNet's sample_size times the VAE factor. sampler.height/width override it.")
     attention: str = _f("default", "Attention implementation of UNet and VAE: default (diffusers' choice), sdpa (torch scaled_dot_product_attention) or eager.")
     compile: bool = _f(False, "torch.compile the UNet (inductor, layout optimization off for correct gradients). Slow to compile: minutes on CPU.")
 
@@ -57,7 +57,7 @@ class LoRAConfig:
     rank: int = _f(4, "LoRA rank r (the paper uses 64 on SD1.4).")
     alpha: float | None = _f(None, "LoRA alpha; the update is scaled by alpha / rank. Default: alpha = rank.")
     targets: list[str] = _f(["to_q", "to_k", "to_v", "to_out.0"], "UNet module names that get adapters.")
-    dropout: float = _f(0.0, "LoRA dropout.")
+    dropout: float = _f(0.0, "LoRA dropout on the adapters' inputs, only in the gradient-carrying calls (the last K steps of the trained pass); previews, references and inference never drop.")
 
 
 @dataclass
