@@ -34,6 +34,27 @@ def tiny_v_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory):
+    """A saved tiny random SD3.5-M-style pipeline folder (three text encoders, flow matching, 32 px)."""
+    from focusnfix.tiny_flow import build_tiny_sd3_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-sd3")
+    build_tiny_sd3_pipeline(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory):
+    """A saved tiny random FLUX.1-dev-style pipeline folder (guidance embedding, packed latents; give it a
+    resolution: without a sample_size the pipeline's default is 128 latent px)."""
+    from focusnfix.tiny_flow import build_tiny_flux_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-flux")
+    build_tiny_flux_pipeline(path)
+    return path
+
+
 def base_overrides(tiny_dir, out, **extra):
     """Dotted overrides for a fast tiny training run."""
     values = {
@@ -53,3 +74,13 @@ def tiny_xl_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-sdxl")
     build_tiny_sdxl_pipeline(path)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` exercise GPU paths: skipped where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

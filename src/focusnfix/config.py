@@ -44,7 +44,7 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class ModelConfig:
-    path: str = _f("", "Diffusers folder or hub id of an SD 1.x/2.x or SDXL pipeline; `world` = the built-in world, `tiny` = random tiny model.")
+    path: str = _f("", "Diffusers folder or hub id of an SD 1.x/2.x, SDXL, SD3/3.5 or FLUX.1 pipeline; `world` = the built-in world, `tiny` = random tiny model.")
     revision: str | None = _f(None, "Hub revision (ignored for local folders).")
     dtype: str = _f("float32", "Dtype of the frozen weights: float32, float16 or bfloat16. LoRA stays float32.")
     resolution: int | None = _f(None, "Square image side in px; default: the UNet's sample_size times the VAE factor. sampler.height/width override it.")
@@ -56,7 +56,7 @@ class ModelConfig:
 class LoRAConfig:
     rank: int = _f(4, "LoRA rank r (the paper uses 64 on SD1.4).")
     alpha: float | None = _f(None, "LoRA alpha; the update is scaled by alpha / rank. Default: alpha = rank.")
-    targets: list[str] = _f(["to_q", "to_k", "to_v", "to_out.0"], "UNet module names that get adapters.")
+    targets: list[str] | None = _f(None, "Denoiser module names that get adapters; default: the family's attention projections (SD/SDXL: to_q, to_k, to_v, to_out.0; SD3/FLUX also the text-stream add_q_proj, add_k_proj, add_v_proj, to_add_out).")
     dropout: float = _f(0.0, "LoRA dropout on the adapters' inputs, only in the gradient-carrying calls (the last K steps of the trained pass); previews, references and inference never drop.")
 
 
@@ -156,7 +156,7 @@ class Config:
         _check(self.model.attention in ("default", "sdpa", "eager"), "model.attention", "must be default, sdpa or eager")
         _check(self.lora.rank > 0, "lora.rank", f"must be > 0, got {self.lora.rank}")
         _check(self.lora.alpha is None or self.lora.alpha > 0, "lora.alpha", "must be > 0")
-        _check(bool(self.lora.targets), "lora.targets", "must name at least one module")
+        _check(self.lora.targets is None or bool(self.lora.targets), "lora.targets", "must name at least one module")
         for side in ("height", "width"):
             value = getattr(s, side)
             _check(value is None or value > 0, f"sampler.{side}", f"must be > 0, got {value}")

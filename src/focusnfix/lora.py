@@ -19,21 +19,51 @@ ADAPTER = "default"
 
 def add_lora(unet, rank: int, alpha: float | None = None, targets: list[str] | tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
              dropout: float = 0.0) -> list[torch.nn.Parameter]:
-    """Add a LoRA adapter (B initialised to zero, so θ = θ0 at the start); return its parameters (float32)."""
+    """Add a LoRA adapter (B initialised to zero, so θ = θ0 at the start); return its parameters (float32).
+
+    ``dropout`` > 0 drops LoRA inputs in gradient-carrying calls only (:class:`GradOnlyDropout`)."""
     from peft import LoraConfig
 
     names = {n.rsplit(".", 1)[-1] for n, _ in unet.named_modules()} | {".".join(n.split(".")[-2:]) for n, _ in unet.named_modules()}
     missing = [t for t in targets if t not in names]
     if missing:
-        raise FocusNFixError(f"lora.targets {missing} match no UNet module; attention projections are to_q, to_k, to_v, to_out.0")
+        raise FocusNFixError(f"lora.targets {missing} match no module of the denoiser; the attention projections are "
+                             "to_q, to_k, to_v, to_out.0 (SD3/FLUX also add_q_proj, add_k_proj, add_v_proj, to_add_out)")
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(targets),
                         lora_dropout=dropout, init_lora_weights="gaussian")
     unet.add_adapter(config, adapter_name=ADAPTER)
+    if dropout > 0:
+        for module in unet.modules():
+            if hasattr(module, "lora_dropout") and ADAPTER in module.lora_dropout:
+                module.lora_dropout[ADAPTER] = GradOnlyDropout(dropout)
     params = list(lora_parameters(unet).values())
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
     return params
+
+
+class GradOnlyDropout(torch.nn.Module):
+    """LoRA dropout that acts only in gradient-carrying calls (DRaFT's last K steps of Î).
+
+    peft's ``nn.Dropout`` follows the module's training flag, so it would also drop in the no-grad
+    prefix, the batched reference rows, previews and inference, and the number of random draws would
+    depend on reference-cache hits. Here a call with gradients disabled is the identity, so a training
+    step draws a fixed number of numbers from torch's global generator, which the trainer reseeds from
+    ``(train.seed, step, rank)`` at every step (resume is exact; gradient checkpointing restores that
+    generator when it recomputes a step, so the recomputed masks are the same)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return x
+        return torch.nn.functional.dropout(x, self.p, training=True)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def lora_parameters(unet) -> dict[str, torch.nn.Parameter]:
@@ -104,37 +134,71 @@ def load_lora_state(unet, state: dict[str, torch.Tensor]) -> None:
 def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets: list[str], pipeline_cls=None,
               state: dict[str, torch.Tensor] | None = None) -> Path:
     """Save in diffusers format (``pytorch_lora_weights.safetensors``) so that
-    ``pipeline_cls.load_lora_weights(folder)`` loads it (default ``StableDiffusionPipeline``; pass
-    ``StableDiffusionXLPipeline`` for SDXL); rank/alpha are recorded in the file's adapter metadata
-    and in ``lora_config.json``. ``state`` (from :func:`lora_state`) replaces reading the UNet's
-    tensors; a sharded UNet must pass it, gathered on every rank."""
+    ``pipeline_cls.load_lora_weights(folder)`` loads it (default ``StableDiffusionPipeline``; pass the
+    family's pipeline class, e.g. ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline``,
+    ``FluxPipeline``); rank/alpha are recorded in the file's adapter metadata and in
+    ``lora_config.json``. ``unet`` is the denoiser: a UNet is saved under the ``unet`` prefix (in
+    diffusers' key format), a transformer under ``transformer`` (peft's format), as diffusers' own LoRA
+    training scripts save them. ``state`` (from :func:`lora_state`) replaces reading the denoiser's
+    tensors; a sharded denoiser must pass it, gathered on every rank."""
+    import inspect
+
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state, adapter_name=ADAPTER))
+    cls = pipeline_cls or StableDiffusionPipeline
+    prefix = "unet" if "unet_lora_layers" in inspect.signature(cls.save_lora_weights).parameters else "transformer"
+    layers = get_peft_model_state_dict(unet, state_dict=state, adapter_name=ADAPTER)
+    if prefix == "unet":
+        layers = convert_state_dict_to_diffusers(layers)
     layers = {k: v.detach().cpu().contiguous() for k, v in layers.items()}
     meta = {"r": rank, "lora_alpha": alpha if alpha is not None else rank, "target_modules": list(targets)}
-    (pipeline_cls or StableDiffusionPipeline).save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=meta)
+    cls.save_lora_weights(folder, **{f"{prefix}_lora_layers": layers, f"{prefix}_lora_adapter_metadata": meta})
     (folder / "lora_config.json").write_text(json.dumps(meta, indent=2))
     return folder
 
 
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def find_lora_file(path: str | Path) -> Path:
+    """The LoRA weights file for ``path``: a ``.safetensors`` file (any name), a run folder (its
+    ``lora/``), or a LoRA folder holding ``pytorch_lora_weights.safetensors`` or exactly one other
+    ``.safetensors`` file. One-line :class:`FocusNFixError` otherwise."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise FocusNFixError(f"LoRA file {str(path)!r} is not a .safetensors file (pickled weights are refused)")
+        return path
+    if not path.is_dir():
+        raise FocusNFixError(f"LoRA {str(path)!r} does not exist; give a run folder, a LoRA folder or a .safetensors file")
+    folder = path / "lora" if (path / "lora").is_dir() else path
+    if (folder / LORA_FILE).is_file():
+        return folder / LORA_FILE
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FocusNFixError(f"{str(path)!r} is neither a run folder with lora/ nor a LoRA folder (no {LORA_FILE} or other .safetensors file in it)")
+    names = ", ".join(f.name for f in found[:4])
+    raise FocusNFixError(f"LoRA folder {str(folder)!r} holds several .safetensors files ({names}); give the file itself")
+
+
 def load_lora_into(pipe, folder: str | Path) -> None:
-    """``pipe.load_lora_weights(folder)`` with one-line errors for missing, truncated or mismatched files."""
+    """``pipe.load_lora_weights`` for a run folder, a LoRA folder or a LoRA ``.safetensors`` file (see
+    :func:`find_lora_file`), with one-line errors for missing, truncated or mismatched files."""
     import diffusers
 
-    weights = Path(folder) / "pytorch_lora_weights.safetensors"
-    if not weights.is_file():
-        raise FocusNFixError(f"LoRA folder {str(folder)!r} has no pytorch_lora_weights.safetensors; give a run's lora/ folder")
+    weights = find_lora_file(folder)
     level = diffusers.utils.logging.get_verbosity()
     diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)  # we report errors ourselves
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pipe.load_lora_weights(str(folder))
+            pipe.load_lora_weights(str(weights.parent), weight_name=weights.name)
         partial = [w for w in caught if "inconsistency" in str(w.message)]
         if partial:
             raise ValueError("its tensors match only part of this model's attention layers")
@@ -145,5 +209,7 @@ def load_lora_into(pipe, folder: str | Path) -> None:
                              "was it trained on another architecture, or is the file truncated?") from None
     finally:
         diffusers.utils.logging.set_verbosity(level)
-    if not any("lora_" in n for n, _ in pipe.unet.named_parameters()):
-        raise FocusNFixError(f"LoRA {str(folder)!r} holds no UNet LoRA tensors that match this model")
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    if not any("lora_" in n for n, _ in denoiser.named_parameters()):
+        raise FocusNFixError(f"LoRA {str(folder)!r} holds no {type(denoiser).__name__} LoRA tensors that match this model; "
+                             "was it trained for another model family?")

@@ -1,9 +1,10 @@
-"""One DDIM (eta = 0) sampler for everything: inference, the frozen reference I0, and DRaFT-K.
+"""One deterministic sampler for everything: inference, the frozen reference I0, and DRaFT-K.
 
-The first T-K steps run under ``torch.no_grad()``; gradient flows only through the last K UNet
-calls and the VAE decode (DRaFT-K, Clark et al. 2023, Sec. 4). Inference-time methods (reward
-guidance, SLD) wrap the model function: ``guidance(model_fn) -> model_fn`` (k-diffusion style), so
-the sampler never knows about them.
+The backbone supplies the step rule: DDIM with eta = 0 for the UNet families (SD 1.x/2.x, SDXL) or
+Euler on the rectified-flow ODE for the flow-matching transformers (SD3, FLUX). The first T-K steps
+run under ``torch.no_grad()``; gradient flows only through the last K model calls and the VAE decode
+(DRaFT-K, Clark et al. 2023, Sec. 4). Inference-time methods (reward guidance, SLD) wrap the model
+function: ``guidance(model_fn) -> model_fn`` (k-diffusion style), so the sampler never knows about them.
 """
 from __future__ import annotations
 
@@ -18,6 +19,47 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 Guidance = Callable[[ModelFn], ModelFn]
 
 
+class DDIMStep:
+    """x_t -> x_{t-1} by DDIM with eta = 0 (Song et al. 2021, eq. 12): diffusers' ``DDIMScheduler.step``."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def timesteps(self, steps: int, device: torch.device) -> torch.Tensor:
+        self.scheduler.set_timesteps(steps, device=device)
+        return self.scheduler.timesteps
+
+    def __call__(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.step(out, t, x, eta=0.0, return_dict=False)[0]
+
+    def x0(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return predicted_x0(self.scheduler, out, x, t)
+
+
+class FlowEulerStep:
+    """Euler on the rectified-flow ODE dx/dσ = v (Esser et al. 2024): ``x_next = x + (σ_next - σ) v``,
+    the deterministic step of diffusers' ``FlowMatchEulerDiscreteScheduler`` (float32 update, cast back).
+
+    ``schedule(steps)`` gives the ``set_timesteps`` keywords of the family's pipeline (custom sigmas,
+    the resolution-dependent shift ``mu``), so σ_0..σ_T (σ_T = 0) equal the pipeline's exactly."""
+
+    def __init__(self, scheduler, schedule: Callable[[int], dict]):
+        self.scheduler, self.schedule = scheduler, schedule
+        self.sigmas: torch.Tensor | None = None
+
+    def timesteps(self, steps: int, device: torch.device) -> torch.Tensor:
+        self.scheduler.set_timesteps(device=device, **self.schedule(steps))
+        self.sigmas = self.scheduler.sigmas.to(device)
+        return self.scheduler.timesteps
+
+    def __call__(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(torch.float32) + (self.sigmas[i + 1] - self.sigmas[i]) * out).to(out.dtype)
+
+    def x0(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x̂0 = x - σ v (x = (1 - σ) x0 + σ ε and v = ε - x0)."""
+        return x - self.sigmas[i].to(x.dtype) * out
+
+
 def draw_k(k: int, k_max: int | None, generator: torch.Generator | None = None) -> int:
     """K for one trajectory: fixed ``k``, or uniform on ``[k, k_max]`` (drawn once, never per step)."""
     if k_max is None or k_max == k:
@@ -25,7 +67,7 @@ def draw_k(k: int, k_max: int | None, generator: torch.Generator | None = None) 
     return int(torch.randint(k, k_max + 1, (1,), generator=generator).item())
 
 
-def ddim_sample(
+def sample(
     backbone,
     cond: Conditioning,
     noise: torch.Tensor,
@@ -37,7 +79,7 @@ def ddim_sample(
     first: int = 0,
     last: int | None = None,
 ) -> torch.Tensor:
-    """Run T = ``steps`` DDIM steps from x_T = ``noise``; return the final latents x_0.
+    """Run T = ``steps`` steps of the backbone's step rule from x_T = ``noise``; return the final latents.
 
     Only the last ``k`` steps record gradients (``k = 0``: no gradient at all). ``callback(i, t, x)``
     is called after each step with the new latents (detached). ``first``/``last`` run only steps
@@ -46,12 +88,12 @@ def ddim_sample(
     """
     if not 0 <= k <= steps:
         raise ValueError(f"K must satisfy 0 <= K <= T, got K={k}, T={steps}")
-    scheduler = backbone.scheduler
-    scheduler.set_timesteps(steps, device=noise.device)
+    rule = backbone.step_rule
+    timesteps = rule.timesteps(steps, noise.device)
     model_fn = guidance(backbone.model_fn) if guidance is not None else backbone.model_fn
     x = noise
     last = steps if last is None else last
-    for i, t in enumerate(scheduler.timesteps):
+    for i, t in enumerate(timesteps):
         if not first <= i < last:
             continue
         with torch.set_grad_enabled(torch.is_grad_enabled() and i >= steps - k):
@@ -59,10 +101,13 @@ def ddim_sample(
                 out = checkpoint(model_fn, x, t, cond, use_reentrant=False)
             else:
                 out = model_fn(x, t, cond)
-            x = scheduler.step(out, t, x, eta=0.0, return_dict=False)[0]
+            x = rule(out, i, t, x)
         if callback is not None:
             callback(i, t, x.detach())
     return x
+
+
+ddim_sample = sample  # the name from when DDIM was the only step rule
 
 
 def predicted_x0(scheduler, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -84,7 +129,7 @@ def generate(backbone, prompts, seeds, steps: int = 20, guidance_scale: float = 
     """Inference: images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` and noise ``seeds``, no gradient."""
     with torch.no_grad():
         cond = backbone.encode(prompts, negative_prompt, guidance_scale)
-        latents = ddim_sample(backbone, cond, backbone.initial_noise(seeds), steps, guidance=guidance)
+        latents = sample(backbone, cond, backbone.initial_noise(seeds), steps, guidance=guidance)
         return backbone.decode(latents)
 
 

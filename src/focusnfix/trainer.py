@@ -102,7 +102,8 @@ class Trainer:
         self.backbone.to(self.accelerator.device)
         self.backbone.cache_conditioning = True  # the text encoders are frozen during training
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, **cfg.reward.args)
-        add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
+        self.lora_targets = list(cfg.lora.targets or self.backbone.lora_targets)  # default: the family's
+        add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, self.lora_targets, cfg.lora.dropout)
         self.method = METHODS[cfg.method](self.backbone, self.reward, cfg)
         if cfg.train.reference_cache != "off" and self.method.needs_reference:
             from .cache import ReferenceCache, reference_fingerprint
@@ -327,7 +328,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             lora = self.cfg.lora
             with atomic_dir(self.out / "lora") as tmp:
-                save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, lora.targets, type(self.backbone.pipe), state=state)
+                save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, self.lora_targets, type(self.backbone.pipe), state=state)
             rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
             summary = {"method": self.cfg.method, "steps": self.step, "processes": self.accelerator.num_processes,
                        "final": rows[-1] if rows else {}, "first": rows[0] if rows else {},

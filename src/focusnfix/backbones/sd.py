@@ -46,28 +46,51 @@ class SDBackbone:
     epsilon- and v-prediction models both work.
     """
 
+    denoiser = "unet"  # the pipeline component that denoises (and its prefix in diffusers' LoRA files)
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0")  # default lora.targets: the attention projections
+    default_sample_size = 64  # latent px, when the denoiser's config has no sample_size
+
     def __init__(self, pipe, resolution: int | None = None, height: int | None = None, width: int | None = None):
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
-        self.unet, self.vae, self.text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+        # ``unet`` is the denoiser of every family (a UNet, or the transformer of SD3/FLUX): one name for
+        # LoRA, sharding, compile and the reference cache
+        self.unet, self.vae, self.text_encoder = getattr(pipe, self.denoiser), pipe.vae, pipe.text_encoder
         for module in pipe.components.values():
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False)
                 module.eval()
-        self.scheduler = ddim_scheduler(pipe.scheduler.config)
+        self.scheduler = self.make_scheduler(pipe.scheduler.config)
         self.cache_conditioning = False  # the trainer turns it on: its text encoders never change
         self._encoded: OrderedDict[tuple, Conditioning] = OrderedDict()
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        size = self.unet.config.sample_size  # an int, or (h, w) in latent pixels
+        size = getattr(self.unet.config, "sample_size", None) or self.default_sample_size  # latent px: int or (h, w)
         default_h, default_w = (size, size) if isinstance(size, int) else tuple(size)
         self.height = height or resolution or default_h * self.vae_scale_factor
         self.width = width or resolution or default_w * self.vae_scale_factor
         for key, value in (("height", self.height), ("width", self.width)):
-            if value % self.vae_scale_factor:
+            if value % self.size_multiple:
                 raise FocusNFixError(
-                    f"image {key} {value} is not divisible by the VAE factor {self.vae_scale_factor}; "
-                    f"set sampler.{key} (or model.resolution) to a multiple of {self.vae_scale_factor}"
+                    f"image {key} {value} is not divisible by {self.size_multiple} (this model's VAE factor"
+                    f"{' times its patch size' if self.size_multiple != self.vae_scale_factor else ''}); "
+                    f"set sampler.{key} (or model.resolution) to a multiple of {self.size_multiple}"
                 )
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (the VAE factor; transformers also need whole patches)."""
+        return self.vae_scale_factor
+
+    @staticmethod
+    def make_scheduler(config):
+        return ddim_scheduler(config)
+
+    @property
+    def step_rule(self):
+        """The sampler's step rule for this family: DDIM (eta = 0) on ``self.scheduler``."""
+        from ..sampling import DDIMStep
+
+        return DDIMStep(self.scheduler)
 
     @property
     def resolution(self) -> int | tuple[int, int]:
@@ -128,7 +151,7 @@ class SDBackbone:
         shape = self.latent_shape(1)
         noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
         x = torch.cat(noise).to(self.device, self.unet.dtype)
-        return x * self.scheduler.init_noise_sigma
+        return x * getattr(self.scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
 
     # -- one model evaluation ---------------------------------------------------------------
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -143,19 +166,23 @@ class SDBackbone:
         return out
 
     # -- images -----------------------------------------------------------------------------
+    def unpack(self, latents: torch.Tensor) -> torch.Tensor:
+        """The sampler's latents as the VAE's ``(B, C, h, w)`` (FLUX samples packed 2x2 patches)."""
+        return latents
+
     def decode(self, latents: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
         """Latents -> images ``(B, 3, H, W)`` in [0, 1] (the pipeline's ``output_type='pt'``)."""
         def run(z: torch.Tensor) -> torch.Tensor:
             return self.vae.decode(z, return_dict=False)[0]
 
         config = self.vae.config
-        z = latents.to(self.vae.dtype)
+        z = self.unpack(latents).to(self.vae.dtype)
         if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
             mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(z)
             std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(z)
             z = z * std / config.scaling_factor + mean
-        else:
-            z = z / config.scaling_factor
+        else:  # SD3 and FLUX VAEs also shift: z / scaling + shift
+            z = z / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
         if grad_checkpointing and torch.is_grad_enabled():
             img = checkpoint(run, z, use_reentrant=False)
         else:
