@@ -23,9 +23,11 @@ def tiny_clip(tmp_path_factory):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_two_step_smoke(path, tiny_dir, tiny_xl_dir, tiny_clip, tmp_path):
+def test_config_two_step_smoke(request, path, tiny_clip, tmp_path):
     raw = yaml.safe_load(path.read_text())
-    model = str(tiny_xl_dir if "xl" in raw["model"]["path"] else tiny_dir) if raw["model"]["path"] != "tiny" else "tiny"
+    family = next((f for key, f in (("xl", "tiny_xl_dir"), ("diffusion-3", "tiny_sd3_dir"), ("FLUX", "tiny_flux_dir"))
+                   if key in raw["model"]["path"]), "tiny_dir")
+    model = str(request.getfixturevalue(family)) if raw["model"]["path"] != "tiny" else "tiny"
     overrides = [f"model.path={model}", "model.resolution=32", "model.dtype=float32", "train.mixed_precision=no",
                  "train.steps=2", "train.grad_accum=1", "sampler.steps=3", "train.sample_every=0",
                  "train.checkpoint_every=0", f"train.output_dir={tmp_path / 'run'}"]

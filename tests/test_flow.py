@@ -148,3 +148,51 @@ def test_sd3_resume_equals_uninterrupted(tiny_sd3_dir, tmp_path):
     # the same operations on the same inputs after the checkpoint (no reference-cache hits without a
     # seed pool), so the runs agree far below 1e-6
     assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
+
+
+def test_sd3_fsdp_two_processes_match_one_process(tiny_sd3_dir, tmp_path):
+    """train.fsdp shards the transformer's joint blocks (and the root) over two gloo ranks: each holds
+    half the weights, and the LoRA equals one process with the same global batch (tolerance reasoning
+    as in test_distributed.py's UNet test: sharded weights round differently, Adam's first steps
+    amplify last-bit gradient differences to ~1e-6 per step; the LoRA moves by > 1e-2)."""
+    from safetensors.torch import load_file
+    from test_distributed import torchrun
+
+    out = tmp_path / "fsdp"
+    common = {"sampler.guidance_scale": 3.0, "train.batch_size": 1, "train.cpu": True, "train.steps": 2}
+    torchrun(base_overrides(tiny_sd3_dir, out, **common, **{"train.fsdp": True}), tmp_path, port=29519)
+    import json
+
+    for r in (0, 1):
+        counts = json.loads((out / f"rank{r}.json").read_text())
+        assert counts["held"] <= 0.51 * counts["total"], counts
+    ranks = [load_file(out / f"rank{r}.safetensors") for r in (0, 1)]
+    assert all(ranks[0][n].equal(ranks[1][n]) for n in ranks[0])
+    single = Trainer(load_config(None, base_overrides(tiny_sd3_dir, tmp_path / "single", **common, **{"train.grad_accum": 2})))
+    single.train(progress=False)
+    ref = lora_state(single.backbone.unet)
+    assert max(ref[n].abs().max().item() for n in ref if "lora_B" in n) > 1e-2
+    assert max((ref[n] - ranks[0][n]).abs().max().item() for n in ref) <= 1e-4
+
+
+def test_flow_bad_input_is_one_line_exit_2(tiny_flux_dir, tiny_sd3_dir, tiny_dir, tmp_path, capsys):
+    """A FLUX folder without its transformer, a UNet LoRA given to an SD3 model, K > T."""
+    import shutil
+
+    from focusnfix.cli import main
+
+    broken = tmp_path / "flux"
+    shutil.copytree(tiny_flux_dir, broken)
+    shutil.rmtree(broken / "transformer")
+    unet_lora = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "sd-run", **{"train.steps": 1}))).train(progress=False) / "lora"
+    capsys.readouterr()
+    cases = {
+        "lacks transformer/": ["sample", "--model", str(broken), "--prompt", "a red circle", "--out", str(tmp_path / "o1")],
+        "was it trained for another model family": ["sample", "--model", str(tiny_sd3_dir), "--lora", str(unet_lora),
+                                                    "--prompt", "a red circle", "--out", str(tmp_path / "o2")],
+        "1 <= K <= T": ["train", *base_overrides(tiny_sd3_dir, tmp_path / "r3", **{"sampler.k": 5})],
+    }
+    for expected, argv in cases.items():
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0] and len(err[0]) < 300, err

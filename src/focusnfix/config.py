@@ -49,6 +49,7 @@ class ModelConfig:
     dtype: str = _f("float32", "Dtype of the frozen weights: float32, float16 or bfloat16. LoRA stays float32.")
     resolution: int | None = _f(None, "Square image side in px; default: the UNet's sample_size times the VAE factor. sampler.height/width override it.")
     attention: str = _f("default", "Attention implementation of UNet and VAE: default (diffusers' choice), sdpa (torch scaled_dot_product_attention) or eager.")
+    offload_text_encoders: bool = _f(False, "SD3/FLUX: keep the text encoders (T5-XXL) on the CPU and move them to the GPU only to encode prompts; the rest of the time only the transformer and VAE use GPU memory.")
     compile: bool = _f(False, "torch.compile the UNet (inductor, layout optimization off for correct gradients). Slow to compile: minutes on CPU.")
 
 

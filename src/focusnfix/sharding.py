@@ -19,7 +19,9 @@ import torch
 
 # The wrap units: each is sharded separately, so at most one of them is gathered at a time (plus the
 # root's own small layers: conv_in/out, time embedding, down/upsamplers, transformer in/out projections).
-WRAP_CLASSES = ("ResnetBlock2D", "BasicTransformerBlock")
+WRAP_CLASSES = ("ResnetBlock2D", "BasicTransformerBlock",  # UNets
+                "JointTransformerBlock",  # SD3/3.5 (MMDiT)
+                "FluxTransformerBlock", "FluxSingleTransformerBlock")  # FLUX.1 double- and single-stream blocks
 
 
 def shard_unet(unet: torch.nn.Module, device: torch.device, world_size: int, reshard_after_forward: bool = True) -> int:

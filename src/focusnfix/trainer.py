@@ -99,6 +99,11 @@ class Trainer:
         m = cfg.model
         self.backbone = backbone or load_backbone(m.path, m.dtype, m.revision, m.resolution, attention=m.attention,
                                                   height=cfg.sampler.height, width=cfg.sampler.width)
+        if m.offload_text_encoders:
+            if not hasattr(self.backbone, "offload_text_encoders"):
+                raise FocusNFixError("model.offload_text_encoders is for the SD3 and FLUX families; this model's text "
+                                     "encoders are small: remove the setting")
+            self.backbone.offload_text_encoders = True
         self.backbone.to(self.accelerator.device)
         self.backbone.cache_conditioning = True  # the text encoders are frozen during training
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, **cfg.reward.args)

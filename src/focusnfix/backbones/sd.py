@@ -254,6 +254,20 @@ def _pipeline_class(path: str, local: bool, revision: str | None):
     return getattr(diffusers, name)
 
 
+def _check_components(folder: Path) -> None:
+    """Every component ``model_index.json`` lists (with a class) has its folder: a clear error instead
+    of diffusers' "no file named config.json"."""
+    import json
+
+    index = json.loads((folder / "model_index.json").read_text())
+    unused = {"safety_checker", "feature_extractor", "image_encoder"}  # not loaded (safety checker passed as None)
+    missing = [name for name, value in index.items() if not name.startswith("_") and name not in unused
+               and isinstance(value, list) and value[0] is not None and not (folder / name).is_dir()]
+    if missing:
+        raise FocusNFixError(f"model folder {str(folder)!r} lacks {', '.join(m + '/' for m in missing)} (listed in its "
+                             "model_index.json); copy or download the complete pipeline")
+
+
 def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
     local = Path(path).expanduser()
     if local.exists():
@@ -268,6 +282,8 @@ def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
         )
     source = str(local) if local.exists() else path
     cls = _pipeline_class(source, local.exists(), revision)
+    if local.exists():
+        _check_components(local)
     try:
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype -> dtype; keep both working
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
