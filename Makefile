@@ -24,3 +24,11 @@ test: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# On a CUDA machine: cuda-marked tests, SD1.5-size step benchmark, the demo and a 50-image eval, timed;
+# writes benchmarks/results/gpu_check.json and .md (BENCHMARKS.md, "GPU check"). CPU smoke path: ARGS=--tiny.
+# Needs a Python with CUDA torch and focusnfix installed (pip install -e ".[test]"): .venv's lock is CPU-only.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(ARGS)

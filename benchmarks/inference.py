@@ -1,7 +1,10 @@
 """Benchmark (c): inference seconds per image for base, Focus-N-Fix LoRA (unfused and fused),
 Reward Guidance and SLD, with the same sampler settings, interleaved repeats.
 
-    python benchmarks/inference.py [--model tiny] [--steps 20] [--batch 4] [--repeats 5]
+    python benchmarks/inference.py [--model tiny|world|tiny-sd3|tiny-flux|PATH] [--steps 20] [--batch 4] [--repeats 5]
+
+``tiny-sd3`` / ``tiny-flux`` build the tiny flow-matching pipelines of ``focusnfix.tiny_flow`` (32 px);
+SLD is UNet-only and is left out for them.
 
 A LoRA is first trained for a few steps (Focus-N-Fix) so unfused/fused timings use real adapters.
 Prints a table and writes JSON (default benchmarks/results/inference.json).
@@ -25,7 +28,8 @@ PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default="tiny", help="tiny, world, tiny-sd3, tiny-flux or a pipeline folder")
+    p.add_argument("--resolution", type=int, help="image side in px (default: the model's; 32 for tiny-sd3/tiny-flux)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
@@ -44,13 +48,21 @@ def main(argv=None) -> int:
     from focusnfix.trainer import train
 
     torch.set_num_threads(args.threads)
-    run = Path(tempfile.mkdtemp(prefix="inf-bench-")) / "run"
-    train(load_config(None, [f"model.path={args.model}", "data.prompts=[a red circle]", "train.steps=2",
-                             "sampler.steps=4", f"train.output_dir={run}"]), progress=False)
+    work = Path(tempfile.mkdtemp(prefix="inf-bench-"))
+    run, model = work / "run", args.model
+    if model in ("tiny-sd3", "tiny-flux"):
+        from focusnfix import tiny_flow
+
+        model = str(work / model)
+        (tiny_flow.build_tiny_sd3_pipeline if args.model == "tiny-sd3" else tiny_flow.build_tiny_flux_pipeline)(model)
+        args.resolution = args.resolution or 32
+    size = [f"model.resolution={args.resolution}"] if args.resolution else []
+    train(load_config(None, [f"model.path={model}", "data.prompts=[a red circle]", "train.steps=2",
+                             "sampler.steps=4", f"train.output_dir={run}", *size]), progress=False)
     prompts = (PROMPTS * args.batch)[: args.batch]
     seeds = list(range(args.batch))
-    plain = load_backbone(args.model)
-    unfused, fused = load_backbone(args.model), load_backbone(args.model)
+    plain = load_backbone(model, resolution=args.resolution)
+    unfused, fused = load_backbone(model, resolution=args.resolution), load_backbone(model, resolution=args.resolution)
     load_lora_into(unfused.pipe, run / "lora")
     load_lora_into(fused.pipe, run / "lora")
     fused.pipe.fuse_lora()
@@ -63,6 +75,8 @@ def main(argv=None) -> int:
         "reward-guidance": (plain, lambda: RewardGuidance(plain, reward, prompts, scale=30.0, steps=args.steps)),
         "sld-medium": (plain, lambda: SLDGuidance(plain, "medium")),
     }
+    if plain.denoiser != "unet":
+        del variants["sld-medium"]
     times: dict[str, list[float]] = {name: [] for name in variants}
     for rep in range(args.repeats + 1):  # the first round is a warm-up
         for name, (backbone, guidance) in variants.items():

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, default=None, help="px (default 512, or 64 with --small)")
     p.add_argument("--sampler-steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--variants", default="all", help="all, or e.g. k2-ckpt-bf16")
+    p.add_argument("--variants", default="all", help="all, or a comma-separated list, e.g. k2-ckpt-bf16,k2-nockpt-bf16")
     p.add_argument("--out", default="benchmarks/results/sd15_step.json")
     args = p.parse_args(argv)
     import torch
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     rows = []
     for k, ckpt, bf16 in itertools.product((1, 2), (False, True), (False, True)):
         name = f"k{k}-{'ckpt' if ckpt else 'nockpt'}-{'bf16' if bf16 else 'fp32'}"
-        if args.variants not in ("all", name):
+        if args.variants != "all" and name not in args.variants.split(","):
             continue
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -36,8 +36,8 @@ CASES = {
     "fp16 with FSDP": ({"train.fsdp": True, "train.mixed_precision": "fp16"}, "fp16 is not supported with train.fsdp"),
     "unknown method": ({"method": "magic"}, "method must be fnf or draft"),
     "bad reward args": ({"reward.args": "{nope: 1}"}, "rejected its arguments"),
-    "resolution not divisible": ({"model.resolution": 30}, "not divisible by the VAE factor"),
-    "bad lora target": ({"lora.targets": "[nonexistent_proj]"}, "match no UNet module"),
+    "resolution not divisible": ({"model.resolution": 30}, "not divisible by 4 (this model's VAE factor"),
+    "bad lora target": ({"lora.targets": "[nonexistent_proj]"}, "match no module of the denoiser"),
     "k_max < k": ({"sampler.k": 2, "sampler.k_max": 1}, "k_max"),
 }
 
@@ -169,7 +169,7 @@ def test_unusable_output_folder(tiny_dir, tmp_path, cfg_file, capsys):
 @pytest.mark.parametrize("argv, expected", [
     (["--steps", "0"], "--steps must be >= 1"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--resolution", "30"], "not divisible by the VAE factor"),
+    (["--resolution", "30"], "not divisible by 4 (this model's VAE factor"),
 ])
 def test_sample_bad_arguments(tiny_dir, tmp_path, capsys, argv, expected):
     out = tmp_path / "o"

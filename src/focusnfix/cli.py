@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate images with a model and an optional LoRA", description=(
         "Generate one PNG per (prompt, seed) with the DDIM sampler; writes OUT/index.json."))
-    s.add_argument("--model", required=True, help="diffusers folder, hub id, or `tiny`")
-    s.add_argument("--lora", help="LoRA folder (a run's lora/ or any diffusers LoRA)")
+    s.add_argument("--model", required=True, help="diffusers folder, hub id, `world` or `tiny`")
+    s.add_argument("--lora", help="a run folder, a LoRA folder (one .safetensors file, any name) or a LoRA .safetensors file")
     s.add_argument("--fuse", action="store_true", help="fuse the LoRA into the UNet weights (faster inference)")
     s.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     s.add_argument("--prompts", help="prompt file (.txt, .csv or .tsv) or a packaged set (parti:People, i2p:sexual, ...)")
@@ -42,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
     s.add_argument("--negative-prompt", default="", help="negative prompt")
     s.add_argument("--resolution", type=int, help="image side in px (default: the model's)")
-    s.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    _device_flags(s, dtype_default="float32")
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="compare methods on identical (prompt, seed) pairs", description=(
@@ -53,13 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--config", required=True, help="a training config YAML or a run folder (its config.yaml is used)")
     e.add_argument("--set", action="append", default=[], metavar="key=value", help="config override (repeatable)")
     e.add_argument("--methods", nargs="+", default=["base"], help=(
-        "base | NAME=RUN_DIR | RUN_DIR | rg[:scale=S,start=A,end=B] | rg-region[:...] | sld[:weak|medium|strong|max]"))
+        "base | NAME=RUN_DIR | RUN_DIR | rg[:scale=S,start=A,end=B] | rg-region[:...] | "
+        "sld[:weak|medium|strong|max][,scale=S,warmup=W,threshold=L,momentum=M,beta=B] | NAME=sld:... (RUN_DIR: a run "
+        "folder, a LoRA folder or a LoRA .safetensors file)"))
     e.add_argument("--prompts", help="prompt set (parti:People, i2p:sexual, ...) or file; default: the config's prompts")
     e.add_argument("--limit", type=int, help="use only the first N prompts")
     e.add_argument("--seeds", type=int, nargs="+", help="noise seeds (default: each prompt's own seed, else 0)")
-    e.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    _device_flags(e, dtype_default=None)
     e.add_argument("--clip-model", help="local CLIP folder or hub id for a CLIP-score alignment metric")
-    e.add_argument("--out", required=True, help="eval folder to write")
+    e.add_argument("--out", required=True, help="eval folder to write (built in .partial-NAME next to it; rerunning an "
+                   "interrupted eval with the same arguments skips its finished images)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing eval folder")
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
     e.set_defaults(func=cmd_eval)
@@ -73,25 +77,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _device_flags(p: argparse.ArgumentParser, dtype_default: str | None) -> None:
+    """--device, --dtype, --batch-size, --height, --width (shared by sample and eval)."""
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--dtype", default=dtype_default, help="weights: float32, float16 or bfloat16 (default: "
+                   + (dtype_default or "the config's model.dtype") + ")")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4); the images do not depend on it "
+                   "beyond float rounding")
+    p.add_argument("--height", type=int, help="image height in px (default: the model's or the config's)")
+    p.add_argument("--width", type=int, help="image width in px (default: the model's or the config's)")
+
+
+def _check_device_flags(args: argparse.Namespace):
+    """Validate the shared flags before anything is loaded; return the torch device."""
+    from .devices import check_batch_size, check_dtype, resolve_device
+
+    check_batch_size(args.batch_size)
+    if args.dtype is not None:
+        check_dtype(args.dtype)
+    for side in ("height", "width"):
+        value = getattr(args, side)
+        if value is not None and value < 1:
+            raise FocusNFixError(f"--{side} must be >= 1 px, got {value}")
+    return resolve_device(args.device)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config import load_config
     from .evaluation.runner import Evaluation
     from .prompt_sets import load_prompt_set
     from .prompts import PromptRecord
 
+    device = _check_device_flags(args)
     config = Path(args.config)
     if config.is_dir():
         config = config / "config.yaml"
-    cfg = load_config(config, args.set)
-    if args.batch_size < 1:
-        raise FocusNFixError(f"--batch-size must be >= 1, got {args.batch_size}")
+    overrides = list(args.set) + [f"model.dtype={args.dtype}"] * (args.dtype is not None)
+    overrides += [f"sampler.{side}={getattr(args, side)}" for side in ("height", "width") if getattr(args, side) is not None]
+    cfg = load_config(config, overrides)
     if args.prompts:
         records = load_prompt_set(args.prompts)
     else:
         records = [PromptRecord(p) for p in (cfg.data.sample_prompts or cfg.data.prompts)]
     records = records[: args.limit] if args.limit else records
     ev = Evaluation(cfg, args.methods, records, args.seeds, args.out, args.batch_size, args.clip_model,
-                    _extra_metrics(cfg), progress=not args.no_progress)
+                    _extra_metrics(cfg), progress=not args.no_progress, device=device)
     ev.prompt_set = args.prompts or "config prompts"
     out = ev.run(overwrite=args.overwrite)
     try:
@@ -139,10 +169,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompts += [r.prompt for r in load_prompt_set(args.prompts)]
     if args.steps < 1:
         raise FocusNFixError(f"--steps must be >= 1, got {args.steps}")
-    if args.batch_size < 1:
-        raise FocusNFixError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.lora and not (Path(args.lora) / "pytorch_lora_weights.safetensors").is_file():
-        raise FocusNFixError(f"LoRA folder {args.lora!r} has no pytorch_lora_weights.safetensors; give a run's lora/ folder")
+    device = _check_device_flags(args)
+    if args.lora:
+        from .lora import find_lora_file
+
+        find_lora_file(args.lora)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FocusNFixError(f"--out {args.out!r} is a file; choose a folder")
@@ -150,7 +181,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .images import save_png
     from .sampling import generate
 
-    backbone = load_backbone(args.model, resolution=args.resolution)
+    backbone = load_backbone(args.model, args.dtype, resolution=args.resolution, device=device,
+                             height=args.height, width=args.width)
     if args.lora:
         from .lora import load_lora_into
 
@@ -162,10 +194,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    index = []
-    for start in tqdm(range(0, len(jobs), args.batch_size), desc="sample", unit="batch"):
+    index = []  # one small entry per image; images go to disk batch by batch
+    for start in tqdm(range(0, len(jobs), args.batch_size), desc="sample", unit="batch", disable=args.no_progress):
         chunk = jobs[start: start + args.batch_size]
-        images = generate(backbone, [p for p, _ in chunk], [s for _, s in chunk], args.steps, args.guidance_scale, args.negative_prompt)
+        images = generate(backbone, [p for p, _ in chunk], [s for _, s in chunk], args.steps, args.guidance_scale,
+                          args.negative_prompt).cpu()
         for j, ((prompt, seed), image) in enumerate(zip(chunk, images)):
             name = f"{start + j:05d}-seed{seed}.png"
             save_png(image, out / name)

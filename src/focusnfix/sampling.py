@@ -35,6 +35,10 @@ class DDIMStep:
     def x0(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return predicted_x0(self.scheduler, out, x, t)
 
+    def output_for(self, x0: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The model output (epsilon or v) whose x̂0 at step t is ``x0``."""
+        return model_output_from(self.scheduler, epsilon_from_x0(self.scheduler, x0, x, t), x0, t)
+
 
 class FlowEulerStep:
     """Euler on the rectified-flow ODE dx/dσ = v (Esser et al. 2024): ``x_next = x + (σ_next - σ) v``,
@@ -58,6 +62,10 @@ class FlowEulerStep:
     def x0(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """x̂0 = x - σ v (x = (1 - σ) x0 + σ ε and v = ε - x0)."""
         return x - self.sigmas[i].to(x.dtype) * out
+
+    def output_for(self, x0: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The velocity whose x̂0 is ``x0``: v = (x - x0) / σ."""
+        return (x - x0) / self.sigmas[i].to(x.dtype)
 
 
 def draw_k(k: int, k_max: int | None, generator: torch.Generator | None = None) -> int:

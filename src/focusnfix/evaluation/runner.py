@@ -1,25 +1,21 @@
 """``focusnfix eval``: generate every method's images for identical (prompt, seed) pairs and measure
 them against the base model, writing an eval folder that ``focusnfix report`` renders.
 
-Methods (strings):
-  ``base``                         the frozen model
-  ``NAME=RUN`` or ``RUN``          a trained LoRA (a run folder with ``lora/``, or a LoRA folder)
-  ``rg[:scale=S,start=A,end=B]``   Reward Guidance;  ``rg-region[:...]`` with the region constraint
-  ``sld[:PRESET][,concept=TEXT]``  Safe Latent Diffusion (weak, medium, strong, max)
-  ``NAME=rg:...``, ``NAME=sld:...``  the same under another name (several settings side by side)
+Methods are strings (``base``, ``NAME=RUN_DIR``, ``rg:...``, ``rg-region:...``, ``sld:...``; see
+:mod:`focusnfix.evaluation.specs`). Generation, masks, rewards, metrics and judges run on one device
+(``auto``: the GPU when there is one). Images are written as they are made and only one batch is held
+in memory; an interrupted eval resumes from its finished images (:mod:`focusnfix.evaluation.workdir`).
 
 All metrics are computed on the 8-bit images that are saved (what a user sees), so the base method
 compared with itself gives exactly zero change.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
-import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,10 +24,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..devices import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
 from ..errors import FocusNFixError
 from ..images import overlay, save_png
 from ..prompts import PromptRecord
 from .metrics import change_metrics
+from .specs import MethodSpec, build_guidance, parse_method
+from .workdir import WorkDir
+
+__all__ = ["Evaluation", "MethodSpec", "parse_method", "method_means", "METRICS"]
 
 METRICS = {  # name -> (label, higher is better)
     "reward": ("target reward", True),
@@ -48,74 +49,6 @@ METRICS = {  # name -> (label, higher is better)
 ExtraMetric = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
 
 
-@dataclass
-class MethodSpec:
-    name: str
-    kind: str  # base | lora | rg | rg-region | sld
-    params: dict = field(default_factory=dict)
-    path: Path | None = None
-
-
-def parse_method(spec: str) -> MethodSpec:
-    """Parse one method string (see the module docstring); ``NAME=rg:...`` / ``NAME=sld:...`` names
-    an inference-time method (to compare several settings)."""
-    named = re.match(r"^([\w.-]+)=((?:rg|rg-region|sld)(?::.*)?)$", spec)
-    if named:
-        parsed = parse_method(named.group(2))
-        parsed.name = named.group(1)
-        return parsed
-    head, _, rest = spec.partition(":")
-    if spec == "base":
-        return MethodSpec("base", "base")
-    if head in ("rg", "rg-region"):
-        params = _kv(rest, spec, {"scale": float, "start": float, "end": float})
-        return MethodSpec(head, head, {"scale": 1.0, "start": 0.0, "end": 1.0, **params})
-    if head == "sld":
-        preset, _, extra = rest.partition(",")
-        if preset.startswith("concept="):
-            preset, extra = "", preset
-        from ..methods.sld import PRESETS
-
-        preset = preset or "medium"
-        if preset not in PRESETS:
-            raise FocusNFixError(f"unknown SLD preset in {spec!r}; valid: {', '.join(PRESETS)}")
-        return MethodSpec(f"sld-{preset}", "sld", {"preset": preset, **_kv(extra, spec, {"concept": str})})
-    name, _, path = spec.rpartition("=")
-    folder = Path(path)
-    lora = folder / "lora" if (folder / "lora").is_dir() else folder
-    if not (lora / "pytorch_lora_weights.safetensors").is_file():
-        raise FocusNFixError(f"method {spec!r}: {path!r} is neither a run folder with lora/ nor a LoRA folder "
-                             "(valid methods: base, NAME=RUN_DIR, rg[:scale=S], rg-region[:scale=S], sld[:preset])")
-    return MethodSpec(name or folder.name, "lora", {}, folder)
-
-
-def _kv(text: str, spec: str, types: dict) -> dict:
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or key not in types:
-            raise FocusNFixError(f"method {spec!r}: bad option {item!r}; valid options: {', '.join(types)}")
-        try:
-            out[key] = types[key](value)
-        except ValueError:
-            raise FocusNFixError(f"method {spec!r}: {key} must be a {types[key].__name__}, got {value!r}") from None
-    return out
-
-
-def _guidance(spec: MethodSpec, backbone, reward, prompts, masks, steps):
-    if spec.kind in ("rg", "rg-region"):
-        from ..methods.reward_guidance import RewardGuidance
-
-        p = spec.params
-        return RewardGuidance(backbone, reward, prompts, p["scale"], p["start"], p["end"], steps,
-                              mask=masks if spec.kind == "rg-region" else None)
-    if spec.kind == "sld":
-        from ..methods.sld import DEFAULT_CONCEPT, SLDGuidance
-
-        return SLDGuidance(backbone, spec.params["preset"], spec.params.get("concept", DEFAULT_CONCEPT))
-    return None
-
-
 def _load_png(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
 
@@ -125,11 +58,15 @@ def _finite(x: float) -> float | None:
 
 
 class Evaluation:
-    """One eval: a config (model, sampler, reward, mask), methods, and (prompt, category, seed) jobs."""
+    """One eval: a config (model, sampler, reward, mask), methods, and (prompt, category, seed) jobs.
+
+    ``device``: ``auto`` (default: the GPU when there is one), ``cpu``, ``cuda[:N]``; the model's dtype
+    is ``cfg.model.dtype`` and its image size ``cfg.sampler.height/width`` (else ``cfg.model.resolution``).
+    """
 
     def __init__(self, cfg, methods: list[str], records: list[PromptRecord], seeds: list[int] | None,
                  out: str | Path, batch_size: int = 4, clip_model: str | None = None,
-                 extra_metrics: list[ExtraMetric] = (), progress: bool = True):
+                 extra_metrics: list[ExtraMetric] = (), progress: bool = True, device: str | torch.device = "auto"):
         from ..backbones import load_backbone
         from ..registry import build_reward
 
@@ -138,71 +75,99 @@ class Evaluation:
             self.specs.insert(0, MethodSpec("base", "base"))
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
-            raise FocusNFixError(f"method names must be unique, got {names}; name them with NAME=RUN_DIR")
+            raise FocusNFixError(f"method names must be unique, got {names}; name them with NAME=RUN_DIR or NAME=sld:...")
         self.jobs = [(r.prompt, r.category, s) for r in records for s in (seeds or [r.seed if r.seed is not None else 0])]
         if not self.jobs:
             raise FocusNFixError("no (prompt, seed) pairs to evaluate; give prompts and --seeds")
+        if batch_size < 1:
+            raise FocusNFixError(f"--batch-size must be >= 1, got {batch_size}")
         self.cfg, self.out, self.batch, self.progress = cfg, Path(out), batch_size, progress
+        self.device = resolve_device(device)
         m = cfg.model
-        self.backbone = load_backbone(m.path, m.dtype, m.revision, m.resolution, attention=m.attention)
-        self.reward = build_reward(cfg.reward.name, **cfg.reward.args)
+        self.backbone = load_backbone(m.path, m.dtype, m.revision, m.resolution, device=self.device,
+                                      attention=m.attention, height=cfg.sampler.height, width=cfg.sampler.width)
+        self.reward = build_reward(cfg.reward.name, **cfg.reward.args)  # rewards follow the images' device
         self.clip = build_reward("clip-score", model=clip_model, heatmap="never") if clip_model else None
         self.extra_metrics = list(extra_metrics)
-        self.masks: list[torch.Tensor] = []  # M(Î0) per batch, (b,1,H,W)
+        self.timing = {"generate_s": 0.0, "measure_s": 0.0, "generated": 0, "reused": 0}
 
     def batches(self):
+        """``(start, jobs)`` chunks of ``batch_size``: the fixed grid every pass uses."""
         for start in range(0, len(self.jobs), self.batch):
             yield start, self.jobs[start: start + self.batch]
 
-    def generate(self, spec: MethodSpec, tmp: Path) -> list[float]:
-        """Write ``images/<method>/<i>.png`` for every job; return seconds per image per batch."""
+    # -- generation ---------------------------------------------------------------------------
+    def generate(self, spec: MethodSpec, work: WorkDir) -> dict[int, float]:
+        """Write ``images/<method>/<i>.png`` for every job not finished yet; return seconds per image by job index."""
         from ..lora import load_lora_into
         from ..sampling import generate
 
-        s, pipe, seconds = self.cfg.sampler, self.backbone.pipe, []
+        key = self.method_key(spec)
+        seconds = work.done(key)
+        pending = [(start, [start + j for j in range(len(jobs)) if start + j not in seconds]) for start, jobs in self.batches()]
+        pending = [(start, idx) for start, idx in pending if idx]
+        self.timing["reused"] += len(seconds)
+        if not pending:
+            return seconds
+        s, pipe = self.cfg.sampler, self.backbone.pipe
         if spec.kind == "lora":
-            load_lora_into(pipe, spec.path / "lora" if (spec.path / "lora").is_dir() else spec.path)
+            load_lora_into(pipe, spec.path)
         try:
-            for b, (start, jobs) in enumerate(tqdm(list(self.batches()), desc=f"eval {spec.name}", disable=not self.progress)):
-                prompts, seeds = [j[0] for j in jobs], [j[2] for j in jobs]
-                masks = self.masks[b] if spec.kind == "rg-region" else None  # M(Î0) from the finished base pass
-                guidance = _guidance(spec, self.backbone, self.reward, prompts, masks, s.steps)
+            for start, idx in tqdm(pending, desc=f"eval {spec.name}", disable=not self.progress):
+                prompts, seeds = [self.jobs[i][0] for i in idx], [self.jobs[i][2] for i in idx]
+                masks = work.load_masks(idx).to(self.device) if spec.kind == "rg-region" else None  # M(Î0) of the base pass
+                guidance = build_guidance(spec, self.backbone, self.reward, prompts, masks, s.steps)
+                synchronize(self.device)
                 t0 = time.perf_counter()
                 images = generate(self.backbone, prompts, seeds, s.steps, s.guidance_scale, s.negative_prompt, guidance)
-                seconds += [(time.perf_counter() - t0) / len(jobs)] * len(jobs)
-                for i, image in enumerate(images):
-                    save_png(image, tmp / "images" / spec.name / f"{start + i:05d}.png")
+                synchronize(self.device)
+                per_image = (time.perf_counter() - t0) / len(idx)
+                self.timing["generate_s"] += per_image * len(idx)
+                self.timing["generated"] += len(idx)
+                images = images.cpu()
+                for i, image in zip(idx, images):
+                    save_png(image, work.root / "images" / spec.name / f"{i:05d}.png")
                 if spec.kind == "base":
-                    self._base_masks(start, prompts, tmp)
+                    self._base_masks(idx, prompts, work)
+                work.commit(key, idx, [per_image] * len(idx))
+                seconds.update({i: per_image for i in idx})
         finally:
             if spec.kind == "lora":
                 pipe.unload_lora_weights()
         return seconds
 
-    def _base_masks(self, start: int, prompts: list[str], tmp: Path) -> None:
-        """M(Î0) and its map from the saved base images, kept for rg-region and the metrics."""
+    def _base_masks(self, idx: list[int], prompts: list[str], work: WorkDir) -> None:
+        """M(Î0) and its map from the saved base images: masks kept on disk for rg-region and the metrics."""
         from ..methods import FocusNFix
 
-        base = torch.stack([_load_png(tmp / "images" / "base" / f"{start + i:05d}.png") for i in range(len(prompts))])
+        base = self._load(work, "base", idx).to(self.device)
         mask, heat = FocusNFix(self.backbone, self.reward, self.cfg).mask(base, prompts)
-        self.masks.append(mask.detach().cpu())
-        for i in range(len(prompts)):
-            save_png(overlay(base[i: i + 1], mask[i: i + 1])[0], tmp / "masks" / f"{start + i:05d}.png")
-            save_png(heat[i].expand(3, -1, -1), tmp / "heatmaps" / f"{start + i:05d}.png")
+        mask, heat, base = mask.detach().cpu(), heat.detach().cpu(), base.cpu()
+        work.save_masks(idx, mask)
+        for j, i in enumerate(idx):
+            save_png(overlay(base[j: j + 1], mask[j: j + 1])[0], work.root / "masks" / f"{i:05d}.png")
+            save_png(heat[j].expand(3, -1, -1), work.root / "heatmaps" / f"{i:05d}.png")
 
-    def measure(self, spec: MethodSpec, seconds: list[float], tmp: Path) -> list[dict]:
-        """Per-sample metrics of one method against the base images."""
+    @staticmethod
+    def _load(work: WorkDir, method: str, idx: list[int]) -> torch.Tensor:
+        return torch.stack([_load_png(work.root / "images" / method / f"{i:05d}.png") for i in idx])
+
+    # -- metrics ------------------------------------------------------------------------------
+    def measure(self, spec: MethodSpec, seconds: dict[int, float], work: WorkDir) -> list[dict]:
+        """Per-sample metrics of one method against the base images (always on the fixed batch grid,
+        so a resumed eval measures exactly as an uninterrupted one)."""
         rows = []
-        for b, (start, jobs) in enumerate(self.batches()):
-            prompts = [j[0] for j in jobs]
-            load = lambda m: torch.stack([_load_png(tmp / "images" / m / f"{start + i:05d}.png") for i in range(len(jobs))])  # noqa: E731
-            images, base = load(spec.name), load("base")
+        for start, jobs in self.batches():
+            prompts, idx = [j[0] for j in jobs], list(range(start, start + len(jobs)))
+            images, base = self._load(work, spec.name, idx).to(self.device), self._load(work, "base", idx).to(self.device)
+            mask = work.load_masks(idx).to(self.device)
             with torch.no_grad():
-                values = {"reward": self.reward(images, prompts).score, **change_metrics(images, base, self.masks[b])}
+                values = {"reward": self.reward(images, prompts).score, **change_metrics(images, base, mask)}
                 if self.clip is not None:
                     values["clip_score"] = self.clip(images, prompts).score
                 for fn in self.extra_metrics:
                     values.update(fn(images, prompts))
+            values = {k: v.detach().cpu() for k, v in values.items()}  # one transfer per metric and batch
             for i, (prompt, category, seed) in enumerate(jobs):
                 n = start + i
                 row = {"i": n, "prompt": prompt, "category": category, "seed": seed, "method": spec.name,
@@ -216,42 +181,74 @@ class Evaluation:
                 rows.append(row)
         return rows
 
+    # -- the whole eval -----------------------------------------------------------------------
     def run(self, overwrite: bool = False) -> Path:
-        """Generate, measure and write the eval folder atomically (a temporary folder renamed at the end)."""
-        if self.out.exists() and any(self.out.iterdir()) and not overwrite:
+        """Generate, measure and write the eval folder; it appears under ``out`` only when complete.
+
+        Work happens in ``.partial-<out>`` next to it; rerunning the same eval after an interruption
+        skips the finished (method, prompt, seed) images. Per-sample rows (a few hundred bytes each)
+        are the only thing kept for the whole run."""
+        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())) and not overwrite:
             raise FocusNFixError(f"eval folder {str(self.out)!r} exists and is not empty; choose another --out or pass --overwrite")
-        tmp = self.out.with_name(f".tmp-{self.out.name}-{os.getpid()}")  # per process: concurrent evals don't collide
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        t_start = time.perf_counter()
+        reset_peak_memory(self.device)
+        log = tqdm.write if self.progress else print
+        with WorkDir(self.out, self.state(), log=log) as work:
             rows = []
             for spec in self.specs:
-                rows += self.measure(spec, self.generate(spec, tmp), tmp)
+                seconds = self.generate(spec, work)
+                t0 = time.perf_counter()
+                rows += self.measure(spec, seconds, work)
+                self.timing["measure_s"] += time.perf_counter() - t0
                 if spec.kind == "lora" and (spec.path / "metrics.jsonl").is_file():
-                    (tmp / "curves").mkdir(exist_ok=True)
-                    shutil.copy(spec.path / "metrics.jsonl", tmp / "curves" / f"{spec.name}.jsonl")
-            self._write(tmp, rows)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                    (work.root / "curves").mkdir(exist_ok=True)
+                    shutil.copy(spec.path / "metrics.jsonl", work.root / "curves" / f"{spec.name}.jsonl")
+            self.timing.update(wall_s=time.perf_counter() - t_start, peak_gpu_mb=peak_memory_mb(self.device))
+            self._write(work.root, rows)
+            done = work.finish()
         if self.out.exists():
-            shutil.rmtree(self.out)
-        tmp.rename(self.out)
+            shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
+        done.rename(self.out)
         return self.out
 
-    def _write(self, tmp: Path, rows: list[dict]) -> None:
+    def state(self) -> dict:
+        """What every image depends on besides its method (see :class:`WorkDir`)."""
+        from ..config import to_dict
+
+        c = to_dict(self.cfg)
+        return {"model": c["model"], "sampler": c["sampler"], "reward": c["reward"], "mask": c["mask"],
+                "device": self.device.type, "jobs": [list(j) for j in self.jobs]}
+
+    @staticmethod
+    def method_key(spec: MethodSpec) -> str:
+        """A method's settings, including its LoRA file's size and modification time."""
+        info = {"name": spec.name, "kind": spec.kind, "params": spec.params}
+        if spec.kind == "lora":
+            from ..lora import find_lora_file
+
+            f = find_lora_file(spec.path)
+            info["lora"] = [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns]
+        return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _write(self, root: Path, rows: list[dict]) -> None:
         present = {k for r in rows for k in r}
         metrics = {k: {"label": v[0], "higher_is_better": v[1]} for k, v in METRICS.items() if k in present}
         for k in sorted(present - set(METRICS) - {"i", "prompt", "category", "seed", "method", "image", "mask", "heatmap"}):
             if not k.endswith("_inf"):
                 metrics[k] = {"label": k.replace("_", " "), "higher_is_better": True}  # extra metrics are rewards
+        b = self.backbone
+        runtime = {"device": str(self.device), "dtype": self.cfg.model.dtype, "batch_size": self.batch,
+                   "height": b.height, "width": b.width,
+                   **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.timing.items()}}
         meta = {"title": f"{self.cfg.reward.name} on {self.cfg.model.path}", "model": self.cfg.model.path,
                 "reward": self.cfg.reward.name, "methods": [s.name for s in self.specs], "reference": "base",
                 "prompt_set": getattr(self, "prompt_set", ""), "seeds": sorted({j[2] for j in self.jobs}),
                 "metrics": metrics, "sampler": {"steps": self.cfg.sampler.steps, "guidance_scale": self.cfg.sampler.guidance_scale},
-                "method_specs": {s.name: {"kind": s.kind, **s.params, "path": str(s.path) if s.path else None} for s in self.specs}}
-        (tmp / "eval.json").write_text(json.dumps(meta, indent=1))
-        (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+                "method_specs": {s.name: {"kind": s.kind, **s.params, "path": str(s.path) if s.path else None} for s in self.specs},
+                "runtime": runtime}
+        (root / "eval.json").write_text(json.dumps(meta, indent=1))
+        (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
 
 
 def method_means(eval_dir: str | Path, metrics: list[str]) -> dict[str, dict[str, float]]:

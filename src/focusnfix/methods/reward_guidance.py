@@ -3,12 +3,13 @@ with an optional region constraint (the two inference-time baselines of the Focu
 
 At each step i in the window ``[start, end)`` (fractions of the T steps):
 
-    x̂0 = predicted_x0(x_t, model output)                 (DDIM eq. 12)
+    x̂0 = predicted_x0(x_t, model output)                 (DDIM eq. 12; flow models: x̂0 = x_t − σ v)
     g  = ∂ r(D(x̂0), c) / ∂ x̂0                          (D = VAE decoder; latent-space gradient)
     g  ← g ⊙ M↓    (region-constrained variant only)
     x̂0' = x̂0 + s · g,   ε' = (x_t − √ᾱ_t x̂0') / √(1 − ᾱ_t)
 
-and the sampler continues with ε' (converted back to v for v-prediction models). The region
+and the sampler continues with ε' (converted back to v for v-prediction models; for flow models the
+velocity v' = (x_t − x̂0') / σ that gives x̂0'). The region
 constraint M↓ is the mask M(Î0) of the *base* model's image for the same (prompt, seed),
 max-pooled to the latent grid, so a latent cell may change when any of its pixels is flagged;
 outside it the guidance adds nothing (the sample can still drift there through later steps).
@@ -22,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.sd import Conditioning
-from ..sampling import epsilon_from_x0, model_output_from, predicted_x0
 
 
 class RewardGuidance:
@@ -34,10 +34,20 @@ class RewardGuidance:
             raise ValueError(f"reward guidance window must satisfy 0 <= start <= end <= 1, got [{start}, {end}]")
         self.backbone, self.reward, self.prompts = backbone, reward, list(prompts)
         self.scale, self.first, self.last = float(scale), int(start * steps), int(end * steps)
+        self.rule = backbone.step_rule  # x̂0 and its inverse at step i: DDIM (eps / v) or flow (velocity)
+        self.rule.timesteps(steps, backbone.device)
         self.latent_mask = None
         if mask is not None:
-            side = backbone.latent_shape(1)[-1]
-            self.latent_mask = F.adaptive_max_pool2d(mask.float(), side).to(backbone.device)
+            size = tuple(backbone.latent_shape(1)[-2:])  # (h, w): images need not be square
+            self.latent_mask = F.adaptive_max_pool2d(mask.float().to(backbone.device), size)
+
+    def unpacked_mask(self, grad: torch.Tensor) -> torch.Tensor:
+        """The latent-grid mask laid out like the latents (FLUX packs 2x2 patches: pack the mask alike)."""
+        mask = self.latent_mask.to(grad)
+        if grad.ndim == 4:
+            return mask
+        b, c, h, w = mask.shape  # packed (B, h/2 * w/2, 4 C): each token holds a 2x2 patch of every channel
+        return self.backbone.pipe._pack_latents(mask.expand(b, grad.shape[-1] // 4, h, w), b, grad.shape[-1] // 4, h, w)
 
     def __call__(self, model_fn):
         state = {"step": 0}
@@ -48,15 +58,13 @@ class RewardGuidance:
             state["step"] += 1
             if self.scale == 0.0 or not self.first <= i < self.last:
                 return out
-            sched = self.backbone.scheduler
             with torch.enable_grad():
-                x0 = predicted_x0(sched, out.detach(), x.detach(), t).requires_grad_(True)
+                x0 = self.rule.x0(out.detach(), i, t, x.detach()).requires_grad_(True)
                 score = self.reward(self.backbone.decode(x0), self.prompts).score
                 (grad,) = torch.autograd.grad(score.sum(), x0)
             if self.latent_mask is not None:
-                grad = grad * self.latent_mask.to(grad)
+                grad = grad * self.unpacked_mask(grad)
             x0_new = x0.detach() + self.scale * grad
-            eps = epsilon_from_x0(sched, x0_new, x, t)
-            return model_output_from(sched, eps, x0_new, t)
+            return self.rule.output_for(x0_new, i, t, x)
 
         return fn

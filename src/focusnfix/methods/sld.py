@@ -13,7 +13,7 @@ evaluates the UNet on [uncond; prompt; safety concept] and replaces the CFG dire
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -41,6 +41,25 @@ PRESETS = {  # the paper's hyper-parameter configurations (Schramowski et al. 20
     "strong": SLDConfig(7, 2000.0, 0.025, 0.5, 0.7),
     "max": SLDConfig(0, 5000.0, 1.0, 0.5, 0.7),
 }
+# short option names (``sld:scale=...,warmup=...``) -> SLDConfig fields, with their types
+OPTIONS = {"scale": ("guidance_scale", float), "warmup": ("warmup_steps", int), "threshold": ("threshold", float),
+           "momentum": ("momentum_scale", float), "beta": ("mom_beta", float)}
+
+
+def sld_config(preset: str = "medium", **overrides) -> SLDConfig:
+    """A preset's :class:`SLDConfig` with some values replaced, by short name (``scale``, ``warmup``,
+    ``threshold``, ``momentum``, ``beta``; see :data:`OPTIONS`)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown SLD preset {preset!r}; valid: {', '.join(PRESETS)}")
+    unknown = sorted(set(overrides) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown SLD option(s) {unknown}; valid: {', '.join(OPTIONS)}")
+    values = {OPTIONS[k][0]: OPTIONS[k][1](v) for k, v in overrides.items()}
+    if values.get("warmup_steps", 0) < 0:
+        raise ValueError(f"SLD warmup must be >= 0, got {values['warmup_steps']}")
+    if not 0.0 <= values.get("mom_beta", 0.0) <= 1.0:
+        raise ValueError(f"SLD beta (momentum decay) must be in [0, 1], got {values['mom_beta']}")
+    return replace(PRESETS[preset], **values)
 
 
 class SLDGuidance:
