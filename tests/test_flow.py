@@ -118,6 +118,20 @@ def test_two_steps_train_every_live_lora_tensor_and_reload_in_diffusers(request,
     theirs = pipe(PROMPTS, height=48, width=32, num_inference_steps=4, guidance_scale=g,
                   latents=trainer.backbone.initial_noise(SEEDS), output_type="pt").images
     assert _gap(ours, theirs) <= TOL
+    # `focusnfix sample --lora` (fused and not) writes the same images within one 8-bit level
+    from focusnfix.cli import main
+    from focusnfix.evaluation.runner import _load_png
+
+    for fuse in ([], ["--fuse"]):
+        out = tmp_path / f"sample{len(fuse)}"
+        argv = ["sample", "--model", str(path), "--lora", str(run / "lora"), "--prompt", PROMPTS[0], "--seeds", *map(str, SEEDS),
+                "--steps", "4", "--guidance-scale", str(g), "--height", "48", "--width", "32", "--out", str(out), "--no-progress"]
+        assert main(argv + fuse) == 0
+        for j, seed in enumerate(SEEDS):
+            png = _load_png(next(out.glob(f"*-seed{seed}.png")))
+            ref = pipe(PROMPTS[:1], height=48, width=32, num_inference_steps=4, guidance_scale=g,
+                       latents=trainer.backbone.initial_noise([seed]), output_type="pt").images[0]
+            assert _gap(png, ref) <= 1 / 255 + 1e-6, (fuse, seed)
 
 
 @pytest.mark.parametrize("fixture,cls,extra", FAMILIES, ids=["sd3", "flux"])
@@ -226,3 +240,11 @@ def test_reward_guidance_on_flow_models(request, fixture):
             backbone, reward, PROMPTS, scale=20.0, steps=4, mask=mask)))
     # an empty mask leaves x̂0 as it was; v is rebuilt from it, equal up to float rounding (σ >= 0.25 here)
     assert _gap(regions[0], plain) <= 1e-4 and _gap(regions[1], plain) > 1e-3
+
+
+def test_sld_refuses_flow_models(tiny_sd3_dir):
+    from focusnfix.errors import FocusNFixError
+    from focusnfix.methods.sld import SLDGuidance
+
+    with pytest.raises(FocusNFixError, match="UNet families"):
+        SLDGuidance(load_backbone(str(tiny_sd3_dir)), "medium")

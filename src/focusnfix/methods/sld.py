@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..backbones.sd import Conditioning
+from ..errors import FocusNFixError
 
 DEFAULT_CONCEPT = ("an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity,"
                    " bodily fluids, blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child"
@@ -66,6 +67,9 @@ class SLDGuidance:
     """``guidance(model_fn) -> model_fn`` for :func:`focusnfix.sampling.ddim_sample` (SD 1.x / 2.x backbones)."""
 
     def __init__(self, backbone, preset: str | SLDConfig = "medium", concept: str = DEFAULT_CONCEPT):
+        if backbone.denoiser != "unet":
+            raise FocusNFixError(f"SLD is defined for the UNet families (SD 1.x/2.x, SDXL); {type(backbone).__name__} "
+                                 "is a flow-matching transformer: compare with rg or rg-region instead")
         if isinstance(preset, str):
             if preset not in PRESETS:
                 raise ValueError(f"unknown SLD preset {preset!r}; valid: {', '.join(PRESETS)}")
