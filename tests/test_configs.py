@@ -71,3 +71,22 @@ def test_composite_reward_masks_union_and_intersection(tiny_dir, tmp_path):
     assert m_inter.sum() == 16 and m_union.sum() == 48  # magenta rows only / red + blue + magenta rows
     with pytest.raises(FocusNFixError, match="union or intersection"):
         build_reward("sum", terms=terms, combine="xor")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_prompts_parse_as_intended(path):
+    """A caption with a comma must be quoted in YAML, or a flow list splits it in two (the world configs
+    once sampled "blue background" as a prompt). World prompts must be captions of the world's grammar
+    (caption(parse_caption(p)) == p); other configs have no grammar, but none of their prompts may be a
+    two-word fragment like that one."""
+    from focusnfix.world.data import caption, parse_caption
+
+    cfg = load_config(path)
+    prompts = cfg.data.prompts + cfg.data.sample_prompts
+    assert prompts or cfg.data.prompt_set, path
+    for p in prompts:
+        if cfg.model.path.startswith("world"):
+            attrs = parse_caption(p)
+            assert len(attrs) == 5 and caption(attrs) == p, p
+        else:
+            assert len(p.split()) >= 3, p
