@@ -18,7 +18,7 @@ def wheel_site(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
     tree = out / "tree"  # a copy, so concurrent builds don't share the checkout's build/ folder
     tree.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, tree / name)
     shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out), str(tree)],
@@ -57,3 +57,17 @@ def test_packaged_config_by_name(tmp_path, monkeypatch):
     assert load_config("configs/world-artifact.yaml").model.path == "world"
     with pytest.raises(ConfigError, match="packaged configs: .*world-safety"):
         load_config("no-such-config")
+
+
+def test_wheel_metadata_and_version(wheel_site, capsys):
+    from focusnfix import __version__
+    from focusnfix.cli import main
+
+    (info,) = wheel_site.glob("focusnfix-*.dist-info")
+    meta = (info / "METADATA").read_text()
+    assert f"Version: {__version__}" in meta and "License-Expression: Apache-2.0" in meta
+    assert "License-File: LICENSE" in meta and (info / "licenses" / "LICENSE").is_file()
+    assert "Keywords:" in meta and "Classifier: Topic :: Scientific/Engineering :: Artificial Intelligence" in meta
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"focusnfix {__version__}"

@@ -16,6 +16,9 @@ from .errors import FocusNFixError, TrainingDiverged
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="focusnfix", description="Focus-N-Fix: region-aware reward fine-tuning of text-to-image diffusion models.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"focusnfix {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
