@@ -98,6 +98,15 @@ class ObjectiveConfig:
 
 
 @dataclass
+class GRPOConfig:
+    group_size: int = _f(4, "G: samples per prompt (different noise); advantages are normalised within each group.")
+    eta: float = _f(1.0, "Stochasticity of the DDIM policy (0 < eta <= 1; 1 = DDPM's posterior variance).")
+    clip_range: float = _f(1e-4, "epsilon of the clipped importance ratio (PPO/GRPO).")
+    adv_clip: float = _f(5.0, "Advantages are clipped to [-adv_clip, adv_clip].")
+    timesteps: int | None = _f(None, "Denoising steps per trajectory that carry the policy gradient (a random subset, drawn once per micro-batch); default: all T.")
+
+
+@dataclass
 class DataConfig:
     prompts: list[str] = _f([], "Training prompts (or use prompt_file).")
     prompt_file: str | None = _f(None, "A .txt (one prompt per line), .csv or .tsv (column `prompt`) file.")
@@ -138,20 +147,26 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    method: str = _f("fnf", "fnf (Focus-N-Fix) or draft (lambda = 0, no reference pass).")
+    method: str = _f("fnf", "fnf (Focus-N-Fix), draft (lambda = 0, no reference pass), grpo (policy gradient, any reward) or fnf-grpo (region-aware GRPO: policy gradient inside the mask, KL to the frozen model outside, weighted by objective.lam).")
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "Config":
         """Check ranges and cross-field rules; raise :class:`ConfigError` naming the key."""
         s, t = self.sampler, self.train
-        _check(self.method in ("fnf", "draft"), "method", f"must be fnf or draft, got {self.method!r}")
+        _check(self.method in ("fnf", "draft", "grpo", "fnf-grpo"), "method", f"must be fnf, draft, grpo or fnf-grpo, got {self.method!r}")
+        g = self.grpo
+        _check(g.group_size >= 2, "grpo.group_size", f"must be >= 2 (advantages compare samples of one prompt), got {g.group_size}")
+        _check(0.0 < g.eta <= 1.0, "grpo.eta", f"must be in (0, 1], got {g.eta}")
+        _check(g.clip_range > 0 and g.adv_clip > 0, "grpo", "clip_range and adv_clip must be > 0")
+        _check(g.timesteps is None or 1 <= g.timesteps <= s.steps, "grpo.timesteps", f"must be in [1, sampler.steps], got {g.timesteps}")
         _check(bool(self.model.path), "model.path", "is required (a diffusers folder, a hub id, or `tiny`)")
         _check(self.model.dtype in ("float32", "float16", "bfloat16"), "model.dtype", "must be float32, float16 or bfloat16")
         _check(self.model.attention in ("default", "sdpa", "eager"), "model.attention", "must be default, sdpa or eager")

@@ -8,6 +8,7 @@ function: ``guidance(model_fn) -> model_fn`` (k-diffusion style), so the sampler
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -38,6 +39,44 @@ class DDIMStep:
     def output_for(self, x0: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The model output (epsilon or v) whose x̂0 at step t is ``x0``."""
         return model_output_from(self.scheduler, epsilon_from_x0(self.scheduler, x0, x, t), x0, t)
+
+
+class StochasticDDIMStep(DDIMStep):
+    """DDIM with eta > 0 (Song et al. 2021, eq. 12 and 16), the policy of DDPO / GRPO: a Gaussian
+    transition x_{t-1} ~ N(mu_theta(x_t), sigma_t^2 I) with
+
+        sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)   (a = alpha-bar)
+
+    and mu_theta the DDIM update with the direction term shrunk by sigma_t (diffusers'
+    ``DDIMScheduler.step(eta=...)`` without its noise). eta = 1 is DDPM's posterior variance."""
+
+    def __init__(self, scheduler, eta: float):
+        super().__init__(scheduler)
+        self.eta = float(eta)
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma_t of the step from timestep ``t`` (a 0-d tensor)."""
+        s = self.scheduler
+        prev = int(t) - s.config.num_train_timesteps // s.num_inference_steps
+        a_t = s.alphas_cumprod[int(t)]
+        a_prev = s.alphas_cumprod[prev] if prev >= 0 else s.final_alpha_cumprod
+        return self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+
+    def mean(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """mu_theta(x_t): the eta-DDIM update before its noise is added."""
+        return self.scheduler.step(out, t, x, eta=self.eta, variance_noise=torch.zeros_like(x), return_dict=False)[0]
+
+    def __call__(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_{t-1} = mu + sigma_t * noise (``noise`` ~ N(0, I); None: the mean)."""
+        mean = self.mean(out, i, t, x)
+        return mean if noise is None else mean + self.std(t).to(mean) * noise.to(mean)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-element log N(x; mean, std^2) (same shape as ``x``)."""
+    var = std.to(mean) ** 2
+    return -((x - mean) ** 2) / (2 * var) - std.to(mean).log() - 0.5 * math.log(2 * math.pi)
 
 
 class FlowEulerStep:
@@ -147,3 +186,27 @@ def model_output_from(scheduler, eps: torch.Tensor, x0: torch.Tensor, t: torch.T
         a = scheduler.alphas_cumprod.to(eps.device)[t].to(eps.dtype)
         return a.sqrt() * eps - (1 - a).sqrt() * x0
     return eps
+
+
+def sample_stochastic(backbone, cond: Conditioning, noise: torch.Tensor, steps: int, rule: StochasticDDIMStep,
+                      seeds) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Sample T = ``steps`` stochastic steps from x_T = ``noise`` without gradient (the GRPO rollout).
+
+    Returns ``(timesteps (T,), xs, log_probs (T, B, *latent), stds (T,))``: ``xs`` holds x_T ... x_0
+    (T + 1 latents), ``log_probs[i]`` the per-element log-density of the transition x_i -> x_{i+1}
+    taken. The transition noise of trajectory b comes from its own CPU generator seeded from
+    ``seeds[b]`` (independent of x_T's), so rollouts are the same on every device and batch split."""
+    timesteps = rule.timesteps(steps, noise.device)
+    gens = [torch.Generator("cpu").manual_seed(int(s) + (1 << 40)) for s in seeds]
+    xs, log_probs, stds = [noise], [], []
+    x = noise
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            out = backbone.model_fn(x, t, cond)
+            mean, std = rule.mean(out, i, t, x), rule.std(t)
+            eps = torch.cat([torch.randn((1, *x.shape[1:]), generator=g) for g in gens]).to(mean)
+            x = mean + std.to(mean) * eps
+            log_probs.append(gaussian_log_prob(x, mean, std))
+            xs.append(x)
+            stds.append(std)
+    return timesteps, xs, torch.stack(log_probs), torch.stack(stds)

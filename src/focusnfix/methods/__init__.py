@@ -2,7 +2,8 @@
 from .base import Batch, Reference
 from .draft import DRaFT
 from .fnf import FocusNFix
+from .grpo import GRPO, RegionGRPO
 
-METHODS = {"fnf": FocusNFix, "draft": DRaFT}
+METHODS = {"fnf": FocusNFix, "draft": DRaFT, "grpo": GRPO, "fnf-grpo": RegionGRPO}
 
-__all__ = ["Batch", "Reference", "DRaFT", "FocusNFix", "METHODS"]
+__all__ = ["Batch", "Reference", "DRaFT", "FocusNFix", "GRPO", "RegionGRPO", "METHODS"]

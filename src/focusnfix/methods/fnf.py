@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Config
+from ..errors import FocusNFixError
 from ..lora import adapters_disabled, adapters_per_row
 from ..rewards.compose import mask_from
 from ..objective import fnf_loss, region_constraint
@@ -20,6 +21,10 @@ class FocusNFix:
     """Region-constrained DRaFT-K. ``lam`` is λ; the trainer calls :meth:`loss` per micro-batch."""
 
     def __init__(self, backbone, reward, cfg: Config):
+        if not getattr(reward, "differentiable", True):
+            raise FocusNFixError(f"reward {getattr(reward, 'name', type(reward).__name__)!r} has no gradient "
+                                 "(differentiable = False); Focus-N-Fix and DRaFT backpropagate through it: use "
+                                 "method=fnf-grpo or grpo")
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
         self.lam = cfg.objective.lam
         self.cache = None  # a focusnfix.cache.ReferenceCache, attached by the trainer

@@ -1,0 +1,169 @@
+"""GRPO and region-aware GRPO: policy-gradient fine-tuning for rewards with no (useful) gradient.
+
+The policy is the stochastic DDIM sampler (eta > 0): each transition x_t -> x_{t-1} is Gaussian,
+N(mu_theta(x_t), sigma_t^2 I), so its log-density factorises over latent elements (DDPO, Black et al.
+2024; GRPO's group-normalised advantages and clipped ratio as in DeepSeekMath, Shao et al. 2024, and
+Flow-GRPO, Liu et al. 2025). For each prompt, G samples; with rewards r_g and A_g = (r_g - mean) / std
+over the group, the loss of one transition is
+
+    L_pg = -min(rho A, clip(rho, 1 - eps, 1 + eps) A),   rho = exp(lp_theta - lp_old),
+
+with lp the mean per-element log-probability (plain GRPO: over all elements). **Region-aware GRPO**
+(``method=fnf-grpo``), the Focus-N-Fix idea for policy gradients: with M the problem mask of the sample
+(from the reward's heatmap, on the latent grid),
+
+    lp   = sum(M * lp_elem) / sum(M)                                   (the push acts inside M only)
+    L_kl = mean over (1 - M) of ||mu_theta - mu_ref||^2 / (2 sigma_t^2)   (hold the rest to theta_0)
+    L    = L_pg + lam * L_kl,
+
+mu_ref being the frozen model's (adapters off) mean at the same x_t. This KL is the exact per-element
+KL between the two Gaussian transitions (equal variances). lam = 0 and M = 1 reduce to plain GRPO.
+A reward without a heatmap gives M = 1 (nothing tells where the problem is; gradient saliency needs a
+differentiable reward): region-aware GRPO then is plain GRPO plus nothing.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..errors import FocusNFixError
+from ..lora import adapters_disabled
+from ..rewards.compose import mask_from
+from ..sampling import StochasticDDIMStep, gaussian_log_prob, sample_stochastic
+from .base import Batch
+
+
+class GRPO:
+    """``method=grpo`` (plain) and, with ``region=True``, ``method=fnf-grpo``. The trainer calls :meth:`loss`."""
+
+    needs_reference = False
+    region = False
+
+    def __init__(self, backbone, reward, cfg: Config):
+        if backbone.denoiser != "unet":
+            raise FocusNFixError("GRPO's stochastic sampler is the eta-DDIM of the UNet families (SD 1.x/2.x, SDXL); "
+                                 "the flow-matching SDE is not implemented yet: use method=fnf or draft")
+        self.backbone, self.reward, self.cfg = backbone, reward, cfg
+        self.g = cfg.grpo
+        self.lam = cfg.objective.lam if self.region else 0.0
+        self.cache = None  # the trainer's reference cache is not used (no deterministic reference)
+        self.lockstep = None
+
+    def rule(self) -> StochasticDDIMStep:
+        return StochasticDDIMStep(self.backbone.scheduler, self.g.eta)
+
+    # -- rollout: G samples per prompt, rewards, advantages, masks -----------------------------
+    def expand(self, batch: Batch) -> tuple[list[str], list[int]]:
+        """Each prompt G times; sample g of prompt seed s gets noise seed s * G + g (deterministic)."""
+        G = self.g.group_size
+        return [p for p in batch.prompts for _ in range(G)], [s * G + g for s in batch.seeds for g in range(G)]
+
+    @torch.no_grad()
+    def rollout(self, batch: Batch) -> dict:
+        s = self.cfg.sampler
+        prompts, seeds = self.expand(batch)
+        cond = self.backbone.encode(prompts, s.negative_prompt, s.guidance_scale)
+        timesteps, xs, log_probs, stds = sample_stochastic(self.backbone, cond, self.backbone.initial_noise(seeds), s.steps,
+                                                           self.rule(), seeds)
+        images = self.backbone.decode(xs[-1])
+        out = self.reward(images, prompts)
+        score = out.score.detach().float()
+        groups = score.view(-1, self.g.group_size)
+        adv = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)
+        adv = adv.clamp(-self.g.adv_clip, self.g.adv_clip).flatten()
+        return {"prompts": prompts, "seeds": seeds, "cond": cond, "timesteps": timesteps, "xs": xs, "log_probs": log_probs,
+                "stds": stds, "score": score, "adv": adv, "mask": self.latent_mask(images, prompts, out, xs[-1])}
+
+    def latent_mask(self, images: torch.Tensor, prompts: list[str], out, latents: torch.Tensor) -> torch.Tensor | None:
+        """M on the latent grid ``(B, 1, h, w)`` (a latent cell counts as problem if any of its pixels is),
+        or None for plain GRPO / a reward that cannot say where the problem is."""
+        if not self.region:
+            return None
+        has_map = out.heatmap is not None or hasattr(self.reward, "problem_mask")
+        if not has_map and not getattr(self.reward, "differentiable", False):
+            return None  # score only: M = 1
+        if hasattr(self.reward, "problem_mask"):
+            mask, _ = self.reward.problem_mask(images, prompts)
+        else:
+            with torch.enable_grad():  # saliency needs the reward's gradient
+                mask, _ = mask_from(self.reward, images, prompts, self.cfg.mask)
+        return F.adaptive_max_pool2d(mask.float().detach(), tuple(latents.shape[-2:]))
+
+    def train_steps(self, batch: Batch) -> list[int]:
+        """The denoising steps that carry the gradient: all T, or a random subset of ``grpo.timesteps``
+        drawn from the batch's seeds (so a resumed run draws the same)."""
+        T = self.cfg.sampler.steps
+        n = self.g.timesteps or T
+        if n >= T:
+            return list(range(T))
+        gen = torch.Generator().manual_seed(int(sum(batch.seeds)) % (2**63))
+        return sorted(torch.randperm(T, generator=gen)[:n].tolist())
+
+    # -- the loss ------------------------------------------------------------------------------
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        roll = self.rollout(batch)
+        rule, cond, mask, adv = self.rule(), roll["cond"], roll["mask"], roll["adv"]
+        rule.timesteps(self.cfg.sampler.steps, roll["xs"][0].device)
+        steps = self.train_steps(batch)
+        total, kl_total = 0.0, 0.0
+        for i in steps:
+            t, x, x_next, std = roll["timesteps"][i], roll["xs"][i], roll["xs"][i + 1], roll["stds"][i]
+            mean = rule.mean(self.backbone.model_fn(x, t, cond), i, t, x)
+            pg, kl = self.step_loss(mean, x_next, std, roll["log_probs"][i], adv, mask, x, t, i, cond, rule)
+            total = total + pg + self.lam * kl
+            kl_total += kl.item()
+        loss = total / len(steps)
+        logs = {"loss": loss.item(), "reward": roll["score"].mean().item(), "k": float(len(steps)),
+                "reward_std": roll["score"].view(-1, self.g.group_size).std(1).mean().item()}
+        if self.region:
+            logs["kl_outside"] = kl_total / len(steps)
+            logs["mask_frac"] = 1.0 if mask is None else mask.mean().item()
+        return loss, logs
+
+    def step_loss(self, mean, x_next, std, old_lp, adv, mask, x, t, i, cond, rule) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_pg, L_kl) of one transition for the batch (means over samples)."""
+        lp_elem = gaussian_log_prob(x_next, mean, std)
+        lp, old = _region_mean(lp_elem, mask), _region_mean(old_lp, mask)
+        ratio = torch.exp(lp - old)
+        eps = self.g.clip_range
+        pg = -torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv).mean()
+        if not self.lam:
+            return pg, torch.zeros((), device=pg.device)
+        with torch.no_grad(), adapters_disabled(self.backbone.unet):
+            mean_ref = rule.mean(self.backbone.model_fn(x, t, cond), i, t, x)
+        kl_elem = (mean - mean_ref) ** 2 / (2 * std.to(mean) ** 2)
+        outside = 1 - (mask if mask is not None else torch.zeros_like(kl_elem[:, :1]))
+        kl = _region_mean(kl_elem, outside).mean()
+        return pg, kl
+
+    @torch.no_grad()
+    def preview(self, prompts: list[str], seeds: list[int]) -> dict[str, torch.Tensor]:
+        """Frozen model | mask of the fine-tuned image (region-aware) | fine-tuned model, deterministic (eta = 0)."""
+        from ..sampling import generate
+
+        s = self.cfg.sampler
+        with adapters_disabled(self.backbone.unet):
+            reference = generate(self.backbone, prompts, seeds, s.steps, s.guidance_scale, s.negative_prompt)
+        images = generate(self.backbone, prompts, seeds, s.steps, s.guidance_scale, s.negative_prompt)
+        mask = torch.zeros_like(images[:, :1])
+        if self.region:
+            out = self.reward(images, prompts)
+            m = self.latent_mask(images, prompts, out, images)
+            mask = torch.ones_like(mask) if m is None else m
+        return {"reference": reference, "mask": mask, "images": images}
+
+
+class RegionGRPO(GRPO):
+    """``method=fnf-grpo``: region-aware GRPO (see the module docstring); ``objective.lam`` weighs the KL."""
+
+    region = True
+
+
+def _region_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample mean of ``values`` ``(B, C, h, w)`` over the elements where ``mask`` ``(B, 1, h, w)`` is 1
+    (all elements for None). A sample with an empty region contributes 0."""
+    if mask is None:
+        return values.flatten(1).mean(1)
+    weights = mask.to(values).expand_as(values)
+    return (values * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1.0)
