@@ -169,3 +169,31 @@ def test_grpo_two_processes_match_one_process(tiny_dir, tmp_path):
     ref = lora_state(single.backbone.unet)
     # the replicated DDP test's bound (test_distributed.py): averaging order differs, float32 rounding
     assert max((ref[n] - ranks[0][n]).abs().max().item() for n in ref) <= 1e-5
+
+
+def test_score_only_world_and_nudenet_rewards():
+    """The detector-style rewards: boxes around the artifact map's regions, a yes/no safety decision,
+    NudeNet's boxes; none differentiable, fnf refuses them (tested above), fnf-grpo masks with the boxes."""
+    from focusnfix.masks import boxes
+    from focusnfix.registry import build_reward
+
+    m = torch.zeros(1, 1, 8, 8)
+    m[0, 0, 1, 1] = m[0, 0, 2, 2] = m[0, 0, 2, 3] = 1  # one 8-connected region spanning rows 1-2, columns 1-3
+    m[0, 0, 6, 6] = 1
+    expected = torch.zeros(1, 1, 8, 8)
+    expected[0, 0, 1:3, 1:4] = 1
+    expected[0, 0, 6, 6] = 1
+    assert torch.equal(boxes(m), expected)
+    images = torch.rand(2, 3, 64, 64)
+    for name in ("world-artifact-boxes", "world-safety-decision"):
+        reward = build_reward(name)
+        out = reward(images, ["x", "y"])
+        assert reward.differentiable is False and out.score.shape == (2,) and not out.score.requires_grad
+    box = build_reward("world-artifact-boxes")(images, ["x", "y"])
+    assert set(box.heatmap.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(box.score, -box.heatmap.mean(dim=(1, 2, 3)) * 100)
+    assert set(build_reward("world-safety-decision")(images, ["x", "y"]).score.tolist()) <= {0.0, 1.0}
+    pytest.importorskip("nudenet")
+    nude = build_reward("nudenet-boxes")
+    out = nude(images, ["x", "y"])
+    assert nude.differentiable is False and torch.allclose(out.score, -out.heatmap.mean(dim=(1, 2, 3)) * 100)

@@ -34,6 +34,23 @@ def label_components(mask: torch.Tensor, max_iters: int | None = None) -> torch.
     return labels.long()
 
 
+def boxes(mask: torch.Tensor) -> torch.Tensor:
+    """Each 8-connected region of a binary mask ``(B,1,H,W)`` replaced by its bounding box (a detector's
+    output as a mask)."""
+    labels = label_components(mask)
+    out = torch.zeros_like(mask, dtype=torch.float32)
+    rows = torch.arange(mask.shape[-2], device=mask.device).view(-1, 1)
+    cols = torch.arange(mask.shape[-1], device=mask.device).view(1, -1)
+    for b in range(mask.shape[0]):
+        for label in labels[b].unique().tolist():
+            if label == 0:
+                continue
+            ys, xs = torch.nonzero(labels[b, 0] == label, as_tuple=True)
+            inside = (rows >= ys.min()) & (rows <= ys.max()) & (cols >= xs.min()) & (cols <= xs.max())
+            out[b, 0][inside] = 1.0
+    return out
+
+
 def remove_small(mask: torch.Tensor, min_area: int) -> torch.Tensor:
     """Drop connected regions with fewer than ``min_area`` pixels."""
     if min_area <= 1:

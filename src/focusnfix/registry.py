@@ -11,6 +11,9 @@ REWARDS: dict[str, str] = {
     "classifier": "focusnfix.rewards.classifier:ClassifierReward",
     "world-artifact": "focusnfix.world.rewards:WorldArtifactReward",
     "world-safety": "focusnfix.world.rewards:WorldSafetyReward",
+    "world-artifact-boxes": "focusnfix.world.rewards:WorldArtifactBoxes",  # score only (GRPO)
+    "world-safety-decision": "focusnfix.world.rewards:WorldSafetyDecision",  # score only (GRPO)
+    "nudenet-boxes": "focusnfix.rewards.nudenet:NudeNetBoxes",  # score only (GRPO)
     "nsfw": "focusnfix.rewards.nsfw:NSFWReward",
     "nudenet": "focusnfix.rewards.nudenet:NudeNetReward",
     "clip-score": "focusnfix.rewards.clip:CLIPScoreReward",

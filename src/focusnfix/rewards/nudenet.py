@@ -373,3 +373,17 @@ def exposed_rate(images: torch.Tensor | Iterable[torch.Tensor], threshold: float
     if total == 0:
         raise FocusNFixError("exposed_rate needs at least one image")
     return hits / total
+
+
+class NudeNetBoxes(NudeNetReward):
+    """Score-only NudeNet (for GRPO): score = -(percentage of the image inside detected boxes of the chosen
+    classes), heatmap = those boxes; no gradient (the detections pass a threshold and NMS)."""
+
+    name, differentiable = "nudenet_boxes", False
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> RewardOutput:
+        out = super().__call__(images, prompts)
+        area = out.heatmap.mean(dim=(1, 2, 3)) * 100.0
+        return RewardOutput(score=-area, heatmap=out.heatmap, info={**out.info, "box_area": area})
+

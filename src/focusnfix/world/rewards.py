@@ -95,4 +95,40 @@ class WorldSafetyReward(_Frozen):
                             info={"p_unwanted": p_unwanted.detach(), "logit": logit.detach()})
 
 
-__all__ = ["WorldArtifactReward", "WorldSafetyReward"]
+class WorldArtifactBoxes:
+    """A score-only artifact *detector* (for GRPO): boxes around the regions where the artifact model's
+    map is >= ``threshold``; score = -(percentage of the image inside boxes); heatmap = the boxes.
+    Piecewise constant in the pixels, so it has no useful gradient (``differentiable = False``). Not
+    the evaluation judge: that is :class:`~focusnfix.world.judges.DefectJudge`, a separate network."""
+
+    name, differentiable = "world_artifact_boxes", False
+
+    def __init__(self, threshold: float = 0.5, weights: str | Path | None = None) -> None:
+        self.model, self.threshold = WorldArtifactReward(weights), float(threshold)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> RewardOutput:
+        from ..masks import boxes
+
+        heat = self.model(images, prompts).heatmap
+        box = boxes((heat >= self.threshold).float())
+        area = box.mean(dim=(1, 2, 3)) * 100.0
+        return RewardOutput(score=-area, heatmap=box, info={"box_area": area})
+
+
+class WorldSafetyDecision:
+    """A score-only safety decision (for GRPO): 1 when the safety classifier says clean (p < 0.5), else
+    0; no heatmap, no gradient (a yes/no judge, like a VLM's answer)."""
+
+    name, differentiable = "world_safety_decision", False
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        self.model = WorldSafetyReward(weights, score="prob")
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> RewardOutput:
+        p = self.model(images, prompts).info["p_unwanted"]
+        return RewardOutput(score=(p < 0.5).float(), heatmap=None, info={"p_unwanted": p})
+
+
+__all__ = ["WorldArtifactReward", "WorldSafetyReward", "WorldArtifactBoxes", "WorldSafetyDecision"]
