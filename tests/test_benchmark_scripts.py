@@ -57,3 +57,10 @@ def test_trl_settings_truncate_to_last_k_steps():
     assert s["truncated_rand_backprop_minmax"] == (18, 18)
     assert s["sample_eta"] == 0.0 and s["mixed_precision"] == "no" and s["train_adam_weight_decay"] == 0.0
     assert s["train_gradient_accumulation_steps"] == 1
+
+
+def test_grpo_step_worker_runs():
+    """One warm-up and one timed step of region-aware GRPO on the world model, as the benchmark runs it."""
+    res = _load("grpo_step").worker("fnf-grpo", 1, 1)
+    assert len(res["seconds"]) == 1 and res["seconds"][0] > 0
+    assert res["reward_evaluations"] == 2 * 4 and res["peak_rss_mb"] > 0  # 2 prompts x G = 4
