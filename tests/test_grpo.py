@@ -56,7 +56,7 @@ def test_stochastic_step_matches_diffusers_ddim_with_eta(tiny_dir, eta):
         ours = rule(out, i, t, x, noise=eps)
         theirs = ref.step(out, t, x, eta=eta, variance_noise=eps).prev_sample
         assert (ours - theirs).abs().max().item() <= 1e-5
-        assert rule.std(t) > 0 and torch.allclose(rule(out, i, t, x), rule.mean(out, i, t, x))
+        assert rule.std(i, t) > 0 and torch.allclose(rule(out, i, t, x), rule.mean(out, i, t, x))
         x = ours
 
 
@@ -74,7 +74,7 @@ def test_lambda_zero_and_all_ones_mask_is_plain_grpo(tiny_dir, tmp_path, monkeyp
     batch = make_batches(t.cfg, t.prompts, 0)[0]
     plain_loss, plain_grad, _ = _loss_and_grad(t, GRPO(t.backbone, t.reward, t.cfg), batch)
     region = RegionGRPO(t.backbone, t.reward, t.cfg)
-    monkeypatch.setattr(region, "latent_mask", lambda images, prompts, out, latents: torch.ones_like(latents[:, :1]))
+    monkeypatch.setattr(region, "image_mask", lambda images, prompts, out: torch.ones_like(images[:, :1]))
     loss, grad, logs = _loss_and_grad(t, region, batch)
     assert logs["mask_frac"] == 1.0 and plain_grad.norm() > 0
     assert abs(loss - plain_loss).item() <= 1e-6 * max(1.0, abs(plain_loss).item())
@@ -197,3 +197,30 @@ def test_score_only_world_and_nudenet_rewards():
     nude = build_reward("nudenet-boxes")
     out = nude(images, ["x", "y"])
     assert nude.differentiable is False and torch.allclose(out.score, -out.heatmap.mean(dim=(1, 2, 3)) * 100)
+
+
+def test_flow_sde_policy_and_grpo_on_flow_models(tiny_sd3_dir, tiny_flux_dir, tmp_path):
+    """Flow-GRPO's SDE: noise level 0 is the Euler ODE step; its log-prob is the Gaussian of its mean and
+    std; region-aware GRPO trains SD3 and FLUX (FLUX's mask packed like its latents)."""
+    from focusnfix.sampling import FlowSDEStep
+
+    backbone = load_backbone(str(tiny_sd3_dir))
+    ode, sde = backbone.step_rule, backbone.stochastic_rule(0.0)
+    assert isinstance(sde, FlowSDEStep)
+    ts = ode.timesteps(5, backbone.device)
+    sde.timesteps(5, backbone.device)
+    x, v = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8)
+    for i, t in enumerate(ts):
+        assert torch.allclose(sde.mean(v, i, t, x), ode(v, i, t, x), atol=1e-6) and sde.std(i, t) == 0
+    noisy = backbone.stochastic_rule(0.7)
+    noisy.timesteps(5, backbone.device)
+    assert all(noisy.std(i, t) > 0 for i, t in enumerate(ts[:-1]))  # the last step ends at sigma = 0
+    for path, extra in ((tiny_sd3_dir, {"sampler.guidance_scale": 3.0}), (tiny_flux_dir, {"model.resolution": 32, "sampler.guidance_scale": 3.5})):
+        t = _grpo(path, tmp_path / path.name, **{"method": "fnf-grpo", "grpo.eta": 0.7, **extra})
+        before = lora_state(t.backbone.unet)
+        logs = t.train_step()
+        after = lora_state(t.backbone.unet)
+        assert logs["skipped"] == 0.0 and 0.0 < logs["mask_frac"] < 1.0
+        # one step from B = 0 moves every B (A's gradient is B^T(...) = 0); SD3's last text-stream query feeds nothing
+        moved_b = [n for n in before if "lora_B" in n and not torch.equal(before[n], after[n])]
+        assert len(moved_b) >= sum("lora_B" in n for n in before) - 1

@@ -100,7 +100,7 @@ class ObjectiveConfig:
 @dataclass
 class GRPOConfig:
     group_size: int = _f(4, "G: samples per prompt (different noise); advantages are normalised within each group.")
-    eta: float = _f(1.0, "Stochasticity of the DDIM policy (0 < eta <= 1; 1 = DDPM's posterior variance).")
+    eta: float = _f(1.0, "Stochasticity of the policy: DDIM's eta for the UNet families (0 < eta <= 1; 1 = DDPM's posterior variance), the SDE noise level a for SD3/FLUX (Flow-GRPO uses 0.7).")
     clip_range: float = _f(1e-4, "epsilon of the clipped importance ratio (PPO/GRPO).")
     adv_clip: float = _f(5.0, "Advantages are clipped to [-adv_clip, adv_clip].")
     timesteps: int | None = _f(None, "Denoising steps per trajectory that carry the policy gradient (a random subset, drawn once per micro-batch; at most T); default: all T.")

@@ -54,8 +54,8 @@ class StochasticDDIMStep(DDIMStep):
         super().__init__(scheduler)
         self.eta = float(eta)
 
-    def std(self, t: torch.Tensor) -> torch.Tensor:
-        """sigma_t of the step from timestep ``t`` (a 0-d tensor)."""
+    def std(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        """sigma_t of step ``i`` (from timestep ``t``; a 0-d tensor)."""
         s = self.scheduler
         prev = int(t) - s.config.num_train_timesteps // s.num_inference_steps
         a_t = s.alphas_cumprod[int(t)]
@@ -70,7 +70,7 @@ class StochasticDDIMStep(DDIMStep):
                  noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_{t-1} = mu + sigma_t * noise (``noise`` ~ N(0, I); None: the mean)."""
         mean = self.mean(out, i, t, x)
-        return mean if noise is None else mean + self.std(t).to(mean) * noise.to(mean)
+        return mean if noise is None else mean + self.std(i, t).to(mean) * noise.to(mean)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -105,6 +105,41 @@ class FlowEulerStep:
     def output_for(self, x0: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The velocity whose x̂0 is ``x0``: v = (x - x0) / σ."""
         return (x - x0) / self.sigmas[i].to(x.dtype)
+
+
+class FlowSDEStep(FlowEulerStep):
+    """The stochastic counterpart of the flow ODE for policy gradients (Flow-GRPO, Liu et al. 2025, eq. 9):
+    the SDE with the same marginals as dx = v dt,
+
+        dx = [v + s_t^2 / (2 t) (x + (1 - t) v)] dt + s_t dw,   s_t = a sqrt(t / (1 - t)),
+
+    discretised by Euler-Maruyama over the pipeline's sigmas (t = sigma, dt = sigma_next - sigma < 0):
+    x_next ~ N(mu, (s_t sqrt(-dt))^2 I) with mu = x + [v + s_t^2 / (2 t) (x + (1 - t) v)] dt. ``a`` is
+    the noise level (``grpo.eta``; Flow-GRPO uses 0.7); a = 0 is the Euler ODE step. At t = 1 the
+    1 / (1 - t) of s_t uses the next sigma instead (s_t would be infinite)."""
+
+    def __init__(self, scheduler, schedule: Callable[[int], dict], noise_level: float):
+        super().__init__(scheduler, schedule)
+        self.a = float(noise_level)
+
+    def _s(self, i: int) -> torch.Tensor:
+        sigma = self.sigmas[i]
+        denominator = 1 - (self.sigmas[1] if float(sigma) >= 1.0 else sigma)
+        return self.a * (sigma / denominator).sqrt()
+
+    def std(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        """The transition's standard deviation s_t sqrt(-dt) at step ``i``."""
+        return self._s(i) * (self.sigmas[i] - self.sigmas[i + 1]).sqrt()
+
+    def mean(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        sigma, dt, s = self.sigmas[i], self.sigmas[i + 1] - self.sigmas[i], self._s(i)
+        drift = out + s**2 / (2 * sigma) * (x + (1 - sigma) * out)
+        return x + drift * dt
+
+    def __call__(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+        mean = self.mean(out, i, t, x)
+        return mean if noise is None else mean + self.std(i, t).to(mean) * noise.to(mean)
 
 
 def draw_k(k: int, k_max: int | None, generator: torch.Generator | None = None) -> int:
@@ -188,9 +223,9 @@ def model_output_from(scheduler, eps: torch.Tensor, x0: torch.Tensor, t: torch.T
     return eps
 
 
-def sample_stochastic(backbone, cond: Conditioning, noise: torch.Tensor, steps: int, rule: StochasticDDIMStep,
-                      seeds) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Sample T = ``steps`` stochastic steps from x_T = ``noise`` without gradient (the GRPO rollout).
+def sample_stochastic(backbone, cond: Conditioning, noise: torch.Tensor, steps: int, rule, seeds) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Sample T = ``steps`` stochastic steps of ``rule`` (:class:`StochasticDDIMStep` or
+    :class:`FlowSDEStep`) from x_T = ``noise`` without gradient (the GRPO rollout).
 
     Returns ``(timesteps (T,), xs, log_probs (T, B, *latent), stds (T,))``: ``xs`` holds x_T ... x_0
     (T + 1 latents), ``log_probs[i]`` the per-element log-density of the transition x_i -> x_{i+1}
@@ -203,7 +238,7 @@ def sample_stochastic(backbone, cond: Conditioning, noise: torch.Tensor, steps: 
     with torch.no_grad():
         for i, t in enumerate(timesteps):
             out = backbone.model_fn(x, t, cond)
-            mean, std = rule.mean(out, i, t, x), rule.std(t)
+            mean, std = rule.mean(out, i, t, x), rule.std(i, t)
             eps = torch.cat([torch.randn((1, *x.shape[1:]), generator=g) for g in gens]).to(mean)
             x = mean + std.to(mean) * eps
             log_probs.append(gaussian_log_prob(x, mean, std))

@@ -47,6 +47,12 @@ class FlowBackbone(SDBackbone):
 
         return FlowEulerStep(self.scheduler, self.schedule)
 
+    def stochastic_rule(self, noise_level: float):
+        """The policy of GRPO: the marginal-preserving SDE of Flow-GRPO (:class:`~focusnfix.sampling.FlowSDEStep`)."""
+        from ..sampling import FlowSDEStep
+
+        return FlowSDEStep(self.scheduler, self.schedule, noise_level)
+
     def schedule(self, steps: int) -> dict:
         """``set_timesteps`` keywords as the family's pipeline passes them (default: T steps, with the
         resolution-dependent shift ``mu`` when the scheduler config asks for dynamic shifting)."""

@@ -60,6 +60,12 @@ class FluxBackbone(FlowBackbone):
         x = torch.cat(noise).to(self.device, self.unet.dtype)
         return self.pipe._pack_latents(x, len(seeds), c, h, w)
 
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The latent-grid mask packed like the latents: ``(B, h/2 * w/2, 4C)``."""
+        grid = super().latent_mask(mask)
+        b, c, h, w = grid.shape[0], *self.latent_shape(1)[1:]
+        return self.pipe._pack_latents(grid.expand(b, c, h, w), b, c, h, w)
+
     def unpack(self, latents: torch.Tensor) -> torch.Tensor:
         return self.pipe._unpack_latents(latents, self.height, self.width, self.vae_scale_factor)
 

@@ -92,6 +92,19 @@ class SDBackbone:
 
         return DDIMStep(self.scheduler)
 
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """An image-space mask ``(B,1,H,W)`` on the sampler's latent grid (max-pooled: a latent cell counts
+        when any of its pixels does), broadcastable against the latents."""
+        import torch.nn.functional as F
+
+        return F.adaptive_max_pool2d(mask.float(), tuple(self.latent_shape(1)[-2:]))
+
+    def stochastic_rule(self, eta: float):
+        """The policy of GRPO: DDIM with ``eta`` > 0 (:class:`~focusnfix.sampling.StochasticDDIMStep`)."""
+        from ..sampling import StochasticDDIMStep
+
+        return StochasticDDIMStep(self.scheduler, eta)
+
     @property
     def resolution(self) -> int | tuple[int, int]:
         """The image side in px when square, else ``(height, width)``."""

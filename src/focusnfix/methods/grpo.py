@@ -1,8 +1,9 @@
 """GRPO and region-aware GRPO: policy-gradient fine-tuning for rewards with no (useful) gradient.
 
-The policy is the stochastic DDIM sampler (eta > 0): each transition x_t -> x_{t-1} is Gaussian,
-N(mu_theta(x_t), sigma_t^2 I), so its log-density factorises over latent elements (DDPO, Black et al.
-2024; GRPO's group-normalised advantages and clipped ratio as in DeepSeekMath, Shao et al. 2024, and
+The policy is a stochastic sampler: DDIM with eta > 0 for the UNet families, the marginal-preserving SDE
+of Flow-GRPO for the flow families (:class:`~focusnfix.sampling.FlowSDEStep`). Each transition
+x_t -> x_{t-1} is Gaussian, N(mu_theta(x_t), sigma_t^2 I), so its log-density factorises over latent
+elements (DDPO, Black et al. 2024; GRPO's group-normalised advantages and clipped ratio as in DeepSeekMath, Shao et al. 2024, and
 Flow-GRPO, Liu et al. 2025). For each prompt, G samples; with rewards r_g and A_g = (r_g - mean) / std
 over the group, the loss of one transition is
 
@@ -24,13 +25,12 @@ differentiable reward): region-aware GRPO then is plain GRPO plus nothing.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..config import Config
 from ..errors import FocusNFixError
 from ..lora import adapters_disabled
 from ..rewards.compose import mask_from
-from ..sampling import StochasticDDIMStep, gaussian_log_prob, sample_stochastic
+from ..sampling import gaussian_log_prob, sample_stochastic
 from .base import Batch
 
 
@@ -41,17 +41,15 @@ class GRPO:
     region = False
 
     def __init__(self, backbone, reward, cfg: Config):
-        if backbone.denoiser != "unet":
-            raise FocusNFixError("GRPO's stochastic sampler is the eta-DDIM of the UNet families (SD 1.x/2.x, SDXL); "
-                                 "the flow-matching SDE is not implemented yet: use method=fnf or draft")
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
         self.g = cfg.grpo
         self.lam = cfg.objective.lam if self.region else 0.0
         self.cache = None  # the trainer's reference cache is not used (no deterministic reference)
         self.lockstep = None
 
-    def rule(self) -> StochasticDDIMStep:
-        return StochasticDDIMStep(self.backbone.scheduler, self.g.eta)
+    def rule(self):
+        """The stochastic policy: eta-DDIM (UNet families) or the Flow-GRPO SDE (flow families)."""
+        return self.backbone.stochastic_rule(self.g.eta)
 
     # -- rollout: G samples per prompt, rewards, advantages, masks -----------------------------
     def expand(self, batch: Batch) -> tuple[list[str], list[int]]:
@@ -73,11 +71,11 @@ class GRPO:
         adv = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)
         adv = adv.clamp(-self.g.adv_clip, self.g.adv_clip).flatten()
         return {"prompts": prompts, "seeds": seeds, "cond": cond, "timesteps": timesteps, "xs": xs, "log_probs": log_probs,
-                "stds": stds, "score": score, "adv": adv, "mask": self.latent_mask(images, prompts, out, xs[-1])}
+                "stds": stds, "score": score, "adv": adv, "mask": self.latent_mask(images, prompts, out)}
 
-    def latent_mask(self, images: torch.Tensor, prompts: list[str], out, latents: torch.Tensor) -> torch.Tensor | None:
-        """M on the latent grid ``(B, 1, h, w)`` (a latent cell counts as problem if any of its pixels is),
-        or None for plain GRPO / a reward that cannot say where the problem is."""
+    def image_mask(self, images: torch.Tensor, prompts: list[str], out) -> torch.Tensor | None:
+        """M ``(B,1,H,W)`` of the sampled images, or None for plain GRPO / a reward that cannot say where
+        the problem is (M = 1)."""
         if not self.region:
             return None
         has_map = out.heatmap is not None or hasattr(self.reward, "problem_mask")
@@ -88,7 +86,13 @@ class GRPO:
         else:
             with torch.enable_grad():  # saliency needs the reward's gradient
                 mask, _ = mask_from(self.reward, images, prompts, self.cfg.mask)
-        return F.adaptive_max_pool2d(mask.float().detach(), tuple(latents.shape[-2:]))
+        return mask.detach()
+
+    def latent_mask(self, images: torch.Tensor, prompts: list[str], out) -> torch.Tensor | None:
+        """M on the latent grid (a latent cell counts as problem if any of its pixels is; FLUX: packed like
+        its latents), or None (M = 1)."""
+        mask = self.image_mask(images, prompts, out)
+        return None if mask is None else self.backbone.latent_mask(mask)
 
     def train_steps(self, batch: Batch) -> list[int]:
         """The denoising steps that carry the gradient: all T, or a random subset of ``grpo.timesteps``
@@ -149,7 +153,7 @@ class GRPO:
         mask = torch.zeros_like(images[:, :1])
         if self.region:
             out = self.reward(images, prompts)
-            m = self.latent_mask(images, prompts, out, images)
+            m = self.image_mask(images, prompts, out)
             mask = torch.ones_like(mask) if m is None else m
         return {"reference": reference, "mask": mask, "images": images}
 

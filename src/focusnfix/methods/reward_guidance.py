@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..backbones.sd import Conditioning
 
@@ -38,16 +37,7 @@ class RewardGuidance:
         self.rule.timesteps(steps, backbone.device)
         self.latent_mask = None
         if mask is not None:
-            size = tuple(backbone.latent_shape(1)[-2:])  # (h, w): images need not be square
-            self.latent_mask = F.adaptive_max_pool2d(mask.float().to(backbone.device), size)
-
-    def unpacked_mask(self, grad: torch.Tensor) -> torch.Tensor:
-        """The latent-grid mask laid out like the latents (FLUX packs 2x2 patches: pack the mask alike)."""
-        mask = self.latent_mask.to(grad)
-        if grad.ndim == 4:
-            return mask
-        b, c, h, w = mask.shape  # packed (B, h/2 * w/2, 4 C): each token holds a 2x2 patch of every channel
-        return self.backbone.pipe._pack_latents(mask.expand(b, grad.shape[-1] // 4, h, w), b, grad.shape[-1] // 4, h, w)
+            self.latent_mask = backbone.latent_mask(mask.to(backbone.device))
 
     def __call__(self, model_fn):
         state = {"step": 0}
@@ -63,7 +53,7 @@ class RewardGuidance:
                 score = self.reward(self.backbone.decode(x0), self.prompts).score
                 (grad,) = torch.autograd.grad(score.sum(), x0)
             if self.latent_mask is not None:
-                grad = grad * self.unpacked_mask(grad)
+                grad = grad * self.latent_mask.to(grad)
             x0_new = x0.detach() + self.scale * grad
             return self.rule.output_for(x0_new, i, t, x)
 
