@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -11,15 +12,23 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/lock.txt -e ".[nsfw,nudenet]"
+	$(PY) -m pip install --quiet -r requirements/lock.txt -e ".[nsfw,nudenet,rate,test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(CHROMIUM)
+
+# tests/test_rating.py drives Debian's chromium with Playwright (never `playwright install`: no browser downloads).
+# As root with apt, a missing browser is installed here; otherwise a note (those tests then skip).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser tests (apt-get install chromium)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: the browser tests need Debian's chromium: sudo apt-get install chromium"; fi
 
 demo: $(STAMP)
 	$(PY) -m focusnfix.demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
 clean:

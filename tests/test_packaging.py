@@ -48,6 +48,13 @@ def test_demo_runs_from_the_installed_package(wheel_site, tmp_path):
     assert {r["method"] for r in rows} == {"base", "draft", "fnf"}
 
 
+def test_wheel_ships_the_rating_app(wheel_site):
+    """`focusnfix rate` renders templates and serves static files from the installed package."""
+    app = wheel_site / "focusnfix" / "rating"
+    shipped = {p.relative_to(app).as_posix() for p in app.rglob("*") if p.suffix in (".html", ".css", ".js")}
+    assert {"templates/task.html", "templates/start.html", "static/rate.js", "static/rate.css"} <= shipped
+
+
 def test_packaged_config_by_name(tmp_path, monkeypatch):
     from focusnfix.config import load_config
     from focusnfix.errors import ConfigError

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
     e.set_defaults(func=cmd_eval)
 
-    for module in ("report", "world.cli"):
+    for module in ("report", "rating", "world.cli"):
         try:
             register = __import__(f"focusnfix.{module}", fromlist=["register"]).register
         except (ImportError, AttributeError):

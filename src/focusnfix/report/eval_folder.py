@@ -173,6 +173,12 @@ def render_eval(folder: Path, title: str | None = None) -> str:
                        ("sampler", ", ".join(f"{k} {v}" for k, v in sampler.items()) if isinstance(sampler, dict) else sampler)])
     summary = summary_table(rows, methods, reference, list(metrics.values())) + _method_specs(meta, methods)
     sections = [("summary", "Summary", summary)]
+    from ..rating.storage import DB_NAME  # a `focusnfix rate` study of this folder: its summary
+
+    if (folder / DB_NAME).is_file():
+        from ..rating.summary import ratings_section
+
+        sections.append(("ratings", "Human ratings", ratings_section(folder / DB_NAME)))
     align = alignment_metric(rows, metrics)
     if align is not None:
         sections.append(("categories", f"Per-category {align.label}", category_section(rows, methods, reference, align)))

@@ -1,0 +1,233 @@
+"""The study's summary: shares with Wilson CIs, paired sign tests, inter-rater agreement; as text
+(``focusnfix rate --summary``), as an HTML section (``focusnfix report``) and as CSV rows (``--export``).
+
+Units: every answer counts once (a method's share pools its samples and raters). Paired tests pair two
+methods' answers by the same rater on the same sample; "vs reference" counts, for a sided question
+(which image is preferred), the answers preferring the method against those preferring the reference.
+Holm-Bonferroni corrects across the method pairs (or the methods) of each question.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from ..evaluation.stats import holm
+from .questions import Question, from_data
+from .stats import fleiss_kappa, krippendorff_alpha, sign_test, wilson
+
+
+def analysed(rows: list[dict[str, Any]], questions: tuple[Question, ...]) -> list[dict[str, Any]]:
+    """Rows with ``values``: each question's analysed answer (sided: method / reference)."""
+    out = []
+    for r in rows:
+        values = {q.key: q.normalized(str(r["answers"][q.key]), r["base_side"]) for q in questions if q.key in r["answers"]}
+        out.append({**r, "values": values})
+    return out
+
+
+def summarize(rows: list[dict[str, Any]], questions: tuple[Question, ...], reference: str = "base",
+              methods: list[str] | None = None) -> dict[str, Any]:
+    """Everything the summary shows, as plain data (see the module docstring)."""
+    rows = analysed(rows, questions)
+    methods = list(methods or [])
+    methods += sorted({r["method"] for r in rows} - set(methods))
+    raters: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        raters.setdefault(r["rater_id"], {"name": r.get("rater", str(r["rater_id"])), "answers": 0})["answers"] += 1
+    out: dict[str, Any] = {"reference": reference, "methods": methods, "answers": len(rows),
+                           "raters": list(raters.values()), "questions": []}
+    for q in questions:
+        options = q.analysed_options(reference)
+        entry: dict[str, Any] = {"key": q.key, "text": q.neutral(), "sided": q.sided,
+                                 "options": [(o.value, o.label) for o in options], "shares": {}, "vs_reference": [],
+                                 "pairs": [], "agreement": _agreement(rows, q, options)}
+        for m in methods:
+            vals = [r["values"][q.key] for r in rows if r["method"] == m and q.key in r["values"]]
+            entry["shares"][m] = {"n": len(vals), "options": {
+                o.value: {"k": vals.count(o.value), "share": vals.count(o.value) / len(vals) if vals else None,
+                          "ci": wilson(vals.count(o.value), len(vals))} for o in options}}
+        if q.sided:
+            for m in methods:
+                counts = entry["shares"][m]["options"]
+                wins, losses = counts["method"]["k"], counts["reference"]["k"]
+                entry["vs_reference"].append({"method": m, "method_preferred": wins, "reference_preferred": losses,
+                                              "other": entry["shares"][m]["n"] - wins - losses,
+                                              "p": sign_test(wins, losses)})
+            for e, p in zip(entry["vs_reference"], holm([e["p"] for e in entry["vs_reference"]])):
+                e["p_holm"] = p
+        if all(o.score is not None for o in options):
+            entry["pairs"] = _pairs(rows, q, methods)
+            entry["order"] = [o.label for o in sorted(options, key=lambda o: -o.score)]
+        out["questions"].append(entry)
+    return out
+
+
+def _pairs(rows: list[dict[str, Any]], q: Question, methods: list[str]) -> list[dict[str, Any]]:
+    """Sign test per method pair on scores paired by (rater, sample); Holm across the pairs."""
+    score: dict[tuple[str, int, str], float] = {}
+    for r in rows:
+        if q.key in r["values"]:
+            score[(r["method"], r["rater_id"], json.dumps(r["sample"]))] = q.score(r["values"][q.key])
+    out = []
+    for a, b in combinations(methods, 2):
+        keys = [(rid, s) for (m, rid, s) in score if m == a and (b, rid, s) in score]
+        diffs = [score[(a, *k)] - score[(b, *k)] for k in keys]
+        wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+        out.append({"a": a, "b": b, "n": len(diffs), "a_better": wins, "b_better": losses,
+                    "ties": len(diffs) - wins - losses, "p": sign_test(wins, losses)})
+    for e, p in zip(out, holm([e["p"] for e in out])):
+        e["p_holm"] = p
+    return out
+
+
+def _agreement(rows: list[dict[str, Any]], q: Question, options) -> dict[str, Any]:
+    """Krippendorff's alpha (nominal) over tasks; Fleiss' kappa when every rated-twice task has the
+    same number of raters."""
+    units: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        if q.key in r["values"]:
+            units[r["task"]].append(r["values"][q.key])
+    multi = [v for v in units.values() if len(v) >= 2]
+    raters = len({r["rater_id"] for r in rows})
+    kappa = None
+    if multi and len({len(v) for v in multi}) == 1:
+        kappa = fleiss_kappa([[v.count(o.value) for o in options] for v in multi])
+    return {"raters": raters, "units": len(multi), "alpha": krippendorff_alpha(multi) if multi else None,
+            "kappa": kappa, "kappa_note": None if kappa is not None or not multi else
+            ("unequal raters per task" if len({len(v) for v in multi}) > 1 else "one category only")}
+
+
+def load_summary(db: str | Path, methods: list[str] | None = None) -> dict[str, Any]:
+    """:func:`summarize` of a ratings database (read only)."""
+    from .storage import read_ratings
+
+    rows, questions_json, reference = read_ratings(db)
+    questions = from_data(json.loads(questions_json), str(db))
+    return summarize(rows, questions, reference, methods)
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else ("<1e-6" if p < 1e-6 else f"{p:.3g}")
+
+
+def _ci(ci) -> str:
+    return "—" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def summary_text(s: dict[str, Any]) -> str:
+    """The summary as plain text for the terminal."""
+    who = ", ".join(f"{r['name']}: {r['answers']}" for r in s["raters"]) or "none"
+    lines = [f"{s['answers']} answers from {len(s['raters'])} raters ({who}); reference: {s['reference']}"]
+    for q in s["questions"]:
+        lines += ["", f"[{q['key']}] {q['text']}"]
+        for m in s["methods"]:
+            sh = q["shares"][m]
+            cells = [f"{label} {_pct(sh['options'][v]['share'])} {_ci(sh['options'][v]['ci'])}" for v, label in q["options"]]
+            lines.append(f"  {m} (n={sh['n']}): " + "; ".join(cells))
+        for e in q["vs_reference"]:
+            lines.append(f"  {e['method']} vs {s['reference']}: preferred {e['method_preferred']} vs {e['reference_preferred']} "
+                         f"(other {e['other']}), sign test p={_p(e['p'])}, Holm {_p(e['p_holm'])}")
+        for e in q["pairs"]:
+            lines.append(f"  {e['a']} vs {e['b']}: {e['n']} paired answers, {e['a']} better {e['a_better']}, "
+                         f"{e['b']} better {e['b_better']}, ties {e['ties']}, sign test p={_p(e['p'])}, Holm {_p(e['p_holm'])}")
+        a = q["agreement"]
+        if a["raters"] >= 2:
+            lines.append(f"  agreement over {a['units']} tasks rated by >= 2: Krippendorff alpha {_num(a['alpha'])}, "
+                         f"Fleiss kappa {_num(a['kappa'])}" + (f" ({a['kappa_note']})" if a["kappa_note"] else ""))
+    return "\n".join(lines)
+
+
+# -- HTML (a section of report.html) ----------------------------------------------------------------
+
+def summary_html(s: dict[str, Any]) -> str:
+    """The summary as HTML tables (text escaped), for the eval report."""
+    from ..report.page import esc, table
+
+    raters = ", ".join(f"{esc(r['name'])} ({r['answers']})" for r in s["raters"]) or "none"
+    parts = [f"<p class='note'>{s['answers']} answers from {len(s['raters'])} raters: {raters}. Each task showed the "
+             f"<b>{esc(s['reference'])}</b> image and one method's image of the same (prompt, seed), sides randomized, "
+             "method names hidden. Cells: share of answers with the 95% Wilson CI and the count. Paired tests: exact "
+             "two-sided sign test (exact McNemar on yes/no) on answers of the same rater and sample, Holm-corrected "
+             "per question; \"better\" is the answer better for the method by the question's order (below). Agreement: Krippendorff's alpha (nominal) and Fleiss' kappa over the tasks rated by "
+             "at least two raters (1 = perfect, 0 = chance).</p>"]
+    for q in s["questions"]:
+        body = []
+        for m in s["methods"]:
+            sh = q["shares"][m]
+            cells = [f"<b>{esc(m)}</b>", str(sh["n"])]
+            for v, _ in q["options"]:
+                o = sh["options"][v]
+                cells.append(f"{esc(_pct(o['share']))}<br><small>{esc(_ci(o['ci']))} · {o['k']}/{sh['n']}</small>")
+            body.append(cells)
+        parts.append(f"<h3>{esc(q['text'])}</h3>"
+                     + table(["method", "n", *[esc(label) for _, label in q["options"]]], body))
+        if q["vs_reference"]:
+            vs = [[f"<b>{esc(e['method'])}</b>", str(e["method_preferred"]), str(e["reference_preferred"]), str(e["other"]),
+                   esc(_p(e["p"])), esc(_p(e["p_holm"]))] for e in q["vs_reference"]]
+            parts.append(table(["method", "method preferred", f"{esc(s['reference'])} preferred", "other", "p (sign test)",
+                                "p (Holm)"], vs))
+        if q["pairs"]:
+            pairs = [[f"{esc(e['a'])} vs {esc(e['b'])}", str(e["n"]), str(e["a_better"]), str(e["b_better"]), str(e["ties"]),
+                      esc(_p(e["p"])), esc(_p(e["p_holm"]))] for e in q["pairs"]]
+            parts.append(table(["pair (A vs B)", "paired answers", "A better", "B better", "ties", "p (sign test)", "p (Holm)"], pairs)
+                         + f"<p class='small'>Order, better first: {' &gt; '.join(esc(x) for x in q['order'])}.</p>")
+    agree = [[f"<td class='text'>{esc(q['text'])}</td>", str(q["agreement"]["units"]), esc(_num(q["agreement"]["alpha"])),
+              esc(_num(q["agreement"]["kappa"]))] for q in s["questions"]]
+    if len(s["raters"]) >= 2:
+        parts.append("<h3>Inter-rater agreement</h3>"
+                     + table(["question", "tasks rated by ≥ 2", "Krippendorff α", "Fleiss κ"], agree))
+    return "".join(parts)
+
+
+def ratings_section(db: Path) -> str:
+    """The report's "Human ratings" section for a ratings database."""
+    from ..errors import FocusNFixError
+    from ..report.page import esc, url
+
+    try:
+        s = load_summary(db)
+    except FocusNFixError as e:  # the rest of the report still renders
+        return f"<p class='note bad'>{esc(e)}</p>"
+    if not s["answers"]:
+        return f"<p class='note'>{esc(db.name)} holds no answers yet.</p>"
+    return summary_html(s) + f"<p class='small'>Data: <a href='{url(db.name)}'>{esc(db.name)}</a> (SQLite; " \
+                             "<code>focusnfix rate EVAL_DIR --export results.csv</code> writes one row per answer).</p>"
+
+
+# -- CSV -----------------------------------------------------------------------------------------
+
+def export_csv(db: str | Path, study=None) -> tuple[str, int]:
+    """(CSV text, number of answers): one row per answer; prompt and seed from the eval folder when given."""
+    from .storage import read_ratings
+
+    rows, questions_json, reference = read_ratings(db)
+    questions = from_data(json.loads(questions_json), str(db))
+    tasks = study.tasks if study is not None else {}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["rater", "rater_id", "task", "sample", "prompt", "seed", "method", "reference", "base_side",
+                *[c for q in questions for c in ((q.key + "_shown", q.key) if q.sided else (q.key,))],
+                "revisions", "created_at", "updated_at"])
+    for r in analysed(rows, questions):
+        t = tasks.get(r["task"])
+        w.writerow([r["rater"], r["rater_id"], r["task"], json.dumps(r["sample"]), t.prompt if t else "",
+                    t.seed if t else "", r["method"], reference, r["base_side"],
+                    *[c for q in questions for c in ((r["answers"].get(q.key, ""), r["values"].get(q.key, ""))
+                                                       if q.sided else (r["values"].get(q.key, ""),))],
+                    r["revisions"], r["created_at"], r["updated_at"]])
+    return buf.getvalue(), len(rows)

@@ -1,0 +1,125 @@
+"""Rating tasks from an eval folder, read through the report's reader (:func:`report.eval_folder.load_eval`).
+
+One task per (sample, method) with method != the reference: the reference (base) image and the method's
+image of the same (prompt, seed). Task ids are opaque (a hash of the sample and method), so neither a
+page nor a URL names the method. Only image files that resolve inside the eval folder are used:
+a samples.jsonl entry pointing outside it (``../``, an absolute path, a symlink out) is left out.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FocusNFixError
+from ..evaluation.stats import sample_key
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One pair to rate. Paths are resolved and inside the eval folder (``heatmap``/``mask`` may be None)."""
+    id: str
+    sample: Any
+    method: str
+    prompt: str
+    seed: Any
+    category: str | None
+    reference_image: Path
+    method_image: Path
+    heatmap: Path | None = None
+    mask: Path | None = None
+
+
+@dataclass
+class Study:
+    """The tasks of an eval folder, in a fixed order (by sample, then method)."""
+    folder: Path
+    title: str
+    reference: str
+    methods: list[str]
+    tasks: dict[str, Task] = field(default_factory=dict)
+    left_out: int = 0  # (sample, method) pairs without a usable image
+
+    @property
+    def samples(self) -> int:
+        return len({json.dumps(t.sample) for t in self.tasks.values()})
+
+    def order(self, seed: int) -> list[str]:
+        """Every task id once, in an order fixed by the rater's seed."""
+        ids = list(self.tasks)
+        random.Random(seed).shuffle(ids)
+        return ids
+
+
+def task_id(sample: Any, method: str) -> str:
+    """A stable, opaque id for (sample, method)."""
+    return hashlib.sha256(json.dumps([sample, method]).encode()).hexdigest()[:16]
+
+
+def base_side(seed: int, task: str) -> str:
+    """Where the base image is shown for a rater's task: "left" or "right", fixed by (seed, task)."""
+    return "left" if random.Random(f"{seed}:{task}").random() < 0.5 else "right"
+
+
+def inside(root: Path, rel: Any) -> Path | None:
+    """``root / rel`` resolved, if it is an image file inside ``root``; else None."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        return None
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root) or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        return None
+    return path
+
+
+def load_study(folder: str | Path, methods: list[str] | None = None) -> Study:
+    """The rating tasks of an eval folder; ``methods`` restricts the rated methods."""
+    from ..report.eval_folder import load_eval
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FocusNFixError(f"eval folder {str(folder)!r} does not exist or is not a folder")
+    if not (folder / "eval.json").is_file():
+        raise FocusNFixError(f"{str(folder)!r} is not an eval folder (no eval.json); write one with `focusnfix eval`")
+    meta, rows = load_eval(folder)
+    root = folder.resolve()
+    order = [str(m) for m in meta.get("methods") or []]
+    order += sorted({str(r["method"]) for r in rows if r.get("method") is not None} - set(order))
+    reference = str(meta.get("reference") or "base")
+    rated = [m for m in order if m != reference]
+    if methods:
+        unknown = [m for m in methods if m not in rated]
+        if unknown:
+            raise FocusNFixError(f"--methods {' '.join(unknown)}: not in the eval folder; methods to rate: {', '.join(rated) or 'none'}")
+        rated = [m for m in rated if m in methods]
+    by_sample: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("method") is not None:
+            by_sample.setdefault(json.dumps(sample_key(r)), {})[str(r["method"])] = r
+    study = Study(folder, str(meta.get("title") or root.name), reference, rated)
+    def numbered_first(key: str) -> tuple:
+        sample = json.loads(key)
+        return (0, sample, "") if isinstance(sample, int) else (1, 0, key)
+
+    for key in sorted(by_sample, key=numbered_first):
+        by = by_sample[key]
+        ref = by.get(reference)
+        ref_image = inside(root, ref.get("image")) if ref else None
+        for method in rated:
+            row = by.get(method)
+            image = inside(root, row.get("image")) if row else None
+            if ref_image is None or image is None:
+                study.left_out += 1
+                continue
+            sample = json.loads(key)
+            tid = task_id(sample, method)
+            study.tasks[tid] = Task(tid, sample, method, str(ref.get("prompt", "")), ref.get("seed"), ref.get("category"),
+                                    ref_image, image, inside(root, ref.get("heatmap")), inside(root, ref.get("mask")))
+    if not study.tasks:
+        raise FocusNFixError(f"no pairs to rate in {folder}: it needs images of the reference method {reference!r} and of "
+                             f"at least one other method (methods: {', '.join(order) or 'none'})")
+    return study
