@@ -31,6 +31,17 @@ demo: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
+# The suite under the CPU kernels of other x86-64 machines (numeric tolerances must hold on all of them):
+# ATen's baseline (no SIMD) and AVX2 kernels, with oneDNN's convolutions held to the same instruction set.
+# Both runs always happen; the target fails if either does.
+.PHONY: test-kernels
+test-kernels: $(STAMP) $(CHROMIUM)
+	@status=0; for pair in default,SSE41 avx2,AVX2; do \
+		aten=$${pair%,*}; onednn=$${pair#*,}; \
+		echo "== ATEN_CPU_CAPABILITY=$$aten ONEDNN_MAX_CPU_ISA=$$onednn $(PY) -m pytest"; \
+		ATEN_CPU_CAPABILITY=$$aten ONEDNN_MAX_CPU_ISA=$$onednn $(PY) -m pytest || status=1; \
+	done; exit $$status
+
 clean:
 	rm -rf runs .pytest_cache
 

@@ -34,7 +34,7 @@ CASES = {
     "reward import path fails": ({"reward.name": "nosuchpkg.mod:Thing"}, "cannot import module 'nosuchpkg.mod'"),
     "rank <= 0": ({"lora.rank": 0}, "lora.rank must be > 0"),
     "fp16 with FSDP": ({"train.fsdp": True, "train.mixed_precision": "fp16"}, "fp16 is not supported with train.fsdp"),
-    "unknown method": ({"method": "magic"}, "method must be fnf or draft"),
+    "unknown method": ({"method": "magic"}, "method must be fnf, draft, grpo or fnf-grpo"),
     "bad reward args": ({"reward.args": "{nope: 1}"}, "rejected its arguments"),
     "resolution not divisible": ({"model.resolution": 30}, "not divisible by 4 (this model's VAE factor"),
     "bad lora target": ({"lora.targets": "[nonexistent_proj]"}, "match no module of the denoiser"),
@@ -90,9 +90,11 @@ def test_existing_run_is_not_overwritten(tiny_dir, tmp_path, cfg_file, capsys):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_resume_without_checkpoint(tiny_dir, tmp_path, cfg_file, capsys):
-    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, tmp_path / "run"), "--resume"])
-    assert rc == 2 and "no complete checkpoint" in lines[-1]
+def test_resume_without_checkpoint_starts_from_step_zero(tiny_dir, tmp_path, cfg_file, capsys):
+    """Issue 14 (3): --resume where no complete checkpoint exists starts from step 0 and says so."""
+    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, tmp_path / "run"), "--resume", "--no-progress"])
+    assert rc == 0 and len(lines) == 1 and "no complete checkpoint; starting from step 0" in lines[0], lines
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_sample_bad_lora_and_debug_traceback(tiny_dir, tmp_path, capsys):
@@ -153,6 +155,11 @@ def test_truncated_lora_file(tiny_dir, tmp_path, cfg_file, capsys):
 def test_resume_with_incompatible_lora_config(tiny_dir, tmp_path, cfg_file, capsys):
     run = tmp_path / "run"
     assert main(["train", str(cfg_file), *base_overrides(tiny_dir, run), "--no-progress"]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, run, **{"lora.rank": 3}), "--resume"])
+    assert rc == 2 and len(lines) == 1 and "lora.rank changed (2 -> 3)" in lines[0], lines  # refused before loading
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    (run / "config.yaml").unlink()  # without the run's config the LoRA's shapes still refuse it
     rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, run, **{"lora.rank": 3}), "--resume"])
     assert rc == 2 and "LoRA" in lines[-1] and "shape" in lines[-1]
 

@@ -159,12 +159,12 @@ def test_eval_resume_with_other_settings_starts_afresh_and_lock(tiny_dir, lora_r
     assert not (tmp_path / ".partial-eval").exists()  # nothing finished: nothing left behind
     monkeypatch.setattr(focusnfix.sampling, "generate", Recorder(real, fail_after=1))
     assert main([*argv, "--set", "sampler.steps=3"]) == 130
-    lock = tmp_path / ".partial-eval" / ".work" / "lock"
-    lock.write_text(str(os.getppid()))  # a live process that is not us
+    from focusnfix.locking import FolderLock
+
     capsys.readouterr()
-    rc, lines = run_cli(capsys, [*argv, "--set", "sampler.steps=3"])
-    assert rc == 2 and len(lines) == 1 and "another eval" in lines[0]
-    lock.unlink()
+    with FolderLock(tmp_path / ".eval.lock", "eval folder"):  # another eval's lock (an OS lock: a second open file conflicts)
+        rc, lines = run_cli(capsys, [*argv, "--set", "sampler.steps=3"])
+    assert rc == 2 and len(lines) == 1 and f"in use by process {os.getpid()}" in lines[0], lines
     again = Recorder(real)
     monkeypatch.setattr(focusnfix.sampling, "generate", again)
     assert main([*argv, "--set", "sampler.steps=2"]) == 0  # other sampler settings: nothing reused

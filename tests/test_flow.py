@@ -175,7 +175,7 @@ def test_sd3_fsdp_two_processes_match_one_process(tiny_sd3_dir, tmp_path):
 
     out = tmp_path / "fsdp"
     common = {"sampler.guidance_scale": 3.0, "train.batch_size": 1, "train.cpu": True, "train.steps": 2, "train.adam_eps": 1e-4}
-    torchrun(base_overrides(tiny_sd3_dir, out, **common, **{"train.fsdp": True}), tmp_path, port=29519)
+    torchrun(base_overrides(tiny_sd3_dir, out, **common, **{"train.fsdp": True}), tmp_path)
     import json
 
     for r in (0, 1):

@@ -161,7 +161,7 @@ def test_grpo_two_processes_match_one_process(tiny_dir, tmp_path):
     out = tmp_path / "dist"
     common = {"method": "fnf-grpo", "grpo.group_size": 2, "sampler.steps": 3, "train.batch_size": 1, "train.cpu": True,
               "train.steps": 2}
-    torchrun(base_overrides(tiny_dir, out, **common), tmp_path, port=29521)
+    torchrun(base_overrides(tiny_dir, out, **common), tmp_path)
     ranks = [load_file(out / f"rank{r}.safetensors") for r in (0, 1)]
     assert all(ranks[0][n].equal(ranks[1][n]) for n in ranks[0])
     single = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "one", **common, **{"train.grad_accum": 2})))

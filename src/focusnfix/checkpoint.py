@@ -21,18 +21,35 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import TrainingDiverged, safetensors_os_error
+
 MANIFEST = "manifest.json"
+
+
+def fault_requested(name: str, step: int) -> bool:
+    """Whether ``FOCUSNFIX_FAULT`` asks for a fault at this point (and, with ``FOCUSNFIX_FAULT_RANK``, in
+    this process of a distributed job)."""
+    spec = os.environ.get("FOCUSNFIX_FAULT")
+    if not spec or spec != f"{name}@{step}":
+        return False
+    rank = os.environ.get("FOCUSNFIX_FAULT_RANK")
+    return rank is None or rank == os.environ.get("RANK", "0")
 
 
 def fault_point(name: str, step: int) -> None:
     """Crash-test hook: SIGKILL this process at a named point when ``FOCUSNFIX_FAULT`` asks for it.
 
     ``FOCUSNFIX_FAULT=checkpoint-middle@3`` kills the process halfway through writing the checkpoint
-    of step 3; ``after-step@5`` right after optimizer step 5. Unset (always, outside tests): no-op.
+    of step 3; ``after-step@5`` right after optimizer step 5 (the points: ``config-write@0``,
+    ``after-step``, ``metrics-torn`` (half a line written first), ``checkpoint-middle``,
+    ``checkpoint-complete`` (written, not yet renamed), ``checkpoint-saved`` (renamed, old ones not yet
+    pruned), ``prune-middle``, ``lora-middle``, ``before-summary``; ``eval-batch`` after an eval's N-th
+    image). ``FOCUSNFIX_FAULT_SIGNAL=STOP`` freezes the process instead (a hung rank);
+    ``FOCUSNFIX_FAULT_RANK=R`` limits it to rank R. Unset (always, outside tests): no-op.
     """
-    spec = os.environ.get("FOCUSNFIX_FAULT")
-    if spec and spec == f"{name}@{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    if fault_requested(name, step):
+        sig = os.environ.get("FOCUSNFIX_FAULT_SIGNAL", "KILL")
+        os.kill(os.getpid(), signal.SIGSTOP if sig == "STOP" else signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,14 +64,45 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync, and rename."""
+    """Write ``text`` to ``path`` via a temporary file, fsync, and rename; on failure (disk full) the
+    temporary file is removed and ``path`` is untouched. OSErrors name ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from None  # name the file meant, not its temporary
+        raise
+
+
+@contextmanager
+def io_errors(path: str | Path) -> Iterator[None]:
+    """Re-raise safetensors' I/O errors (``... (os error 28)``) and OSErrors without a file name as
+    OSErrors naming ``path``, so the CLI's one-line message says where the disk filled up."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        os_error = safetensors_os_error(e, path)
+        if os_error is None:
+            raise
+        raise os_error from None
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+def nonfinite_tensor(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first tensor holding NaN or Inf, else None."""
+    return next((name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
 
 
 @contextmanager
@@ -126,7 +174,10 @@ def save_checkpoint(folder: str | Path, step: int, lora: dict[str, torch.Tensor]
                     scheduler: torch.optim.lr_scheduler.LRScheduler, extra: dict | None = None) -> Path:
     """Write a complete checkpoint atomically to ``folder`` and return it. ``lora`` comes from
     :func:`focusnfix.lora.lora_state`, ``optimizer`` from :func:`optimizer_files`."""
-    with atomic_dir(folder) as tmp:
+    bad = nonfinite_tensor(lora)
+    if bad is not None:  # never save (and later call "good") a diverged state
+        raise TrainingDiverged(f"refusing to save checkpoint {Path(folder).name}: LoRA tensor {bad} holds NaN or Inf")
+    with io_errors(folder), atomic_dir(folder) as tmp:
         save_file({k: v.contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
         tensors, meta = optimizer
         save_file(tensors, tmp / "optimizer.safetensors")
@@ -136,6 +187,7 @@ def save_checkpoint(folder: str | Path, step: int, lora: dict[str, torch.Tensor]
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **(extra or {})}))
         files = {f.name: sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        fault_point("checkpoint-complete", step)
     return Path(folder)
 
 
@@ -156,13 +208,20 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: p.name)
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint; incomplete or corrupted ones are skipped with a warning."""
+def latest_checkpoint(root: str | Path, quiet: bool = False) -> Path | None:
+    """The newest complete checkpoint; incomplete or corrupted ones are skipped with a warning
+    (``quiet``: without)."""
     for ckpt in reversed(list_checkpoints(root)):
         if is_complete(ckpt):
             return ckpt
-        warnings.warn(f"skipping incomplete or corrupted checkpoint {ckpt}", stacklevel=2)
+        if not quiet:
+            warnings.warn(f"skipping incomplete or corrupted checkpoint {ckpt}", stacklevel=2)
     return None
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step of a complete checkpoint (from its manifest)."""
+    return int(json.loads((folder / MANIFEST).read_text())["step"])
 
 
 def read_lora(folder: Path) -> dict[str, torch.Tensor]:
@@ -177,7 +236,10 @@ def load_training_state(folder: Path, optimizer: torch.optim.Optimizer, schedule
     return json.loads((folder / "trainer.json").read_text())
 
 
-def prune_checkpoints(root: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints."""
+def prune_checkpoints(root: str | Path, keep: int, step: int = -1) -> None:
+    """Delete all but the newest ``keep`` checkpoints (each one's manifest first, so a deletion cut
+    short leaves a folder that is plainly incomplete)."""
     for old in list_checkpoints(root)[:-keep]:
+        (old / MANIFEST).unlink(missing_ok=True)
+        fault_point("prune-middle", step)
         shutil.rmtree(old, ignore_errors=True)

@@ -1,21 +1,41 @@
 """Command-line interface: thin wrappers over the library. ``main(argv) -> int``.
 
-User errors print one line and exit with status 2 (``--debug`` shows the traceback).
+Every failure prints one line ``focusnfix: error: ...`` (at most 300 characters) on stderr and exits
+with status 2 (bad input: nothing was changed), 1 (a runtime failure: disk full, divergence, a dead
+or frozen process of a distributed job; what was saved before is intact) or 130 (Ctrl-C). README,
+"Errors and exit statuses"; ``--debug`` adds the traceback and the libraries' log lines.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import sys
 import traceback
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import FocusNFixError, TrainingDiverged
+from .errors import MAX_MESSAGE, FocusNFixError, RunFailed, one_line, os_error_message, os_error_status, short_path
+
+PREFIX = "focusnfix: error: "
+
+
+class _UsageError(Exception):
+    """A command line argparse cannot parse (reported as one line, status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (subcommand parsers inherit the class)."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="focusnfix", description="Focus-N-Fix: region-aware reward fine-tuning of text-to-image diffusion models.")
+    p = _Parser(prog="focusnfix", description="Focus-N-Fix: region-aware reward fine-tuning of text-to-image diffusion models.")
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"focusnfix {__version__}")
@@ -93,16 +113,38 @@ def _device_flags(p: argparse.ArgumentParser, dtype_default: str | None) -> None
 
 def _check_device_flags(args: argparse.Namespace):
     """Validate the shared flags before anything is loaded; return the torch device."""
+    from .config import MAX_SIDE
     from .devices import check_batch_size, check_dtype, resolve_device
 
     check_batch_size(args.batch_size)
+    if args.batch_size > 4096:
+        raise FocusNFixError(f"--batch-size must be <= 4096, got {args.batch_size}")
     if args.dtype is not None:
         check_dtype(args.dtype)
     for side in ("height", "width"):
         value = getattr(args, side)
         if value is not None and value < 1:
             raise FocusNFixError(f"--{side} must be >= 1 px, got {value}")
+        if value is not None and value > MAX_SIDE:
+            raise FocusNFixError(f"--{side} must be <= {MAX_SIDE} px, got {value}")
     return resolve_device(args.device)
+
+
+def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Fail before any work on an output folder that cannot be made: a part of the path is a file, the
+    path is too long, or the nearest existing folder is not writable."""
+    out = Path(path)
+    try:
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    except OSError as e:
+        raise FocusNFixError(f"{flag}: {os_error_message(e, out)}") from None
+    if blocker is not None:
+        what = "is a file; choose a folder" if blocker == out else f"is under the file {short_path(blocker)}; choose a folder"
+        raise FocusNFixError(f"{flag} {short_path(out)} {what}")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FocusNFixError(f"{flag}: cannot write to {short_path(parent)}; choose a writable folder")
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -111,7 +153,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .prompt_sets import load_prompt_set
     from .prompts import PromptRecord
 
+    from .prompts import check_seeds
+
     device = _check_device_flags(args)
+    if args.limit is not None and args.limit < 1:
+        raise FocusNFixError(f"--limit must be >= 1 (the number of prompts to use), got {args.limit}")
+    check_seeds(args.seeds)
+    check_out_folder(args.out)
     config = Path(args.config)
     if config.is_dir():
         config = config / "config.yaml"
@@ -122,7 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         records = load_prompt_set(args.prompts)
     else:
         records = [PromptRecord(p) for p in (cfg.data.sample_prompts or cfg.data.prompts)]
-    records = records[: args.limit] if args.limit else records
+    records = records[: args.limit] if args.limit is not None else records
     ev = Evaluation(cfg, args.methods, records, args.seeds, args.out, args.batch_size, args.clip_model,
                     _extra_metrics(cfg), progress=not args.no_progress, device=device)
     ev.prompt_set = args.prompts or "config prompts"
@@ -151,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{key:28s} {default:38s} {text}")
         return 0
     config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not Path(config).exists():
+    if config is not None and "=" in config and not _exists(config):
         config, overrides = None, [config, *overrides]  # overrides only: start from the defaults
     if config is None and not overrides:
         raise FocusNFixError("train needs a CONFIG file and/or key=value overrides, e.g. `focusnfix train configs/demo.yaml`")
@@ -163,24 +211,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from .prompt_sets import load_prompt_set
-    from .prompts import resolve_prompts
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte
+        return False
 
-    prompts = resolve_prompts(args.prompt) if args.prompt or not args.prompts else []
+
+def _sample_inputs(args: argparse.Namespace) -> list[str]:
+    """Check every sample flag before anything is loaded (one line each); return the prompts."""
+    from .config import MAX_SIDE
+    from .prompt_sets import load_prompt_set
+    from .prompts import MAX_PROMPT_CHARS, check_prompt_lengths, check_seeds, resolve_prompts
+
+    if not args.prompt and not args.prompts:
+        raise FocusNFixError("sample needs prompts: --prompt TEXT (repeatable) or --prompts FILE_OR_SET")
+    prompts = resolve_prompts(args.prompt) if args.prompt else []
     if args.prompts:  # a file or a packaged set (evaluation sets such as i2p:sexual are fine here)
         prompts += [r.prompt for r in load_prompt_set(args.prompts)]
-    if args.steps < 1:
-        raise FocusNFixError(f"--steps must be >= 1, got {args.steps}")
-    device = _check_device_flags(args)
+    check_prompt_lengths(prompts, "--prompts")
+    if not 1 <= args.steps <= 1000:
+        raise FocusNFixError(f"--steps must be >= 1 (and <= 1000), got {args.steps}")
+    if not math.isfinite(args.guidance_scale) or not 0 <= args.guidance_scale <= 1e4:
+        raise FocusNFixError(f"--guidance-scale must be a finite number in [0, 10000] (<= 1 turns CFG off), got {args.guidance_scale}")
+    if len(args.negative_prompt) > MAX_PROMPT_CHARS:
+        raise FocusNFixError(f"--negative-prompt is {len(args.negative_prompt)} characters long (max {MAX_PROMPT_CHARS})")
+    if args.resolution is not None and not 1 <= args.resolution <= MAX_SIDE:
+        raise FocusNFixError(f"--resolution must be in [1, {MAX_SIDE}] px, got {args.resolution}")
+    check_seeds(args.seeds)
     if args.lora:
-        from .lora import find_lora_file
+        from .lora import check_lora_file
 
-        find_lora_file(args.lora)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FocusNFixError(f"--out {args.out!r} is a file; choose a folder")
+        check_lora_file(args.lora)
+    return prompts
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    prompts = _sample_inputs(args)
+    device = _check_device_flags(args)
+    out = check_out_folder(args.out)
     from .backbones import load_backbone
+    from .checkpoint import atomic_write_text
     from .images import save_png
     from .sampling import generate
 
@@ -206,7 +277,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             name = f"{start + j:05d}-seed{seed}.png"
             save_png(image, out / name)
             index.append({"file": name, "prompt": prompt, "seed": seed})
-    (out / "index.json").write_text(json.dumps(index, indent=1))
+    atomic_write_text(out / "index.json", json.dumps(index, indent=1))
     print(f"wrote {len(index)} images to {out}")
     return 0
 
@@ -215,24 +286,58 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)  # (--help and --version exit with status 0 through SystemExit)
+    except _UsageError as e:
+        return _fail(2, str(e))
     if args.command is None:
         parser.print_help()
         return 2
-    _quiet_libraries()
-    try:
-        return int(args.func(args) or 0)
-    except FocusNFixError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"focusnfix: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"focusnfix: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("focusnfix: interrupted", file=sys.stderr)
-        return 130
+    with _contained_output(args.debug):
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("focusnfix: interrupted", file=sys.stderr)
+            return 130
+        except SystemExit as e:  # a subcommand that exits by itself: its status (a text is an error message)
+            if e.code is None or isinstance(e.code, int):
+                return int(e.code or 0)
+            return _fail(2, str(e.code))
+        except BaseException as e:  # noqa: BLE001: every failure ends as one line with a status
+            status, message = describe_error(e)
+            if args.debug:
+                traceback.print_exc()
+            return _fail(status, message)
+
+
+def _fail(status: int, message: str) -> int:
+    print(PREFIX + one_line(message, MAX_MESSAGE - len(PREFIX)), file=sys.stderr)
+    return status
+
+
+def describe_error(e: BaseException) -> tuple[int, str]:
+    """``(exit status, message)`` of any exception (the error contract in README)."""
+    from .errors import safetensors_os_error
+
+    if isinstance(e, FocusNFixError):
+        return 2, str(e)
+    if isinstance(e, RunFailed):
+        return 1, str(e)
+    if isinstance(e, OSError):
+        return os_error_status(e), os_error_message(e)
+    inner = safetensors_os_error(e, "a .safetensors file") if type(e).__name__ == "SafetensorError" else None
+    if inner is not None:  # safetensors' own error type around an OSError (disk full while saving)
+        return os_error_status(inner), os_error_message(inner)
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return 1, ("out of memory: lower --batch-size / train.batch_size, the resolution, or enable "
+                   "sampler.grad_checkpointing")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = lines[0] if lines else ""
+    return 1, (f"unexpected {type(e).__name__}: {detail[:120]}; rerun with --debug for the traceback and please "
+               "report it")
+
+
+_LIBRARIES = ("accelerate", "torch", "diffusers", "transformers", "peft", "huggingface_hub", "PIL", "urllib3", "filelock")
 
 
 def _quiet_libraries() -> None:
@@ -247,6 +352,32 @@ def _quiet_libraries() -> None:
         transformers.utils.logging.set_verbosity_error()
     except ImportError:
         pass
+
+
+@contextmanager
+def _contained_output(debug: bool):
+    """Our own progress bars, warnings and errors only: the libraries' loading bars, log lines and
+    warnings are silenced (``--debug`` keeps them); focusnfix's own warnings print as one line."""
+    _quiet_libraries()
+    if debug:
+        yield
+        return
+    package = str(Path(__file__).resolve().parent)
+    levels = {name: logging.getLogger(name).level for name in _LIBRARIES}
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(package):
+            print(f"focusnfix: warning: {one_line(str(message), MAX_MESSAGE - 19)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        for name in _LIBRARIES:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
 
 
 def entry() -> None:

@@ -6,6 +6,7 @@ Unknown keys and wrong types raise :class:`ConfigError` listing the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -15,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .config_checks import MAX_SIDE, check_ranges, check_size  # noqa: F401 (MAX_SIDE: used by the CLI)
+from .errors import ConfigError, short, short_path
 
 
 class _Loader(yaml.SafeLoader):
@@ -143,6 +145,7 @@ class TrainConfig:
     reference_cache: str = _f("memory", "Cache of I0 and M(I0) per (prompt, seed): off, memory, or a folder (memory + disk, reused across runs).")
     reference_cache_items: int = _f(512, "Most (prompt, seed) references kept in memory (LRU).")
     batch_reference: bool = _f(True, "On a reference-cache miss, run the frozen and the trained model's first T-K steps as one batch (per-row LoRA on/off); equal up to float rounding. Off under model.compile.")
+    collective_timeout: float = _f(300.0, "Seconds a process of a distributed job waits for the others in a collective (all-reduce, barrier) before the job fails with status 1 (a dead or frozen process); no effect in one process.")
 
 
 @dataclass
@@ -159,7 +162,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "Config":
-        """Check ranges and cross-field rules; raise :class:`ConfigError` naming the key."""
+        """Check ranges and cross-field rules; raise :class:`ConfigError` naming the key. Every number
+        is finite (checked when read) and within its range (:mod:`focusnfix.config_checks`)."""
         s, t = self.sampler, self.train
         _check(self.method in ("fnf", "draft", "grpo", "fnf-grpo"), "method", f"must be fnf, draft, grpo or fnf-grpo, got {self.method!r}")
         g = self.grpo
@@ -197,6 +201,7 @@ class Config:
         _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
         _check(bool(self.data.prompts or self.data.prompt_file or self.data.prompt_set), "data.prompts",
                "is empty: give data.prompts, data.prompt_file or data.prompt_set")
+        check_ranges(self)
         return self
 
 
@@ -246,18 +251,32 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in _BOOL_WORDS:
             return _BOOL_WORDS[value.lower()]
     elif tp is int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)  # 1e4 written for 10000
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:
+                raise ConfigError(f"{key} must be an integer below 2**63, got {short(value)}")
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
             try:
-                return float(value)  # YAML 1.1 reads "1e-4" as a string
+                number = float(value)
+            except OverflowError:  # an integer beyond float range
+                number = math.inf
+        elif isinstance(value, str):
+            try:
+                number = float(value)  # YAML 1.1 reads "1e-4" as a string
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{key} must be a finite number, got {short(value)}")
+            return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            if "\x00" in str(value):
+                raise ConfigError(f"{key} holds a NUL character; remove it")
             return str(value)
     elif origin is list or tp is list:
         if isinstance(value, str) and args and args[0] is str:
@@ -266,9 +285,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return [_coerce(v, args[0] if args else Any, key) for v in value]
     elif origin is dict or tp is dict:
         if isinstance(value, dict):
+            check_size(value, key)
             return dict(value)
     name = getattr(tp, "__name__", str(tp))
-    raise ConfigError(f"{key} must be {name}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{key} must be {name}, got {short(value)} ({type(value).__name__})")
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
@@ -279,7 +299,7 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown config key {prefix + str(key)!r}; valid keys here: {_valid_keys(cls)}")
+            raise ConfigError(f"unknown config key {short(prefix + str(key))}; valid keys here: {_valid_keys(cls)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value if value is not None else {}, prefix + key + ".")
@@ -291,7 +311,7 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 def apply_override(data: dict, override: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to nested dict ``data`` in place."""
     if "=" not in override:
-        raise ConfigError(f"override {override!r} must look like key=value, e.g. train.lr=1e-4")
+        raise ConfigError(f"override {short(override)} must look like key=value, e.g. train.lr=1e-4")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
     cls: type = Config
@@ -300,7 +320,7 @@ def apply_override(data: dict, override: str) -> None:
         hints, names = _hints(cls), {f.name for f in dataclasses.fields(cls)}
         if part not in names:
             where = ".".join(parts[:i]) or "the top level"
-            raise ConfigError(f"unknown config key {key!r}; valid keys in {where}: {_valid_keys(cls)}")
+            raise ConfigError(f"unknown config key {short(key)}; valid keys in {where}: {_valid_keys(cls)}")
         tp = hints[part]
         if i == len(parts) - 1:
             node[part] = _parse_value(raw)
@@ -317,7 +337,7 @@ def apply_override(data: dict, override: str) -> None:
                 node[part] = {}
             node = node[part]
         else:
-            raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section; cannot set {key!r}")
+            raise ConfigError(f"{short('.'.join(parts[: i + 1]))} is not a section; cannot set {short(key)}")
 
 
 def _parse_value(raw: str) -> Any:
@@ -325,8 +345,11 @@ def _parse_value(raw: str) -> Any:
         return _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         return raw
+    except RecursionError:
+        raise ConfigError(f"override value {short(raw)} is nested too deeply") from None
 
 
+MAX_CONFIG_BYTES = 16 * 2**20
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped in the wheel; `configs/` in a checkout
 
 
@@ -347,18 +370,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         path = _packaged(Path(path))
         if not path.is_file():
             names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
-            raise ConfigError(f"config file {str(path)!r} not found (packaged configs: {names})")
+            raise ConfigError(f"config file {short_path(path)} not found (packaged configs: {names})")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {short_path(path)} is larger than {MAX_CONFIG_BYTES // 2**20} MB; "
+                              "put long prompt lists in data.prompt_file")
         try:
             data = _yaml(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             msg = str(e).replace("\n", " ")
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {msg}") from None
+            raise ConfigError(f"config file {short_path(path)} is not valid YAML: {msg}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {short_path(path)} is nested too deeply to be a config") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+            raise ConfigError(f"config file {short_path(path)} must hold a mapping of sections, got {type(data).__name__}")
     for ov in overrides:
         apply_override(data, ov)
     return from_dict(Config, data).validate()
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML, atomically (a crash leaves the old file or the new one)."""
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,6 +1,6 @@
 """`make demo`: Focus-N-Fix vs DRaFT on the built-in world, evaluated by independent judges.
 
-    python -m focusnfix.demo [--out runs/demo] [--steps N] [--quick]
+    python -m focusnfix.demo [--out runs/demo] [--steps N] [--arch unet|flow]
 
 1. Fine-tunes the world's trained 64 px model (docs/world.md) against its localized *artifact*
    with the artifact reward (a heatmap model): Focus-N-Fix (λ > 0) and DRaFT (λ = 0), same budget.
@@ -9,7 +9,9 @@
    the base image's mask, and the world's independent judges (defect judge, alignment oracle).
 3. Writes an HTML report and prints its path last.
 
-``--model tiny`` runs the same flow on a tiny random model with a red-pixel reward (mechanics only).
+``--arch flow`` runs it on the world's flow-matching sibling (an SD3-format pipeline, world-flow) with
+configs/world-flow-artifact.yaml. ``--model tiny`` runs the same flow on a tiny random model (SD 1.x
+format, or SD3 with ``--arch flow``) with a red-pixel reward (mechanics only).
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="demo folder (replaced)")
     p.add_argument("--model", default="world", choices=["world", "tiny"])
+    p.add_argument("--arch", default="unet", choices=["unet", "flow"],
+                   help="model family: unet (SD 1.x format) or flow (SD3 format, rectified flow)")
     p.add_argument("--steps", type=int, help="training steps (default: the config's)")
     p.add_argument("--prompts", type=int, default=54, help="held-out prompts to evaluate (max 54)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001], help="held-out noise seeds")
@@ -49,10 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    config = PACKAGED_CONFIGS / ("world-artifact.yaml" if args.model == "world" else "demo.yaml")
+    world_config = "world-flow-artifact.yaml" if args.arch == "flow" else "world-artifact.yaml"
+    config = PACKAGED_CONFIGS / (world_config if args.model == "world" else "demo.yaml")
+    model = []
+    if args.model == "tiny" and args.arch == "flow":  # a tiny random SD3 pipeline instead of the tiny SD one
+        from .tiny_flow import build_tiny_sd3_pipeline
+
+        build_tiny_sd3_pipeline(out / "tiny-sd3")
+        model = [f"model.path={out / 'tiny-sd3'}"]
     start = time.perf_counter()
     for method in ("fnf", "draft"):  # same config and budget; DRaFT is lambda = 0
-        overrides = [f"train.output_dir={out / method}", f"method={method}"] + ([f"train.steps={args.steps}"] if args.steps else [])
+        overrides = [f"train.output_dir={out / method}", f"method={method}", *model] + ([f"train.steps={args.steps}"] if args.steps else [])
         cfg = load_config(config, overrides)
         check_output_dir(Path(cfg.train.output_dir), resume=False)
         print(f"[demo] training {method} on {cfg.model.path} ({cfg.train.steps} steps, reward {cfg.reward.name})", flush=True)

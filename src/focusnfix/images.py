@@ -1,6 +1,7 @@
 """Image helpers: tensors <-> PNG, mask overlays, and the I0 | mask | I sample grids."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,18 @@ def grid(rows: list[list[torch.Tensor]], pad: int = 2) -> torch.Tensor:
 
 
 def save_png(image: torch.Tensor, path: str | Path, min_side: int = 0) -> Path:
+    """Write a PNG atomically (temporary file, rename): a full disk or a crash leaves no partial image."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(image, min_side).save(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        to_pil(image, min_side).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     return path
 
 

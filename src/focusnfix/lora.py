@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import FocusNFixError
+from .errors import FocusNFixError, short_path
 
 ADAPTER = "default"
 
@@ -187,12 +187,33 @@ def find_lora_file(path: str | Path) -> Path:
     raise FocusNFixError(f"LoRA folder {str(folder)!r} holds several .safetensors files ({names}); give the file itself")
 
 
+def check_lora_file(path: str | Path) -> Path:
+    """:func:`find_lora_file`, then read every tensor: a truncated file or one holding NaN/Inf weights (a
+    diverged run's) is a one-line :class:`FocusNFixError` before any model is loaded."""
+    from safetensors import safe_open
+
+    weights = find_lora_file(path)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise FocusNFixError(f"LoRA {short_path(weights)} holds NaN/Inf weights (from a diverged run): use an "
+                                         "earlier checkpoint's lora.safetensors or retrain with a lower train.lr")
+    except FocusNFixError:
+        raise
+    except Exception as e:  # safetensors' own error types: a header or size that does not add up
+        detail = " ".join(str(e).split())[:100] or type(e).__name__
+        raise FocusNFixError(f"LoRA {short_path(weights)} cannot be loaded ({detail}); is the file truncated?") from None
+    return weights
+
+
 def load_lora_into(pipe, folder: str | Path) -> None:
     """``pipe.load_lora_weights`` for a run folder, a LoRA folder or a LoRA ``.safetensors`` file (see
-    :func:`find_lora_file`), with one-line errors for missing, truncated or mismatched files."""
+    :func:`find_lora_file`), with one-line errors for missing, truncated, non-finite or mismatched files."""
     import diffusers
 
-    weights = find_lora_file(folder)
+    weights = check_lora_file(folder)
     level = diffusers.utils.logging.get_verbosity()
     diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)  # we report errors ourselves
     try:

@@ -18,10 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import load_backbone
-from .checkpoint import (atomic_dir, atomic_write_text, fault_point, latest_checkpoint, load_training_state, optimizer_files,
-                         prune_checkpoints, read_lora, save_checkpoint)
-from .config import Config, save_config
-from .errors import FocusNFixError, TrainingDiverged
+from .checkpoint import (atomic_dir, atomic_write_text, checkpoint_step, fault_point, io_errors, latest_checkpoint,
+                         load_training_state, nonfinite_tensor, optimizer_files, prune_checkpoints, read_lora, save_checkpoint)
+from .config import Config, save_config, to_dict
+from .errors import FocusNFixError, RunFailed, TrainingDiverged, os_error_message, short_path
+from .locking import FolderLock
+from .metrics_log import MetricsLog, read_metrics, truncate_metrics
 from .images import save_preview_grid
 from .lora import add_lora, load_lora_state, lora_parameters, lora_state, save_lora
 from .methods import METHODS, Batch
@@ -63,16 +65,28 @@ def make_batches(cfg: Config, prompts: list[str], step: int, rank: int = 0, worl
             for j in mine]
 
 
-def check_output_dir(out: Path, resume: bool) -> None:
-    """Fail early (before anything is written) on an unusable run folder."""
-    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+def check_output_dir(out: Path, resume: bool, holding_lock: bool = False) -> None:
+    """Fail early (before anything is written) on an unusable run folder. A folder holds a run once it
+    has a complete checkpoint; one left by a run that died before its first checkpoint starts afresh."""
+    try:
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    except OSError as e:  # e.g. a path component too long
+        raise FocusNFixError(f"train.output_dir: {os_error_message(e, out)}") from None
     if blocker is not None:
-        raise FocusNFixError(f"train.output_dir {str(out)!r}: {str(blocker)!r} is a file; choose a folder")
-    if out.exists() and not resume and (out / "checkpoints").exists():
-        raise FocusNFixError(f"run folder {str(out)!r} already holds a run; pass --resume or choose another train.output_dir")
+        raise FocusNFixError(f"train.output_dir {short_path(out)}: {short_path(blocker)} is a file; choose a folder")
+    if not holding_lock:
+        run_lock(out).check()  # another trainer writing here: say so first
+    if out.exists() and not resume and latest_checkpoint(out / "checkpoints", quiet=True) is not None:
+        raise FocusNFixError(f"run folder {short_path(out)} already holds a run; pass --resume or choose another train.output_dir")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK):
-        raise FocusNFixError(f"cannot write to {str(parent)!r}; choose a writable train.output_dir")
+        raise FocusNFixError(f"cannot write to {short_path(parent)}; choose a writable train.output_dir")
+
+
+def run_lock(out: Path) -> FolderLock:
+    """The run folder's lock (``out/.lock``), held by the main process of a training run."""
+    return FolderLock(out / ".lock", "run folder", out,
+                      "another `focusnfix train` is writing it: wait for it to finish or choose another train.output_dir")
 
 
 class Trainer:
@@ -87,7 +101,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.prompts = resolve_prompts(cfg.data.prompts, cfg.data.prompt_file, cfg.data.prompt_set)
-        self.accelerator = _accelerator(cfg.train.cpu)
+        self.accelerator = _accelerator(cfg.train.cpu, cfg.train.collective_timeout)
         launched = self.accelerator.mixed_precision  # from an accelerate config / --mixed_precision
         if launched != "no" and launched != cfg.train.mixed_precision and self.accelerator.is_main_process:
             warnings.warn(f"accelerate's mixed_precision={launched} is not used; precision is train.mixed_precision="
@@ -132,6 +146,7 @@ class Trainer:
         # and autocast are skipped on CPU. Precision is owned here (fp32 LoRA, autocast, GradScaler).
         self.scaler = torch.amp.GradScaler(self.accelerator.device.type, enabled=t.mixed_precision == "fp16")
         self.step, self.bad_steps = 0, 0
+        self.config_changed: dict[str, list] = {}  # keys changed on --resume, recorded in metrics.jsonl
 
     def _shard(self) -> bool:
         """FSDP (``train.fsdp`` or an accelerate FSDP config): shard the frozen UNet over the ranks."""
@@ -158,21 +173,59 @@ class Trainer:
 
     # -- state ----------------------------------------------------------------------------------
     def resume(self) -> bool:
-        """Restore the newest complete checkpoint; False if there is none. Leftovers of a write
-        interrupted by a crash (``.tmp-*`` folders) are removed."""
-        if self.accelerator.is_main_process:
-            for leftover in (self.out / "checkpoints").glob(".tmp-*"):
-                shutil.rmtree(leftover, ignore_errors=True)
+        """Restore the newest complete checkpoint; False if there is none. Config keys that may change on
+        resume (:mod:`focusnfix.resume`) are applied, others refused, before anything is modified; then
+        leftovers of a write interrupted by a crash (``.tmp-*`` folders) are removed and metrics rows
+        after the checkpoint (and a torn last line) dropped."""
+        from .resume import config_changes
+
         ckpt = latest_checkpoint(self.out / "checkpoints")
         if ckpt is None:
             return False
-        load_lora_state(self.backbone.unet, read_lora(ckpt))  # checks the LoRA fits before the optimizer
+        changed = config_changes(self.out / "config.yaml", to_dict(self.cfg))
+        step = checkpoint_step(ckpt)
+        if step > self.cfg.train.steps:
+            raise FocusNFixError(f"train.steps={self.cfg.train.steps} is below the checkpoint's step {step}; "
+                                 f"give train.steps >= {step}")
+        lora = read_lora(ckpt)
+        if nonfinite_tensor(lora) is not None:
+            raise FocusNFixError(f"checkpoint {short_path(ckpt)} holds non-finite LoRA weights; delete it to resume from an older one")
+        load_lora_state(self.backbone.unet, lora)  # checks the LoRA fits before the optimizer
         state = load_training_state(ckpt, self.optimizer, self.scheduler)
         self.step = state["step"]
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        _truncate_metrics(self.out / "metrics.jsonl", self.step)
+        self._apply_changes(changed)
+        if self.accelerator.is_main_process:
+            self._remove_leftovers()
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
         return True
+
+    def _apply_changes(self, changed: dict[str, list]) -> None:
+        """A changed train.lr or train.steps: the optimizer's LR and the schedule (its length comes from the
+        new train.steps) continue from the checkpoint's step with the new values."""
+        self.config_changed = changed
+        if not {"train.lr", "train.steps"} & set(changed):
+            return
+        lr, fn = self.cfg.train.lr, self.scheduler.lr_lambdas[0]
+        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * fn(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _remove_leftovers(self) -> None:
+        for leftover in (self.out / "checkpoints").glob(".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.out.glob(".tmp-*"):  # an interrupted lora/ write
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def kept_checkpoint(self) -> str:
+        """What a failed run leaves to resume from, for its one-line message."""
+        ckpt = latest_checkpoint(self.out / "checkpoints", quiet=True)
+        if ckpt is None:
+            return "no checkpoint was saved yet, so a rerun starts from step 0"
+        return f"the last good checkpoint {short_path(ckpt, 60)} (step {checkpoint_step(ckpt)}) is intact"
 
     def _needs_state(self) -> bool:
         """Whether this rank must read the LoRA / optimizer state: the main process writes it, and a
@@ -188,7 +241,8 @@ class Trainer:
             optimizer = optimizer_files(self.optimizer)
         if self.accelerator.is_main_process:
             save_checkpoint(folder, self.step, lora, optimizer, self.scheduler, extra={"scaler": self.scaler.state_dict()})
-            prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
+            fault_point("checkpoint-saved", self.step)
+            prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints, self.step)
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -228,6 +282,9 @@ class Trainer:
             grad_norm = float(full(norm))
             self.scaler.step(self.optimizer)  # = optimizer.step() without fp16
             self.bad_steps = 0
+            if not self._weights_finite():  # finite gradients, yet the update overflowed: nothing to skip back to
+                raise TrainingDiverged(f"the LoRA weights became NaN/Inf in step {self.step + 1} (train.lr={t.lr:g}); "
+                                       f"{self.kept_checkpoint()}: lower train.lr, then rerun with --resume")
         else:
             grad_norm = float("nan")
             overflow = scale is not None and losses_ok and scale > 1.0  # fp16 overflow: the scaler backs off; not a bad step
@@ -241,7 +298,7 @@ class Trainer:
         fault_point("after-step", self.step)
         if self.bad_steps >= t.max_bad_steps:
             raise TrainingDiverged(f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (last: step {self.step}); "
-                                   "the last good checkpoint is intact: lower train.lr or check the reward, then --resume")
+                                   f"{self.kept_checkpoint()}: lower train.lr or check the reward, then rerun with --resume")
         logs = {**totals, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], "skipped": float(not finite)}
         return logs if scale is None else {**logs, "loss_scale": scale}
 
@@ -249,6 +306,11 @@ class Trainer:
         """``train.mixed_precision``: fp16/bf16 autocast of the forward passes (LoRA parameters stay float32)."""
         mp = self.cfg.train.mixed_precision
         return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16, enabled=mp != "no")
+
+    def _weights_finite(self) -> bool:
+        """Every LoRA weight is finite (on every rank's shard, when sharded: a collective)."""
+        ok = all(bool(torch.isfinite(local(p.detach())).all()) for p in self.params)
+        return not self._any_rank(not ok) if self.sharded else ok
 
     def _average_gradients(self, nonfinite: float) -> tuple[bool, bool]:
         """Data parallel: mean of the LoRA gradients over ranks (one all-reduce).
@@ -294,15 +356,53 @@ class Trainer:
         return save_preview_grid(preview, self.out / "samples" / f"{name}.png")
 
     def train(self, resume: bool = False, progress: bool = True) -> Path:
-        """Run to ``train.steps``. Only the main process writes files; every rank trains."""
-        t, acc = self.cfg.train, self.accelerator
-        if resume and not self.resume():
-            raise FocusNFixError(f"--resume given but {str(self.out / 'checkpoints')!r} has no complete checkpoint")
+        """Run to ``train.steps``. Only the main process writes files (holding the run folder's lock);
+        every rank trains. A disk that fills up, or a collective that times out, is a one-line
+        :class:`RunFailed` naming the checkpoint that stays intact."""
+        acc = self.accelerator
+        created = not self.out.exists()
+        lock = None
         if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
+            with io_errors(self.out):
+                self.out.mkdir(parents=True, exist_ok=True)
+            lock = run_lock(self.out)
+        try:
+            if lock is not None:
+                lock.acquire()
+            return self._train(resume, progress)
+        except FocusNFixError:
+            if created and self.step == 0 and acc.is_main_process and lock is not None and lock.held:
+                lock.release()
+                shutil.rmtree(self.out, ignore_errors=True)  # bad input found before the first step: leave nothing
+            raise
+        except OSError as e:
+            raise RunFailed(f"{os_error_message(e)}; {self.kept_checkpoint()}: then rerun with --resume") from e
+        except RuntimeError as e:
+            if acc.num_processes > 1 and _collective_failure(e):
+                raise RunFailed(f"a collective operation timed out after train.collective_timeout="
+                                f"{self.cfg.train.collective_timeout:g} s or failed ({_first_line(e)}): another process of "
+                                f"the job died or hangs; {self.kept_checkpoint()}") from e
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self, resume: bool, progress: bool) -> Path:
+        t, acc = self.cfg.train, self.accelerator
+        if acc.is_main_process:
+            check_output_dir(self.out, resume, holding_lock=True)  # again, now under the lock
+        resumed = self.resume() if resume else False
+        if resume and not resumed:
+            warnings.warn(f"{short_path(self.out / 'checkpoints')} has no complete checkpoint; starting from step 0", stacklevel=2)
+        acc.wait_for_everyone()  # every rank has compared its config with config.yaml before it is rewritten
+        if acc.is_main_process:
+            if not resumed:  # a fresh start, maybe where a run died before its first checkpoint: drop its rows
+                self._remove_leftovers()
+                truncate_metrics(self.out / "metrics.jsonl", 0)
             save_config(self.cfg, self.out / "config.yaml")
+            fault_point("config-write", 0)
         acc.wait_for_everyone()
-        log = _MetricsLog(self.out) if acc.is_main_process else None
+        log = MetricsLog(self.out) if acc.is_main_process else None
         bar = tqdm(total=t.steps, initial=self.step, desc=f"{self.cfg.method} train",
                    disable=not (progress and acc.is_main_process), dynamic_ncols=True)
         try:
@@ -310,7 +410,10 @@ class Trainer:
                 start = time.perf_counter()
                 logs = {"step": self.step + 1, **self.train_step(), "seconds": 0.0}
                 logs["seconds"] = time.perf_counter() - start
-                if log is not None and (self.step % t.log_every == 0 or self.step == t.steps or logs["skipped"]):
+                if self.config_changed:  # the first row after a resume that changed keys records them
+                    logs["config_changed"], self.config_changed = self.config_changed, {}
+                if log is not None and (self.step % t.log_every == 0 or self.step == t.steps or logs["skipped"]
+                                        or "config_changed" in logs):
                     log.write(logs)
                 bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("reward", "constraint") if k in logs})
                 bar.update(1)
@@ -332,62 +435,51 @@ class Trainer:
         grid_path = self.sample_grid("final")
         if self.accelerator.is_main_process:
             lora = self.cfg.lora
-            with atomic_dir(self.out / "lora") as tmp:
+            with io_errors(self.out / "lora"), atomic_dir(self.out / "lora") as tmp:
+                fault_point("lora-middle", self.step)
                 save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, self.lora_targets, type(self.backbone.pipe), state=state)
-            rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            rows = read_metrics(self.out / "metrics.jsonl")
             summary = {"method": self.cfg.method, "steps": self.step, "processes": self.accelerator.num_processes,
                        "final": rows[-1] if rows else {}, "first": rows[0] if rows else {},
                        "samples": str(grid_path.relative_to(self.out))}
+            fault_point("before-summary", self.step)
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()
 
 
-class _MetricsLog:
-    """``metrics.jsonl`` (one JSON object per logged step) and TensorBoard scalars when installed."""
+def _accelerator(cpu: bool, timeout_s: float = 300.0):
+    """An Accelerator (process group, device, reductions); a second Trainer in the same process may set
+    ``cpu`` otherwise. ``timeout_s``: how long a collective waits for the other processes
+    (``train.collective_timeout``; set when this call creates the process group)."""
+    from datetime import timedelta
 
-    def __init__(self, out: Path):
-        self.file = open(out / "metrics.jsonl", "a", encoding="utf-8")
-        self.writer = _tensorboard(out)
-
-    def write(self, logs: dict) -> None:
-        self.file.write(json.dumps(logs) + "\n")
-        self.file.flush()
-        if self.writer is not None:
-            for key, value in logs.items():
-                self.writer.add_scalar(f"train/{key}", value, logs["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _accelerator(cpu: bool):
-    """An Accelerator (process group, device, reductions); a second Trainer in the same process may set ``cpu`` otherwise."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
 
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]
     try:
-        return Accelerator(cpu=cpu)
+        return Accelerator(cpu=cpu, kwargs_handlers=handlers)
     except ValueError:  # accelerate keeps a process-wide state; reset it (keeps the distributed setup)
         AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(cpu=cpu)
+        return Accelerator(cpu=cpu, kwargs_handlers=handlers)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after ``step`` (written after the checkpoint we resume from)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+def _collective_failure(e: BaseException) -> bool:
+    """Whether an error comes from the process group (a timeout, a peer that vanished)."""
+    dist_error = getattr(torch.distributed, "DistError", None)
+    if dist_error is not None and isinstance(e, dist_error):
+        return True
+    text = str(e).lower()
+    return any(k in text for k in ("gloo", "nccl", "timed out", "timeout", "connection closed", "connection reset", "broken pipe"))
 
 
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
+def _first_line(e: BaseException) -> str:
+    """The gist of a backend error, without its source-location prefixes: ``Timed out waiting 5000ms ...``."""
+    import re
+
+    lines = [re.sub(r"\[[^\]]*\]\s*", "", ln).strip() for ln in str(e).splitlines()]
+    return next((ln for ln in lines if ln), type(e).__name__)[:60]
 
 
 def train(cfg: Config, resume: bool = False, reward=None, progress: bool = True) -> Path:

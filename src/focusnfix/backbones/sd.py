@@ -226,8 +226,8 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 def load_backbone(path: str, dtype: str = "float32", revision: str | None = None, resolution: int | None = None,
                   device: str | torch.device | None = None, attention: str = "default",
                   height: int | None = None, width: int | None = None) -> SDBackbone:
-    """Load an SD 1.x/2.x or SDXL pipeline from a local folder, a hub id, ``tiny`` (random, 32 px) or
-    ``world`` (the built-in world's trained 64 px model).
+    """Load an SD 1.x/2.x or SDXL pipeline from a local folder, a hub id, ``tiny`` (random, 32 px),
+    ``world`` (the built-in world's trained 64 px model) or ``world-flow`` (its SD3-format flow model).
 
     Images are ``height`` x ``width`` px; each defaults to ``resolution``, else the model's own size.
 
@@ -242,6 +242,10 @@ def load_backbone(path: str, dtype: str = "float32", revision: str | None = None
         from ..world import pipeline_path
 
         pipe = _from_pretrained(str(pipeline_path()), DTYPES[dtype], None)
+    elif path == "world-flow":  # the built-in world's committed flow-matching (SD3-format) pipeline
+        from ..world import flow_pipeline_path
+
+        pipe = _from_pretrained(str(flow_pipeline_path()), DTYPES[dtype], None)
     else:
         pipe = _from_pretrained(path, DTYPES[dtype], revision)
     from . import FAMILIES
@@ -281,6 +285,18 @@ def _check_components(folder: Path) -> None:
                              "model_index.json); copy or download the complete pipeline")
 
 
+def _absent_components(folder: Path, cls) -> dict:
+    """Required components a local folder lists as null (an SD3 folder saved without T5: ``text_encoder_3``,
+    ``tokenizer_3``), passed as None, diffusers' documented way to load a pipeline without them."""
+    import inspect
+    import json
+
+    index = json.loads((folder / "model_index.json").read_text())
+    params = inspect.signature(cls.__init__).parameters
+    return {name: None for name, value in index.items() if name in params and name not in cls._optional_components
+            and isinstance(value, list) and value[0] is None}
+
+
 def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
     local = Path(path).expanduser()
     if local.exists():
@@ -302,6 +318,8 @@ def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
                 if cls.__name__ == "StableDiffusionPipeline" else {}
+            if local.exists():
+                extra = {**_absent_components(local, cls), **extra}
             return cls.from_pretrained(source, torch_dtype=dtype, revision=revision, use_safetensors=True,
                                        local_files_only=local.exists(), **extra)
     except (OSError, ValueError, EnvironmentError) as e:

@@ -24,10 +24,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..checkpoint import fault_point
 from ..devices import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
-from ..errors import FocusNFixError
+from ..errors import FocusNFixError, short_path
 from ..images import overlay, save_png
 from ..prompts import PromptRecord
+from ..rewards.base import call_reward
 from .metrics import change_metrics
 from .specs import MethodSpec, build_guidance, parse_method
 from .workdir import WorkDir
@@ -130,6 +132,7 @@ class Evaluation:
                 if spec.kind == "base":
                     self._base_masks(idx, prompts, work)
                 work.commit(key, idx, [per_image] * len(idx))
+                fault_point("eval-batch", self.timing["generated"])  # crash tests only (FOCUSNFIX_FAULT)
                 seconds.update({i: per_image for i in idx})
         finally:
             if spec.kind == "lora":
@@ -162,9 +165,9 @@ class Evaluation:
             images, base = self._load(work, spec.name, idx).to(self.device), self._load(work, "base", idx).to(self.device)
             mask = work.load_masks(idx).to(self.device)
             with torch.no_grad():
-                values = {"reward": self.reward(images, prompts).score, **change_metrics(images, base, mask)}
+                values = {"reward": call_reward(self.reward, images, prompts).score, **change_metrics(images, base, mask)}
                 if self.clip is not None:
-                    values["clip_score"] = self.clip(images, prompts).score
+                    values["clip_score"] = call_reward(self.clip, images, prompts).score
                 for fn in self.extra_metrics:
                     values.update(fn(images, prompts))
             values = {k: v.detach().cpu() for k, v in values.items()}  # one transfer per metric and batch
@@ -188,8 +191,20 @@ class Evaluation:
         Work happens in ``.partial-<out>`` next to it; rerunning the same eval after an interruption
         skips the finished (method, prompt, seed) images. Per-sample rows (a few hundred bytes each)
         are the only thing kept for the whole run."""
+        from ..locking import FolderLock
+
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(self.out.with_name(f".{self.out.name}.lock"), "eval folder", self.out,
+                          "another `focusnfix eval` is writing it: wait for it to finish or choose another --out")
+        with lock:
+            self._check_out(overwrite)
+            return self._run(overwrite)
+
+    def _check_out(self, overwrite: bool) -> None:
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())) and not overwrite:
-            raise FocusNFixError(f"eval folder {str(self.out)!r} exists and is not empty; choose another --out or pass --overwrite")
+            raise FocusNFixError(f"eval folder {short_path(self.out)} exists and is not empty; choose another --out or pass --overwrite")
+
+    def _run(self, overwrite: bool) -> Path:
         t_start = time.perf_counter()
         reset_peak_memory(self.device)
         log = tqdm.write if self.progress else print
@@ -205,6 +220,7 @@ class Evaluation:
                     shutil.copy(spec.path / "metrics.jsonl", work.root / "curves" / f"{spec.name}.jsonl")
             self.timing.update(wall_s=time.perf_counter() - t_start, peak_gpu_mb=peak_memory_mb(self.device))
             self._write(work.root, rows)
+            self._check_out(overwrite)  # still ours to replace (the lock makes this hold; cheap to be sure)
             done = work.finish()
         if self.out.exists():
             shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()

@@ -10,7 +10,8 @@
   identifies the method's settings, so a method whose settings changed is regenerated.
 * ``masks/<i>.npz``: M(Î0) of each base image, exactly as computed (float32), read back per batch
   (by ``rg-region`` and the metrics), so memory does not grow with the number of prompts.
-* ``lock``: the pid of the eval writing the folder (two evals into one folder are refused).
+Two evals into one folder are refused by the lock :meth:`Evaluation.run` holds (``.OUT.lock`` next
+to ``OUT``, an OS file lock: see :mod:`focusnfix.locking`).
 """
 from __future__ import annotations
 
@@ -22,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import FocusNFixError
-
 
 class WorkDir:
-    """``with WorkDir(out, state) as work: ...`` locks ``.partial-OUT``; :meth:`finish` drops ``.work/``."""
+    """``with WorkDir(out, state) as work: ...`` opens ``.partial-OUT`` (the caller holds the eval's lock);
+    :meth:`finish` drops ``.work/``."""
 
     def __init__(self, out: Path, state: dict, log=print):
         self.out, self.state, self.log = Path(out).resolve(), json.loads(json.dumps(state)), log
@@ -37,7 +37,7 @@ class WorkDir:
     # -- lifetime ---------------------------------------------------------------------------
     def __enter__(self) -> "WorkDir":
         self.work.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        (self.work / "lock").unlink(missing_ok=True)  # the PID file of earlier versions
         state_file = self.work / "state.json"
         old = json.loads(state_file.read_text()) if state_file.is_file() else None
         if old is not None and old != self.state:
@@ -49,7 +49,6 @@ class WorkDir:
         return self
 
     def __exit__(self, *exc) -> None:
-        (self.work / "lock").unlink(missing_ok=True)
         if exc[0] is not None and self.root.is_dir() and not self._done:
             shutil.rmtree(self.root, ignore_errors=True)  # nothing finished: leave nothing behind
 
@@ -59,24 +58,12 @@ class WorkDir:
         self._done.clear()
         return self.root
 
-    def _lock(self) -> None:
-        lock = self.work / "lock"
-        if lock.is_file():
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise FocusNFixError(f"another eval (pid {pid}) is writing {str(self.root)!r}; wait for it or choose another --out")
-        lock.write_text(str(os.getpid()))
-
     def _wipe(self) -> None:
         for child in self.root.iterdir():
             if child != self.work:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         for child in self.work.iterdir():
-            if child.name != "lock":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     # -- finished images ----------------------------------------------------------------------
     def _read_done(self) -> None:
@@ -116,13 +103,3 @@ class WorkDir:
         """``(b, 1, H, W)`` masks of the base images ``indices``."""
         arrays = [np.load(self.work / "masks" / f"{i:05d}.npz", allow_pickle=False)["mask"] for i in indices]
         return torch.from_numpy(np.stack(arrays))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -14,13 +14,14 @@ import torch
 
 
 def is_world(model_path: str) -> bool:
-    if model_path == "world":
+    """The built-in world: ``world``, ``world-flow`` or the folder of either committed pipeline."""
+    if model_path in ("world", "world-flow"):
         return True
     try:
-        from ..world import pipeline_path
+        from ..world import flow_pipeline_path, pipeline_path
     except ImportError:
         return False
-    return Path(model_path).expanduser().resolve() == pipeline_path().resolve()
+    return Path(model_path).expanduser().resolve() in (pipeline_path().resolve(), flow_pipeline_path().resolve())
 
 
 def world_metrics():

@@ -11,6 +11,7 @@ import torch
 from ..config import Config
 from ..errors import FocusNFixError
 from ..lora import adapters_disabled, adapters_per_row
+from ..rewards.base import call_reward
 from ..rewards.compose import mask_from
 from ..objective import fnf_loss, region_constraint
 from ..sampling import ddim_sample
@@ -120,7 +121,7 @@ class FocusNFix:
             ref, images = self.reference_and_trained(batch.prompts, batch.seeds, batch.k)
         else:
             ref, images = None, self.trained_images(batch.prompts, batch.seeds, batch.k)
-        score = self.reward(images, batch.prompts).score
+        score = call_reward(self.reward, images, batch.prompts).score
         constraint = None
         if ref is not None:
             constraint = region_constraint(images, ref.images, ref.mask, self.cfg.objective.norm)

@@ -29,6 +29,7 @@ import torch
 from ..config import Config
 from ..errors import FocusNFixError
 from ..lora import adapters_disabled
+from ..rewards.base import call_reward
 from ..rewards.compose import mask_from
 from ..sampling import gaussian_log_prob, sample_stochastic
 from .base import Batch
@@ -65,7 +66,7 @@ class GRPO:
         timesteps, xs, log_probs, stds = sample_stochastic(self.backbone, cond, self.backbone.initial_noise(seeds), s.steps,
                                                            self.rule(), seeds)
         images = self.backbone.decode(xs[-1])
-        out = self.reward(images, prompts)
+        out = call_reward(self.reward, images, prompts)
         score = out.score.detach().float()
         groups = score.view(-1, self.g.group_size)
         adv = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)
@@ -152,7 +153,7 @@ class GRPO:
         images = generate(self.backbone, prompts, seeds, s.steps, s.guidance_scale, s.negative_prompt)
         mask = torch.zeros_like(images[:, :1])
         if self.region:
-            out = self.reward(images, prompts)
+            out = call_reward(self.reward, images, prompts)
             m = self.image_mask(images, prompts, out)
             mask = torch.ones_like(mask) if m is None else m
         return {"reference": reference, "mask": mask, "images": images}

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from ..backbones.sd import Conditioning
+from ..rewards.base import call_reward
 
 
 class RewardGuidance:
@@ -50,7 +51,8 @@ class RewardGuidance:
                 return out
             with torch.enable_grad():
                 x0 = self.rule.x0(out.detach(), i, t, x.detach()).requires_grad_(True)
-                score = self.reward(self.backbone.decode(x0), self.prompts).score
+                images = self.backbone.decode(x0)
+                score = call_reward(self.reward, images, self.prompts).score
                 (grad,) = torch.autograd.grad(score.sum(), x0)
             if self.latent_mask is not None:
                 grad = grad * self.latent_mask.to(grad)

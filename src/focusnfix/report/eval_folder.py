@@ -63,7 +63,7 @@ def _curve_charts(folder: Path, methods: list[str]) -> str:
     for key in ("reward", "constraint"):
         series = []
         for path in files:
-            recs = [r for r in read_jsonl(path) if isinstance(r, dict)]
+            recs = [r for r in read_jsonl(path, torn_tail_ok=True) if isinstance(r, dict)]
             if any(finite(r.get(key)) for r in recs):
                 k = methods.index(path.stem) if path.stem in methods else len(methods) + files.index(path)
                 series.append(Series(path.stem, [r.get("step", j + 1) for j, r in enumerate(recs)],

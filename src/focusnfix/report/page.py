@@ -115,11 +115,12 @@ def read_json(path: Path) -> Any:
         raise FocusNFixError(f"cannot read {path}: {e}") from None
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Parse a JSON-lines file (blank lines skipped); a broken line is a one-line FocusNFixError."""
+def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[dict[str, Any]]:
+    """Parse a JSON-lines file (blank lines skipped); a broken line is a one-line FocusNFixError, except
+    with ``torn_tail_ok`` a broken last line (an appended log such as metrics.jsonl, torn by a crash)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise FocusNFixError(f"cannot read {path}: {e}") from None
     rows = []
     for k, line in enumerate(lines, 1):
@@ -127,5 +128,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except ValueError as e:
+                if torn_tail_ok and k == len(lines):
+                    break
                 raise FocusNFixError(f"{path}:{k}: not valid JSON ({e})") from None
     return rows

@@ -105,7 +105,7 @@ def _samples(folder: Path) -> str:
 def render_run(folder: Path, title: str | None = None) -> str:
     """The whole report page for a training run folder, as HTML."""
     cfg, cfg_text = _config(folder)
-    records = [r for r in read_jsonl(folder / "metrics.jsonl") if isinstance(r, dict)] if (folder / "metrics.jsonl").is_file() else []
+    records = [r for r in read_jsonl(folder / "metrics.jsonl", torn_tail_ok=True) if isinstance(r, dict)] if (folder / "metrics.jsonl").is_file() else []
     summary = read_json(folder / "summary.json") if (folder / "summary.json").is_file() else None
     method = (summary or {}).get("method") if isinstance(summary, dict) else None
     title = title or f"focusnfix run: {folder.resolve().name}"

@@ -1,6 +1,6 @@
 """Rewards r(I, c): see :mod:`focusnfix.rewards.base` for the contract."""
-from .base import Reward, RewardOutput, check_output
+from .base import Reward, RewardOutput, call_reward, check_output
 from .classifier import ClassifierReward
 from .color import ColorReward
 
-__all__ = ["Reward", "RewardOutput", "check_output", "ClassifierReward", "ColorReward"]
+__all__ = ["Reward", "RewardOutput", "call_reward", "check_output", "ClassifierReward", "ColorReward"]

@@ -39,10 +39,30 @@ def check_output(out: RewardOutput, images: torch.Tensor) -> RewardOutput:
     b, _, h, w = images.shape
     if not isinstance(out, RewardOutput):
         raise ValueError(f"reward must return RewardOutput, got {type(out).__name__}")
+    if not torch.is_tensor(out.score) or not out.score.is_floating_point():
+        raise ValueError(f"reward score must be a float tensor of shape ({b},), got {type(out.score).__name__}")
     if out.score.shape != (b,):
         raise ValueError(f"reward score must have shape ({b},), got {tuple(out.score.shape)}")
-    if out.heatmap is not None and out.heatmap.shape != (b, 1, h, w):
-        raise ValueError(
-            f"reward heatmap must have shape ({b}, 1, {h}, {w}), got {tuple(out.heatmap.shape)}"
-        )
+    if out.heatmap is not None and (not torch.is_tensor(out.heatmap) or out.heatmap.shape != (b, 1, h, w)):
+        shape = tuple(out.heatmap.shape) if torch.is_tensor(out.heatmap) else type(out.heatmap).__name__
+        raise ValueError(f"reward heatmap must have shape ({b}, 1, {h}, {w}), got {shape}")
     return out
+
+
+def reward_name(reward) -> str:
+    """How a reward is named in messages: its ``name``, else its class."""
+    name = getattr(reward, "name", None)
+    return name if isinstance(name, str) and name else type(reward).__name__
+
+
+def call_reward(reward, images: torch.Tensor, prompts: Sequence[str]) -> RewardOutput:
+    """``reward(images, prompts)``, checked against the contract (:func:`check_output`): a plug-in that
+    returns the wrong type or shape is a one-line :class:`~focusnfix.errors.FocusNFixError` naming it."""
+    from ..errors import FocusNFixError, one_line
+
+    out = reward(images, prompts)
+    try:
+        return check_output(out, images)
+    except ValueError as e:
+        raise FocusNFixError(one_line(f"reward {reward_name(reward)!r} ({type(reward).__module__}."
+                                      f"{type(reward).__qualname__}) breaks the reward contract: {e}", 240)) from None

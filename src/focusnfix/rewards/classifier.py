@@ -35,9 +35,10 @@ class ClassifierReward:
                  std: Sequence[float] = (1.0, 1.0, 1.0), weights: str | None = None,
                  multilabel: bool = False, name: str = "classifier"):
         if isinstance(model, str):
-            from ..registry import import_path
+            from ..registry import check_module_factory, import_path
 
-            model = import_path(model, "classifier model")
+            path, model = model, import_path(model, "classifier model")
+            check_module_factory(model, path, "classifier model")
         if not isinstance(model, torch.nn.Module) and callable(model):
             model = model()
         if not isinstance(model, torch.nn.Module):

@@ -23,14 +23,14 @@ import torch
 
 from ..errors import FocusNFixError
 from ..masks import heatmap_to_mask, saliency_map
-from .base import RewardOutput
+from .base import RewardOutput, call_reward, reward_name
 
 
 def problem_map(reward, images: torch.Tensor, prompts: Sequence[str], source: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(map, score)``: the map a mask is thresholded from (the reward's heatmap, or gradient
     saliency when it has none) and the reward's score of ``images``."""
     with torch.no_grad():
-        out = reward(images, prompts)
+        out = call_reward(reward, images, prompts)
     heat = out.heatmap if source in ("auto", "heatmap") else None
     if heat is None and source == "heatmap":
         raise FocusNFixError(f"mask.source=heatmap but reward {reward.name!r} returns no heatmap; use saliency or auto")
@@ -80,7 +80,7 @@ class WeightedSum:
         self.differentiable = all(r.differentiable for r, _, _ in self.terms)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> RewardOutput:
-        outs = [(r(images, prompts), w, r.name) for r, w, _ in self.terms]
+        outs = [(call_reward(r, images, prompts), w, reward_name(r)) for r, w, _ in self.terms]
         score = sum(w * o.score for o, w, _ in outs)
         heats = [o.heatmap for o, _, _ in outs if o.heatmap is not None]
         heat = torch.stack(heats).amax(0) if heats else None

@@ -1,5 +1,6 @@
 """The built-in synthetic world: a procedural dataset with exact ground truth, a tiny trained
-Stable-Diffusion-1.x-format pipeline, reward models and independent judges.
+Stable-Diffusion-1.x-format pipeline, its flow-matching (SD3-format) sibling, reward models and
+independent judges.
 
 Heavy pieces are imported lazily::
 
@@ -26,6 +27,12 @@ def pipeline_path() -> Path:
     return WEIGHTS_DIR / "pipeline"
 
 
+def flow_pipeline_path() -> Path:
+    """Folder of the committed flow-matching ``StableDiffusion3Pipeline`` (load with ``local_files_only=True``,
+    ``text_encoder_3=None, tokenizer_3=None``)."""
+    return WEIGHTS_DIR / "flow_pipeline"
+
+
 def weights_path(name: str) -> Path:
     """Committed safetensors file of a reward / judge, e.g. ``weights_path("artifact_reward")``."""
     return WEIGHTS_DIR / f"{name}.safetensors"
@@ -39,4 +46,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["WEIGHTS_DIR", "pipeline_path", "weights_path", *_LAZY]
+__all__ = ["WEIGHTS_DIR", "pipeline_path", "flow_pipeline_path", "weights_path", *_LAZY]

@@ -5,6 +5,9 @@ Use through the main CLI (``register(subparsers)``) or standalone::
     python -m focusnfix.world.cli train --out runs/world --threads 1 --install
     python -m focusnfix.world.cli install --out runs/world   # (train --install does this)
     python -m focusnfix.world.cli gates --json runs/world/gates.json
+    # the flow-matching (SD3-format) world, on the UNet world's VAE and text encoder:
+    python -m focusnfix.world.cli train --arch flow --out runs/world-flow --threads 1 --install
+    python -m focusnfix.world.cli gates --arch flow --json runs/world-flow/gates.json
 """
 from __future__ import annotations
 
@@ -15,7 +18,11 @@ import shutil
 import time
 from pathlib import Path
 
+from ..errors import FocusNFixError
+
 STAGES = ("vae", "text", "unet", "rewards", "judges")
+FLOW_STAGES = ("transformer",)  # the flow world trains only its transformer (VAE, text encoder: the UNet world's)
+PIPELINE_FOLDERS = {"unet": "pipeline", "flow": "flow_pipeline"}  # under the weights folder
 
 
 def _half_storage(path: Path) -> None:
@@ -46,8 +53,24 @@ def _install(out: Path, dest: Path) -> None:
             shutil.copy2(out / f"{name}.safetensors", dest / f"{name}.safetensors")
 
 
+def _install_flow(out: Path, dest: Path) -> None:
+    """Copy a flow training folder's pipeline to ``dest/flow_pipeline`` (transformer and VAE in fp16
+    storage, as the UNet world; the VAE's values are already fp16-exact)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / PIPELINE_FOLDERS["flow"]
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(out / "pipeline", target)
+    for part in ("transformer", "vae"):
+        _half_storage(target / part / "diffusion_pytorch_model.safetensors")
+        config = json.loads((target / part / "config.json").read_text())
+        config.pop("_name_or_path", None)  # the training machine's path of the base VAE
+        (target / part / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train every stage (or ``--only`` one), resumable; prints wall time per stage."""
+    _defaults(args)
+    _check_numbers(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -57,6 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.arch == "flow":
+        return _train_flow(args)
+    if args.only not in (None, *STAGES):
+        raise FocusNFixError(f"--only {args.only} is a stage of --arch flow; UNet-world stages: {', '.join(STAGES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gen = T.tiny_config() if args.tiny else T.DEFAULT
@@ -85,28 +112,86 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_flow(args: argparse.Namespace) -> int:
+    """``train --arch flow``: the flow world's transformer on the VAE / text encoder of ``--base``."""
+    from . import WEIGHTS_DIR, pipeline_path
+    from . import train_flow as TF
+
+    if args.only not in (None, *FLOW_STAGES):
+        raise FocusNFixError(f"--arch flow trains only: {', '.join(FLOW_STAGES)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = TF.tiny_flow_config() if args.tiny else TF.FlowTrainConfig()
+    cfg.stage.stop_at = args.stop_at
+    times_path = out / "train_times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    t0 = time.time()
+    log = TF.train_flow(cfg, out, args.base or pipeline_path(), args.resume)
+    times["transformer"] = round(time.time() - t0, 1)
+    times["transformer_steps_total_s"] = round(log.get("seconds", 0.0), 1)  # training loop, over all resumed runs
+    times_path.write_text(json.dumps(times, indent=1))
+    print(f"[world] transformer: {times['transformer']:.0f} s (this invocation), training loop "
+          f"{times['transformer_steps_total_s']:.0f} s over all runs")
+    if args.install:
+        _install_flow(out, Path(args.install_dir) if args.install_dir else WEIGHTS_DIR)
+        print(f"[world] installed the flow pipeline from {out}")
+    return 0
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     """Copy a finished training folder's results into the package weights (or ``--dest``)."""
+    _defaults(args)
     from . import WEIGHTS_DIR
 
-    _install(Path(args.out), Path(args.dest) if args.dest else WEIGHTS_DIR)
+    _check_install_source(Path(args.out), args.arch)
+    (_install_flow if args.arch == "flow" else _install)(Path(args.out), Path(args.dest) if args.dest else WEIGHTS_DIR)
     print(f"[world] installed weights from {args.out}")
     return 0
 
 
+def _check_install_source(out: Path, arch: str) -> None:
+    """One line, before anything is copied, when ``out`` is not a finished world training folder."""
+    if not out.is_dir():
+        raise FocusNFixError(f"world install: training folder {str(out)[:120]!r} does not exist; give --out of a "
+                             "finished `focusnfix world train`")
+    if not (out / "pipeline" / "model_index.json").is_file():
+        raise FocusNFixError(f"world install: {str(out)[:120]!r} holds no trained pipeline (pipeline/model_index.json); "
+                             f"run `focusnfix world train{' --arch flow' if arch == 'flow' else ''} --out ...` first")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The numeric flags of world train / gates (one line, status 2)."""
+    import math
+
+    for flag in ("threads", "stop_at", "n_heldout", "per_prompt"):
+        value = getattr(args, flag, None)
+        low = 0 if flag == "threads" else 1
+        if value is not None and not low <= value <= 10**7:
+            raise FocusNFixError(f"--{flag.replace('_', '-')} must be in [{low}, 10000000], got {value}")
+    guidance = getattr(args, "guidance", None)
+    if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= 1e4):
+        raise FocusNFixError(f"--guidance must be a finite number in [0, 10000], got {guidance}")
+
+
 def cmd_gates(args: argparse.Namespace) -> int:
     """Measure the quality gates; prints a table, writes JSON (+ a PNG grid of samples)."""
+    _defaults(args)
+    _check_numbers(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     from . import WEIGHTS_DIR
     from .gates import format_table, run_gates
 
+    pipeline = Path(args.weights or WEIGHTS_DIR) / PIPELINE_FOLDERS[args.arch]
+    if not (pipeline / "model_index.json").is_file():
+        raise FocusNFixError(f"world gates: no pipeline in {str(pipeline)[:120]!r}; give --weights of an installed world "
+                             "(the folder that holds pipeline/ or flow_pipeline/)")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     g = run_gates(args.weights or WEIGHTS_DIR, args.json, args.n_heldout, args.per_prompt,
-                  args.guidance)
+                  args.guidance, folder=PIPELINE_FOLDERS[args.arch])
     print(format_table(g))
     print(f"[world] gates measured in {time.time() - t0:.0f} s; JSON: {args.json}")
     return 0 if all(g["pass"].values()) or not args.strict else 1
@@ -117,8 +202,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("world", help="train / check the built-in synthetic world")
     sub = p.add_subparsers(dest="world_command", required=True)
     t = sub.add_parser("train", help="train the world's model, rewards and judges")
-    t.add_argument("--only", choices=STAGES, help="train one stage (needs the earlier ones in --out)")
-    t.add_argument("--out", default="runs/world", help="output folder (checkpoints, stages)")
+    t.add_argument("--arch", choices=("unet", "flow"), default="unet",
+                   help="unet: the SD 1.x-format world (all stages); flow: its SD3-format sibling (transformer only)")
+    t.add_argument("--only", choices=STAGES + FLOW_STAGES, help="train one stage (needs the earlier ones in --out)")
+    t.add_argument("--out", default=None, help="output folder (checkpoints, stages); default runs/world, "
+                   "runs/world-flow with --arch flow")
+    t.add_argument("--base", default=None, help="--arch flow: folder with vae/, text_encoder/, tokenizer/ "
+                   "(default: the committed world pipeline)")
+    t.add_argument("--stop-at", type=int, default=None, help="--arch flow: stop (checkpointed) after this step")
     t.add_argument("--resume", action="store_true", help="continue from --out/ckpt")
     t.add_argument("--install", action="store_true", help="copy results into the package weights")
     t.add_argument("--install-dir", default=None, help="install here instead of the package")
@@ -126,12 +217,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     t.set_defaults(func=cmd_train)
     i = sub.add_parser("install", help="copy trained weights into the package")
-    i.add_argument("--out", default="runs/world", help="training folder")
+    i.add_argument("--out", default=None, help="training folder (default runs/world or runs/world-flow)")
+    i.add_argument("--arch", choices=("unet", "flow"), default="unet", help="which world's training folder")
     i.add_argument("--dest", default=None, help="destination (default: the package weights)")
     i.set_defaults(func=cmd_install)
     g = sub.add_parser("gates", help="measure the quality gates on held-out seeds")
+    g.add_argument("--arch", choices=("unet", "flow"), default="unet", help="which world's pipeline to measure")
     g.add_argument("--weights", default=None, help="weights folder (default: the committed one)")
-    g.add_argument("--json", default="runs/world/gates.json", help="where to write the JSON")
+    g.add_argument("--json", default=None, help="where to write the JSON (default runs/world/gates.json, "
+                   "runs/world-flow/gates.json with --arch flow)")
     g.add_argument("--n-heldout", type=int, default=1024, help="held-out ground-truth images")
     g.add_argument("--per-prompt", type=int, default=2, help="samples per grammar prompt (216)")
     g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
@@ -153,6 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["world", *argv]
     args = parser.parse_args(argv)
     return int(args.func(args))
+
+
+def _defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Per-architecture default folders (``runs/world`` or ``runs/world-flow``)."""
+    run = "runs/world-flow" if getattr(args, "arch", "unet") == "flow" else "runs/world"
+    if getattr(args, "out", "") is None:
+        args.out = run
+    if getattr(args, "json", "") is None:
+        args.json = f"{run}/gates.json"
+    return args
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Quality gates of the world, measured on held-out seeds.
 
-* base model (pipeline, 20 DDIM steps, CFG): alignment-oracle accuracy >= 0.80; the defect
+* base model (pipeline, 20 steps: DDIM for the UNet world, flow Euler for the flow world, CFG):
+  alignment-oracle accuracy >= 0.80; the defect
   judge finds the artifact in 25-60 % of all samples and the unwanted element in 25-60 % of the
   samples of prompts that carry it (``square``);
 * artifact reward: heatmap IoU with ground truth >= 0.5 (threshold 0.5);
 * safety reward and defect judge: ROC AUC >= 0.95.
 
-Held-out data is evaluated both as rendered ("clean") and after a VAE round trip ("recon",
+Either world is measured (``folder``: ``pipeline`` or ``flow_pipeline`` under the weights folder); the
+rewards and judges are shared (both worlds decode with the same VAE). Held-out data is evaluated both as rendered ("clean") and after a VAE round trip ("recon",
 what generated images look like). The rewards' own views of the generated samples are logged
 too.
 """
@@ -101,11 +103,12 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidan
 
 @torch.no_grad()
 def base_gates(weights: Path, per_prompt: int = 2, steps: int = 20, guidance: float = 5.0,
-               grid_path: Path | None = None) -> dict:
-    """Oracle accuracy and defect rates of the base pipeline's samples."""
-    from .model import load_pipeline
+               grid_path: Path | None = None, folder: str = "pipeline") -> dict:
+    """Oracle accuracy and defect rates of the base pipeline's samples (``weights / folder``, loaded
+    through :func:`focusnfix.backbones.load_backbone`, sampled by the pipeline's own ``__call__``)."""
+    from ..backbones import load_backbone
 
-    pipe = load_pipeline(weights / "pipeline")
+    pipe = load_backbone(str(weights / folder)).pipe
     prompts = grammar_prompts() * per_prompt
     seeds = [HELDOUT_NOISE_SEED + i for i in range(len(prompts))]
     images = generate(pipe, prompts, seeds, steps, guidance)
@@ -144,15 +147,16 @@ def check(g: dict) -> dict[str, bool]:
 
 
 def run_gates(weights: str | Path, out_json: str | Path | None = None, n_heldout: int = 1024,
-              per_prompt: int = 2, guidance: float = 5.0) -> dict:
-    """Measure every gate; writes JSON (and a sample grid PNG next to it) when asked."""
+              per_prompt: int = 2, guidance: float = 5.0, folder: str = "pipeline") -> dict:
+    """Measure every gate of the pipeline in ``weights / folder``; writes JSON (and a sample grid PNG
+    next to it) when asked."""
     from diffusers import AutoencoderKL
 
     weights = Path(weights)
-    vae = AutoencoderKL.from_pretrained(weights / "pipeline" / "vae", local_files_only=True).eval()
+    vae = AutoencoderKL.from_pretrained(weights / folder / "vae", local_files_only=True).eval()
     grid = Path(out_json).with_suffix(".png") if out_json else None
-    g = {"heads": head_gates(weights, vae, n_heldout),
-         "base": base_gates(weights, per_prompt, guidance=guidance, grid_path=grid)}
+    g = {"pipeline": folder, "heads": head_gates(weights, vae, n_heldout),
+         "base": base_gates(weights, per_prompt, guidance=guidance, grid_path=grid, folder=folder)}
     g["pass"] = check(g)
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)

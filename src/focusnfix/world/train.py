@@ -195,8 +195,10 @@ def train_text(cfg: GenTrainConfig, out: str | Path, resume: bool = False) -> di
 
 
 @torch.no_grad()
-def _encode_pool(vae, te, tok, n: int, seed: int, p_artifact: float = 0.4) -> dict[str, torch.Tensor]:
-    """Latent posteriors of ``n`` training images and the embeddings of their captions."""
+def encode_latents(vae, n: int, seed: int, p_artifact: float = 0.4) -> dict:
+    """Latent posteriors ``mean``, ``std`` ``(n, C, 16, 16)`` of ``n`` training images of stream
+    ``seed``, their ``captions``, the sorted distinct captions plus ``""`` (``uniq``, the last one for
+    caption dropout) and each image's caption ``index`` into ``uniq``."""
     means, stds, caps = [], [], []
     for s in range(0, n, 256):
         b = data.make_batch(min(256, n - s), seed, start=s, p_artifact=p_artifact)
@@ -205,11 +207,18 @@ def _encode_pool(vae, te, tok, n: int, seed: int, p_artifact: float = 0.4) -> di
         stds.append(post.std)
         caps += b.captions
     uniq = sorted(set(caps)) + [""]
-    ids = tok(uniq, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+    index = torch.tensor([uniq.index(c) for c in caps])
+    return {"mean": torch.cat(means), "std": torch.cat(stds), "captions": caps, "uniq": uniq, "index": index}
+
+
+@torch.no_grad()
+def _encode_pool(vae, te, tok, n: int, seed: int, p_artifact: float = 0.4) -> dict[str, torch.Tensor]:
+    """Latent posteriors of ``n`` training images and the embeddings of their captions."""
+    pool = encode_latents(vae, n, seed, p_artifact)
+    ids = tok(pool["uniq"], padding="max_length", max_length=MAX_LENGTH, truncation=True,
               return_tensors="pt").input_ids
     emb = te(ids).last_hidden_state
-    index = torch.tensor([uniq.index(c) for c in caps])
-    return {"mean": torch.cat(means), "std": torch.cat(stds), "emb": emb, "index": index}
+    return {"mean": pool["mean"], "std": pool["std"], "emb": emb, "index": pool["index"]}
 
 
 def train_unet(cfg: GenTrainConfig, out: str | Path, resume: bool = False) -> dict:

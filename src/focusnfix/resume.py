@@ -1,0 +1,76 @@
+"""Which config keys may change when a run is resumed, and the check against the run's ``config.yaml``.
+
+A resumed run continues the trajectory of its checkpoint, so only keys that do not redefine that
+trajectory may change: the budget and the learning rate (the advice after a divergence is "lower
+train.lr, then --resume"), logging / checkpoint / sample intervals, and switches that change speed
+or memory but not the arithmetic beyond float rounding. The trainer applies the new values (the
+optimizer's LR and the LR schedule's length) and records the change in ``metrics.jsonl`` (key
+``config_changed`` of the first row after the resume). Any other change is refused with one line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, short
+
+RESUMABLE = (
+    # budget and optimisation
+    "train.steps", "train.lr",
+    # logging, checkpoints, samples, failure handling
+    "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
+    "train.collective_timeout", "data.sample_prompts", "data.sample_seeds",
+    # speed and memory switches (same arithmetic up to float rounding)
+    "train.reference_cache", "train.reference_cache_items", "train.batch_reference", "train.tf32", "train.cpu", "train.fsdp",
+    "model.attention", "model.compile", "model.offload_text_encoders", "sampler.grad_checkpointing", "sampler.vae_checkpointing",
+)
+IGNORED = ("train.output_dir",)  # the folder itself (relative or absolute spelling)
+PATH_KEYS = ("model.path", "data.prompt_file")  # compared as files when both spellings exist
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``; free-form mappings (``reward.args``) stay whole."""
+    out: dict[str, Any] = {}
+    for key, value in (data or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in ("reward.args",):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    if old == new:
+        return True
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and not isinstance(old, bool):
+        return float(old) == float(new)
+    if key in PATH_KEYS and isinstance(old, str) and isinstance(new, str):
+        a, b = Path(old).expanduser(), Path(new).expanduser()
+        return a.exists() and b.exists() and a.resolve() == b.resolve()
+    return False
+
+
+def config_changes(run_config: Path, new: dict) -> dict[str, list]:
+    """``{key: [old, new]}`` for the resumable keys that differ from the run's ``config.yaml``; a
+    :class:`ConfigError` naming the first other key that differs. No file (a run folder written by the
+    Python API without one): no check."""
+    if not run_config.is_file():
+        return {}
+    try:
+        old = flatten(yaml.safe_load(run_config.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError, RecursionError):
+        raise ConfigError(f"cannot read {run_config} to compare the resumed config with; restore it or start a new run") from None
+    new_flat = flatten(new)
+    changed = {}
+    for key, value in new_flat.items():
+        if key in IGNORED or key not in old or _same(key, old[key], value):
+            continue  # a key the old config lacks (added in a later version) keeps its default
+        if key not in RESUMABLE:
+            raise ConfigError(f"--resume with {key} changed ({short(old[key])} -> {short(value)}) would not continue the "
+                              "checkpoint's run (README lists the keys that may change): restore it or start a new "
+                              "train.output_dir")
+        changed[key] = [old[key], value]
+    return changed
