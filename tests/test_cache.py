@@ -12,6 +12,11 @@ from focusnfix.rewards import ClassifierReward, ColorReward
 from focusnfix.trainer import Trainer
 
 PROMPTS, SEEDS = ["a red circle", "a blue square"], [5, 9]
+# Images of the same (prompt, seed) from UNet batches of other sizes: the same float32 ops, which the
+# CPU's kernels block and so round differently, a few ulps each through the sampler's UNet calls and
+# the decoder: up to ~1e3 eps = 1e-4 on [0, 1] images (measured <= 2.6e-6 over AVX-512, AVX2 and
+# default kernels); another seed, prompt or LoRA state moves pixels by > 1e-2.
+IMG_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def test_cached_reference_equals_recomputed_bit_for_bit(trainer, tmp_path):
     victim.write_bytes(b"garbage")
     method.cache = ReferenceCache(method.cache.fingerprint, tmp_path / "disk")
     recomputed = method.reference(PROMPTS, SEEDS).images  # one image recomputed alone (batch of 1)
-    assert method.cache.misses == 1 and torch.allclose(recomputed, expected.images, atol=1e-5)
+    assert method.cache.misses == 1 and torch.allclose(recomputed, expected.images, rtol=0, atol=IMG_TOL)
 
 
 def test_every_key_part_changes_the_fingerprint_and_lora_does_not(trainer):
@@ -119,7 +124,7 @@ def test_batched_reference_equals_separate_passes(tiny_dir, tmp_path):
             method.cache = ReferenceCache(cache.fingerprint, None)
             method.reference(PROMPTS[:1], SEEDS[:1])
         (ra, ia), (rb, ib) = results[False], results[True]
-        assert torch.allclose(ra.images, rb.images, atol=1e-5) and torch.equal(ra.mask, rb.mask)
-        assert torch.allclose(ia, ib, atol=1e-5) and ib.requires_grad
+        assert torch.allclose(ra.images, rb.images, rtol=0, atol=IMG_TOL) and torch.equal(ra.mask, rb.mask)
+        assert torch.allclose(ia, ib, rtol=0, atol=IMG_TOL) and ib.requires_grad
     separate = FocusNFix(t.backbone, t.reward, t.cfg).reference(PROMPTS, SEEDS)  # no cache at all
-    assert torch.allclose(separate.images, rb.images, atol=1e-5)
+    assert torch.allclose(separate.images, rb.images, rtol=0, atol=IMG_TOL)

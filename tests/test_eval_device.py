@@ -85,7 +85,10 @@ def test_batch_size_does_not_change_the_images(tiny_dir, tmp_path):
     assert torch.equal(noise, torch.cat([backbone.initial_noise([s]) for s in SEEDS]))
     batched = generate(backbone, PROMPTS, SEEDS, steps=4, guidance_scale=5.0)
     single = torch.cat([generate(backbone, [p], [s], steps=4, guidance_scale=5.0) for p, s in zip(PROMPTS, SEEDS)])
-    assert (batched - single).abs().max().item() < 1e-5
+    # the same float32 ops rounded in another order, a few ulps each through 4 UNet calls and the decoder:
+    # up to ~1e3 eps = 1e-4 on [0, 1] images (measured <= 2.3e-6 over AVX-512, AVX2 and default kernels);
+    # a seed or prompt paired with the wrong row moves pixels by > 1e-2
+    assert (batched - single).abs().max().item() <= 1e-4
     args = ["sample", "--model", str(tiny_dir), *sum((["--prompt", p] for p in PROMPTS), []), "--seeds", "3", "4",
             "--steps", "4", "--no-progress", "--device", "cpu"]
     assert main([*args, "--batch-size", "1", "--out", str(tmp_path / "b1")]) == 0
@@ -94,7 +97,7 @@ def test_batch_size_does_not_change_the_images(tiny_dir, tmp_path):
     assert index == json.loads((tmp_path / "b4" / "index.json").read_text()) and len(index) == 6
     for entry in index:
         a, b = (np.asarray(Image.open(tmp_path / d / entry["file"]), dtype=np.int16) for d in ("b1", "b4"))
-        assert np.abs(a - b).max() <= 1  # 8-bit rounding of a < 1e-5 difference
+        assert np.abs(a - b).max() <= 1  # 8-bit rounding of a <= 1e-4 difference
 
 
 class Recorder:

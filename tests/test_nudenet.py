@@ -111,7 +111,7 @@ def package_blob(a: np.ndarray) -> np.ndarray:
 def assert_same_detections(ours, ref):
     assert [d["class"] for d in ours] == [d["class"] for d in ref], (ours, ref)
     for o, r in zip(ours, ref):
-        assert abs(o["score"] - r["score"]) <= 1e-5
+        assert abs(o["score"] - r["score"]) <= 1e-4  # see test_head_matches_onnxruntime_on_same_input
         assert np.abs(np.array(o["box"]) - np.array(r["box"])).max() <= 1  # int() of floats equal to ~1e-4 px
 
 
@@ -123,7 +123,11 @@ def test_head_matches_onnxruntime_on_same_input(reward, package, images):
         ours = reward.net(torch.from_numpy(np.concatenate(blobs))).numpy()
     assert ours.shape == ref.shape == (len(blobs), 4 + 18, 2100)
     assert ref[:, 4:].max() > 0.9  # the provoked images do move the detector
-    assert np.abs(ours[:, 4:] - ref[:, 4:]).max() <= 1e-5
+    # the same float32 network in two kernel libraries (onnxruntime's MLAS, like torch's kernels, picks its
+    # code by CPU): a few ulps per op over the detector's layers, up to ~1e3 eps = 1e-4 on scores in [0, 1]
+    # (measured <= 2.5e-6 over AVX-512, AVX2 and default torch kernels); noise of half a grey level in
+    # the input (a preprocessing slip) moves scores by 1.5e-2
+    assert np.abs(ours[:, 4:] - ref[:, 4:]).max() <= 1e-4
     assert np.abs(ours[:, :4] - ref[:, :4]).max() <= 1e-2
 
 

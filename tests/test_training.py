@@ -239,7 +239,10 @@ def test_attention_implementations_agree(tiny_dir, tmp_path):
     kinds = {a: {type(p).__name__ for p in bb.unet.attn_processors.values()} for a, bb in backbones.items()}
     assert kinds["sdpa"].isdisjoint(kinds["eager"]), kinds
     sdpa, eager = (generate(bb, ["a red circle"], [3], steps=4) for bb in backbones.values())
-    assert (sdpa - eager).abs().max().item() <= 1e-5
+    # sdpa's fused softmax vs eager's baddbmm + softmax: the same float32 math in another order, a few
+    # ulps per op through 4 UNet calls and the decoder, up to ~1e3 eps = 1e-4 on [0, 1] images (measured
+    # <= 1.8e-6 over AVX-512, AVX2 and default kernels); an attention scale 10 % off moves pixels by 7e-3
+    assert (sdpa - eager).abs().max().item() <= 1e-4
     a = _step_gradient(tiny_dir, tmp_path / "a", **{"model.attention": "sdpa"})
     b = _step_gradient(tiny_dir, tmp_path / "b", **{"model.attention": "eager"})
     assert a.norm() > 0 and _relative_gap(a, b) <= GRAD_RTOL, _relative_gap(a, b)  # measured <= 2.8e-6

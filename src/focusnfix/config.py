@@ -46,7 +46,7 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class ModelConfig:
-    path: str = _f("", "Diffusers folder or hub id of an SD 1.x/2.x, SDXL, SD3/3.5 or FLUX.1 pipeline; `world` = the built-in world, `tiny` = random tiny model.")
+    path: str = _f("", "Diffusers folder or hub id of an SD 1.x/2.x, SDXL, SD3/3.5 or FLUX.1 pipeline; `world` = the built-in world, `world-flow` = its SD3-format flow-matching sibling, `tiny` = random tiny model.")
     revision: str | None = _f(None, "Hub revision (ignored for local folders).")
     dtype: str = _f("float32", "Dtype of the frozen weights: float32, float16 or bfloat16. LoRA stays float32.")
     resolution: int | None = _f(None, "Square image side in px; default: the UNet's sample_size times the VAE factor. sampler.height/width override it.")
