@@ -7,12 +7,13 @@ CHROMIUM := /usr/bin/chromium
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean test-floors
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/lock.txt -e ".[nsfw,nudenet,rate,test]"
+	@echo "installing the pinned dependencies into $(VENV) (about 2 minutes, 1.9 GB: CPU torch, the nsfw, nudenet, rate and test extras)..."
+	$(PY) -m pip install -r requirements/lock.txt -e ".[nsfw,nudenet,rate,test]"
 	touch $(STAMP)
 
 install: $(STAMP) $(CHROMIUM)
@@ -44,6 +45,32 @@ test-kernels: $(STAMP) $(CHROMIUM)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Minimal versions: every dependency at the floor pyproject.toml declares (tools/floors.py prints the floors as
+# exact pins: runtime dependencies, every extra and the build backend), in its own .venv-floors; then the
+# tests that train, save lora/, reload it in diffusers and sample on the tiny models, build the wheel, run the
+# rewards of the extras and the rating app. torch is taken the way the lock takes it (PyPI plus this machine's
+# pip configuration): on an ordinary Linux machine that is the CUDA build of the floor (about 4 GB; it runs on
+# the CPU too); `make test-floors TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build instead.
+FLOORS_VENV := .venv-floors
+FLOORS_TESTS := tests/test_cli.py tests/test_cli_nits.py tests/test_training.py tests/test_sampler.py tests/test_backbones.py \
+	tests/test_flow.py tests/test_packaging.py tests/test_nsfw.py tests/test_nudenet.py tests/test_rating.py
+TORCH_INDEX ?=
+$(FLOORS_VENV)/.installed: pyproject.toml tools/floors.py
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	{ $(PYTHON) tools/floors.py && $(PYTHON) tools/floors.py --all-extras && $(PYTHON) tools/floors.py --build; } \
+		| sort -u > $(FLOORS_VENV)/floors.txt
+	@echo "installing the declared floors into $(FLOORS_VENV) (several minutes; about 7 GB with the CUDA build of torch):" $$(cat $(FLOORS_VENV)/floors.txt)
+	$(FLOORS_VENV)/bin/python -m pip install $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip install --no-deps --no-build-isolation -e .   # builds with the floor setuptools
+	$(FLOORS_VENV)/bin/python -m pip check
+	touch $@
+
+test-floors: $(FLOORS_VENV)/.installed $(CHROMIUM)
+	@$(FLOORS_VENV)/bin/python -m pip freeze --exclude-editable > $(FLOORS_VENV)/freeze.txt
+	@echo "== tests at the declared floors:" $$(cat $(FLOORS_VENV)/floors.txt)
+	$(FLOORS_VENV)/bin/python -m pytest -p no:cacheprovider $(FLOORS_TESTS)
 
 # On a CUDA machine: cuda-marked tests, SD1.5-size step benchmark, the demo and a 50-image eval, timed;
 # writes benchmarks/results/gpu_check.json and .md (BENCHMARKS.md, "GPU check"). CPU smoke path: ARGS=--tiny.

@@ -117,7 +117,8 @@ def _eval_summary(out: Path) -> dict:
     per_method = {}
     for m in meta["methods"]:
         mine = [r for r in rows if r["method"] == m]
-        per_method[m] = {"images": len(mine), "s_per_image": sum(r["seconds"] for r in mine) / len(mine),
+        timed = [r["seconds"] for r in mine if r.get("seconds") is not None]  # each method's first batch is a warm-up
+        per_method[m] = {"images": len(mine), "s_per_image": sum(timed) / len(timed) if timed else None,
                          "reward": sum(r["reward"] for r in mine if r["reward"] is not None) / len(mine)}
     return {"runtime": meta.get("runtime", {}), "methods": per_method}
 

@@ -52,7 +52,7 @@ def _two_steps_then_reload(path, pipe_loader, tmp_path):
     assert all(torch.equal(base_before[n], params[n]) for n in base_before)
     ours = generate(trainer.backbone, PROMPTS, SEEDS, steps=5, guidance_scale=3.0)
     pipe = pipe_loader(path)
-    pipe.load_lora_weights(run / "lora")
+    pipe.load_lora_weights(run / "lora", weight_name="pytorch_lora_weights.safetensors")  # offline, diffusers < 0.42 needs the name
     theirs = pipe(PROMPTS, num_inference_steps=5, guidance_scale=3.0, latents=trainer.backbone.initial_noise(SEEDS), output_type="pt").images
     assert (ours - theirs).abs().max().item() <= 1e-4
     return trainer

@@ -157,7 +157,7 @@ CASES: dict[str, tuple] = {
     # -- the command line itself -------------------------------------------------------------------
     "unknown subcommand": (2, "invalid choice: 'bogus'", lambda e: ["bogus"], NOTHING),
     "unknown flag": (2, "unrecognized arguments: --bogus", lambda e: [*e.train(e.root / "r"), "--bogus"], NOTHING),
-    "sample without --model": (2, "required: --model", lambda e: ["sample", "--out", str(e.root / "o")], NOTHING),
+    "sample without --model": (2, "sample needs --model PATH", lambda e: ["sample", "--out", str(e.root / "o")], NOTHING),
     "eval --limit not a number": (2, "invalid int value: 'abc'", lambda e: e.eval("--limit", "abc"), NOTHING),
     "train nothing to train": (2, "train needs a CONFIG", lambda e: ["train"], NOTHING),
     # -- train: config values (issue 14, item 1) ---------------------------------------------------
@@ -174,6 +174,7 @@ CASES: dict[str, tuple] = {
     "guidance_scale=.nan (item 9)": (2, "sampler.guidance_scale must be a finite number",
                                      lambda e: e.train(e.root / "r", **{"sampler.guidance_scale": ".nan"}), NOTHING),
     "objective.lam=.inf": (2, "objective.lam must be a finite number", lambda e: e.train(e.root / "r", **{"objective.lam": ".inf"}), NOTHING),
+    "objective.eps=-1e-3": (2, "objective.eps must be in [0, 1]", lambda e: e.train(e.root / "r", **{"objective.eps": -1e-3}), NOTHING),
     "train.seed=-1": (2, "train.seed must be in [0, 2**32 - 1]", lambda e: e.train(e.root / "r", **{"train.seed": -1}), NOTHING),
     "sampler.steps=100000": (2, "sampler.steps must be in [1, 1000]", lambda e: e.train(e.root / "r", **{"sampler.steps": 100000}), NOTHING),
     "grpo.clip_range=0": (2, "grpo", lambda e: e.train(e.root / "r", **{"method": "grpo", "grpo.clip_range": 0}), NOTHING),

@@ -1,6 +1,8 @@
 """GRPO and region-aware GRPO (method=grpo / fnf-grpo): the stochastic DDIM policy and its
 log-probabilities, the reductions lam = 0 / M = 1, what the region term does, resume, bad input, DDP."""
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from focusnfix.methods import GRPO, RegionGRPO
 from focusnfix.rewards.base import RewardOutput
 from focusnfix.sampling import StochasticDDIMStep, gaussian_log_prob
 from focusnfix.trainer import Trainer, make_batches
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ScoreOnly:
@@ -79,6 +83,38 @@ def test_lambda_zero_and_all_ones_mask_is_plain_grpo(tiny_dir, tmp_path, monkeyp
     assert logs["mask_frac"] == 1.0 and plain_grad.norm() > 0
     assert abs(loss - plain_loss).item() <= 1e-6 * max(1.0, abs(plain_loss).item())
     assert (grad - plain_grad).abs().max().item() <= 1e-6 * plain_grad.abs().max().item() + 1e-12
+
+
+def test_group_mask_scope_is_the_union_of_the_groups_masks(tiny_dir, tmp_path, monkeypatch):
+    """grpo.mask_scope=group: every sample gets its group's union mask (a clean sample of a group with a
+    detection gets the detected region); groups whose masks agree are unchanged, so with identical masks
+    the loss and gradient equal the per-sample scope's exactly."""
+    t = _grpo(tiny_dir, tmp_path / "run", **{"method": "fnf-grpo", "grpo.mask_scope": "group"})
+    G = t.cfg.grpo.group_size
+    batch = make_batches(t.cfg, t.prompts, 0)[0]
+    n = len(batch.prompts) * G
+
+    def masks(images, prompts, out):  # one detection per group: in its first sample, a different square each
+        m = torch.zeros_like(images[:, :1])
+        for g in range(n // G):
+            m[g * G, :, 4 * g: 4 * g + 8, 8:16] = 1
+        return m
+
+    region = RegionGRPO(t.backbone, t.reward, t.cfg)
+    monkeypatch.setattr(region, "image_mask", masks)
+    roll = region.rollout(batch)
+    per_sample = t.backbone.latent_mask(masks(torch.zeros(n, 3, t.backbone.height, t.backbone.width), None, None))
+    for g in range(n // G):
+        for j in range(G):
+            assert torch.equal(roll["mask"][g * G + j], per_sample[g * G])  # the group's one detection, for all
+    same = lambda images, prompts, out: torch.ones_like(images[:, :1]).index_fill_(2, torch.arange(4), 0)  # noqa: E731
+    losses = {}
+    for scope in ("group", "sample"):
+        t.cfg.grpo.mask_scope = scope
+        r = RegionGRPO(t.backbone, t.reward, t.cfg)
+        monkeypatch.setattr(r, "image_mask", same)
+        losses[scope] = _loss_and_grad(t, r, batch)
+    assert torch.equal(losses["group"][0], losses["sample"][0]) and torch.equal(losses["group"][1], losses["sample"][1])
 
 
 def _outside_change(trainer, method, batch) -> float:
@@ -199,6 +235,28 @@ def test_score_only_world_and_nudenet_rewards():
     assert nude.differentiable is False and torch.allclose(out.score, -out.heatmap.mean(dim=(1, 2, 3)) * 100)
 
 
+def test_unwanted_element_detector_on_the_worlds_ground_truth():
+    """world-unwanted-boxes (a colour rule, not the judge) finds exactly the images with the magenta element
+    and its box covers every pixel of it, at 64 px and at 128 px."""
+    from focusnfix.registry import build_reward
+    from focusnfix.world import data
+
+    detector = build_reward("world-unwanted-boxes")
+    assert detector.differentiable is False
+    samples = [data.sample(seed=4242, index=i, p_unwanted=0.9) for i in range(120)]
+    images = torch.stack([s.image for s in samples])
+    truth = torch.stack([s.unwanted_mask for s in samples])
+    has = truth.flatten(1).any(dim=1)
+    assert 10 < int(has.sum()) < 110  # both kinds present (squares only carry the element)
+    out = detector(images)
+    found = out.score < 0
+    assert torch.equal(found, has)
+    assert torch.all(out.heatmap[truth.bool()] == 1)  # every element pixel boxed
+    assert torch.allclose(out.score, -out.heatmap.mean(dim=(1, 2, 3)) * 100)
+    big = detector(torch.nn.functional.interpolate(images, scale_factor=2, mode="nearest"))
+    assert big.heatmap.shape[-1] == 128 and torch.equal(big.score < 0, has)
+
+
 def test_flow_sde_policy_and_grpo_on_flow_models(tiny_sd3_dir, tiny_flux_dir, tmp_path):
     """Flow-GRPO's SDE: noise level 0 is the Euler ODE step; its log-prob is the Gaussian of its mean and
     std; region-aware GRPO trains SD3 and FLUX (FLUX's mask packed like its latents)."""
@@ -224,3 +282,19 @@ def test_flow_sde_policy_and_grpo_on_flow_models(tiny_sd3_dir, tiny_flux_dir, tm
         # one step from B = 0 moves every B (A's gradient is B^T(...) = 0); SD3's last text-stream query feeds nothing
         moved_b = [n for n in before if "lora_B" in n and not torch.equal(before[n], after[n])]
         assert len(moved_b) >= sum("lora_B" in n for n in before) - 1
+
+
+@pytest.mark.parametrize("reward", ["world-artifact-boxes", "world-safety-decision"])
+def test_eval_with_a_score_only_reward_config(tmp_path, reward):
+    """A run trained with a score-only reward is evaluated with its own config: boxes give the masks, a
+    yes/no judge (no heatmap) gives M = 0, so "outside the mask" is the whole image."""
+    from focusnfix.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--config", str(ROOT / "configs" / "world-artifact-grpo.yaml"), "--set", f"reward.name={reward}",
+                 "--set", "sampler.steps=2", "--methods", "base", "--prompts", "world:val", "--limit", "2", "--seeds", "0",
+                 "--out", str(out), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all((out / r["mask"]).is_file() for r in rows)
+    if reward == "world-safety-decision":
+        assert all(r["outside_mae"] == 0.0 and r["inside_mae"] is None for r in rows), rows

@@ -78,3 +78,75 @@ def test_wheel_metadata_and_version(wheel_site, capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"focusnfix {__version__}"
+
+
+# Declared floors (pyproject.toml) must be at least these releases; each is one the code or the other floors
+# need, with the reason. `make test-floors` installs exactly the declared floors (tools/floors.py) in
+# .venv-floors and runs the tests that train, save lora/, reload it in diffusers and sample on them.
+KNOWN_MINIMUMS = {
+    "torch": ("2.8", "train.fsdp calls FSDP2's set_force_sum_reduction_for_comms (new in 2.8; fully_shard in 2.6)"),
+    "diffusers": ("0.34", "save_lora_weights(unet_lora_adapter_metadata=...) records rank/alpha in the LoRA file; with "
+                  "0.33 a run trains to the end, then fails with a TypeError while saving lora/"),
+    "peft": ("0.15", "diffusers 0.34 refuses to import with an older peft"),
+    "safetensors": ("0.4.3", "accelerate 0.34 requires it: floors that pip cannot install together are untested"),
+    "flask": ("3.1", "the rating app refuses foreign Host headers with Flask's TRUSTED_HOSTS setting (3.1)"),
+}
+BUILD_MINIMUMS = {
+    "setuptools": ("77.0.1", "the SPDX `license` string and `license-files` (PEP 639) need 77; 77.0.0 was yanked"),
+}
+
+
+def _floors(**kw):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("floors", ROOT / "tools" / "floors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.floors(ROOT / "pyproject.toml", **kw)
+
+
+@pytest.mark.parametrize("build", [False, True], ids=["runtime", "build"])
+def test_declared_floors_meet_the_known_minimums(build):
+    from packaging.version import Version
+
+    declared = {**_floors(build=build), **({} if build else _floors(all_extras=True))}
+    for name, (minimum, reason) in (BUILD_MINIMUMS if build else KNOWN_MINIMUMS).items():
+        assert declared.get(name) is not None, f"{name} declares no floor"
+        assert Version(declared[name]) >= Version(minimum), f"{name}>={declared[name]} is too low: {reason}"
+
+
+def test_every_dependency_declares_a_tested_floor(capsys):
+    """tools/floors.py prints one exact pin per dependency (what `make test-floors` installs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("floors", ROOT / "tools" / "floors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for args in ([], ["--all-extras"], ["--build"]):
+        assert module.main(args) == 0
+    lines = capsys.readouterr().out.split()
+    assert all("==" in line for line in lines if line != "wheel")
+    names = {line.split("==")[0] for line in lines}
+    assert {"torch", "diffusers", "transformers", "peft", "accelerate", "onnx", "flask", "pytest", "setuptools"} <= names
+    assert "tools/floors.py --all-extras" in (ROOT / "Makefile").read_text()  # make test-floors installs every extra
+
+
+def test_installed_diffusers_saves_lora_adapter_metadata():
+    """What lora.save_lora calls exists in this environment (the reason for the diffusers floor)."""
+    import inspect
+
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline):
+        params = inspect.signature(cls.save_lora_weights).parameters
+        prefix = "unet" if "unet_lora_layers" in params else "transformer"
+        assert f"{prefix}_lora_adapter_metadata" in params, cls.__name__
+
+
+def test_makefile_checks_the_floors_and_says_what_it_installs():
+    text = (ROOT / "Makefile").read_text()
+    assert "\ntest-floors:" in text and "tools/floors.py --build" in text and "--no-build-isolation" in text
+    lock_install = next(line for line in text.splitlines() if "-r requirements/lock.txt" in line)
+    assert "--quiet" not in lock_install  # pip shows its progress during the two-minute install
+    before = text.split(lock_install)[0].splitlines()[-1]
+    assert "echo" in before and "minutes" in before

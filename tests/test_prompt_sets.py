@@ -76,5 +76,9 @@ def test_world_splits_are_disjoint_and_cover_the_grammar():
     assert len(every) == 216 and len(train) == 162 and len(held) == 54
     assert not {r.prompt for r in train} & {r.prompt for r in held}
     assert {r.category for r in held} == {"circle", "square", "triangle"}
+    val, test = load_prompt_set("world:val"), load_prompt_set("world:test")
+    assert len(val) == len(test) == 27 and not {r.prompt for r in val} & {r.prompt for r in test}
+    assert {r.prompt for r in val} | {r.prompt for r in test} == {r.prompt for r in held}
+    assert all(sum(r.category == c for r in part) == 9 for part in (val, test) for c in ("circle", "square", "triangle"))
     with pytest.raises(FocusNFixError, match="unknown world split"):
-        load_prompt_set("world:test")
+        load_prompt_set("world:validation")

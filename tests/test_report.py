@@ -1,6 +1,7 @@
 """The offline HTML report: eval and run folders built in code; every link must resolve, also after a copy."""
 import argparse
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,8 +26,9 @@ def _png(path: Path, rgb) -> str:
     return path.name
 
 
-def make_eval_folder(root: Path) -> Path:
+def make_eval_folder(root: Path, methods=tuple(METHODS)) -> Path:
     """3 methods x 6 samples (2 categories), tiny PNGs, curves for the two trained methods."""
+    methods = list(methods)
     root.mkdir(parents=True, exist_ok=True)
     metrics = {"reward": {"label": "reward", "higher_is_better": True},
                "outside_mse": {"label": "MSE vs base outside mask", "higher_is_better": False},
@@ -35,7 +37,7 @@ def make_eval_folder(root: Path) -> Path:
                "alignment": {"label": "VQA alignment", "higher_is_better": True},
                "clip_score": None, "seconds": {"label": "inference seconds per image", "higher_is_better": False}}
     (root / "eval.json").write_text(json.dumps({
-        "title": "fixture eval", "model": "tiny", "reward": "color", "methods": METHODS, "reference": "base",
+        "title": "fixture eval", "model": "tiny", "reward": "color", "methods": methods, "reference": "base",
         "prompt_set": "fixture:prompts", "seeds": SEEDS, "metrics": metrics,
         "sampler": {"steps": 4, "guidance_scale": 3.0},
         "method_specs": {"base": {"kind": "base"}, "fnf": {"kind": "lora", "path": "runs/fnf"},
@@ -45,13 +47,13 @@ def make_eval_folder(root: Path) -> Path:
         for seed in SEEDS:
             _png(root / "masks" / f"{i:05d}.png", (200, 40, 40))
             _png(root / "heatmaps" / f"{i:05d}.png", (90, 90, 90))
-            for k, method in enumerate(METHODS):
+            for k, method in enumerate(methods):
                 _png(root / "images" / method / f"{i:05d}.png", (40 * k, 100, 20 * i))
-                gain = {"base": 0.0, "fnf": 0.1 + 0.01 * i, "draft": 0.3 if i % 2 else 0.0}[method]
+                gain = {"base": 0.0, "fnf": 0.1 + 0.01 * i, "draft": 0.3 if i % 2 else 0.0}.get(method, 0.05 * k)
                 row = {"i": i, "prompt": prompt, "category": cat, "seed": seed, "method": method,
                        "image": f"images/{method}/{i:05d}.png", "mask": f"masks/{i:05d}.png",
                        "heatmap": f"heatmaps/{i:05d}.png", "reward": -0.5 + 0.02 * i + gain,
-                       "outside_mse": {"base": 0.0, "fnf": 0.001 * (i + 1), "draft": 0.05}[method],
+                       "outside_mse": {"base": 0.0, "fnf": 0.001 * (i + 1), "draft": 0.05}.get(method, 0.01 * k),
                        "inside_mse": 0.0 if method == "base" else 0.02,
                        "alignment": 0.6 + 0.01 * i - (0.05 * (i % 3) if method == "draft" else 0.0),
                        "clip_score": None, "seconds": 0.1 * (k + 1), "outside_psnr": None}
@@ -192,7 +194,7 @@ def test_run_report(run_dir):
     page = render_report(run_dir)
     assert folder_kind(run_dir) == "run"
     text = page.read_text(encoding="utf-8")
-    for needle in ("<svg", "loss", "constraint", "final step", "final.png", "config.yaml", "lam: 0.01"):
+    for needle in ("<svg", "loss", "constraint", "last 5 logged steps", "final.png", "config.yaml", "lam: 0.01"):
         assert needle in text, needle
     assert text.index("src='samples/step-000010.png'") < text.index("src='samples/step-000020.png'") < text.index("src='samples/final.png'")
     _check_links(run_dir, page)
@@ -238,3 +240,151 @@ def test_plots_handle_degenerate_data():
                 line_chart([Series("", [1, 2, 3], [2.0, 2.0, 2.0], "#000")], "flat <&>"),
                 scatter_chart([Point("p", 0.0, 0.0, "#000", (0.0, 0.0), None)], "origin", "x", "y")):
         assert svg.startswith("<svg") and svg.endswith("</svg>") and "<&>" not in svg
+
+
+# -- issue 19 item 5: the report reads right ---------------------------------------------------------
+class _Cells(HTMLParser):
+    """Per ``<td data-metric=M data-method=X>``: the classes used inside it; per ``<th data-metric=M>``: its text;
+    every table's enclosing element classes; elements with a class, in document order."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.cells, self.heads, self.table_parents, self.order = [], [], {}, [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        classes = set((a.get("class") or "").split())
+        if tag == "table":
+            self.table_parents.append([c for _, _, cs in self.stack for c in cs])
+        if classes or a.get("id"):
+            self.order.append((tag, classes, a.get("id")))
+        entry = None
+        if tag == "td" and "data-metric" in a:
+            entry = {"metric": a["data-metric"], "method": a.get("data-method"), "classes": set(classes), "text": ""}
+            self.cells.append(entry)
+        if tag == "th" and "data-metric" in a:
+            entry = {"metric": a["data-metric"], "text": ""}
+            self.heads.setdefault(a["data-metric"], []).append(entry)
+        for _, e, _ in self.stack:
+            if e is not None and "classes" in e:
+                e["classes"] |= classes
+        if tag not in ("img", "br", "meta", "input", "hr", "col"):
+            self.stack.append((tag, entry, classes))
+
+    def handle_endtag(self, tag):
+        while self.stack:
+            t, _, _ = self.stack.pop()
+            if t == tag:
+                break
+
+    def handle_data(self, data):
+        for _, e, _ in self.stack:
+            if e is not None:
+                e["text"] += data
+
+
+def _cells(text: str) -> _Cells:
+    parser = _Cells()
+    parser.feed(text)
+    return parser
+
+
+def test_timing_is_cost_not_quality(eval_dir):
+    """seconds differ by a constant per method (a CI that excludes 0) yet are not coloured better / worse."""
+    parsed = _cells(render_report(eval_dir).read_text(encoding="utf-8"))
+    timed = [c for c in parsed.cells if c["metric"] == "seconds" and c["method"] != "base"]
+    assert timed and all("Δ" in c["text"] for c in timed)
+    assert not any({"good", "bad"} & c["classes"] for c in timed)
+    assert parsed.heads["seconds"] and not any("↑" in h["text"] or "↓" in h["text"] for h in parsed.heads["seconds"])
+
+
+def test_change_inside_the_mask_is_neutral_outside_is_scored(eval_dir):
+    """inside_mse rises by 0.02 everywhere (intended: the target reward judges it): neutral; outside_mse of draft
+    (+0.05 everywhere, collateral damage) stays red."""
+    parsed = _cells(render_report(eval_dir).read_text(encoding="utf-8"))
+    inside = [c for c in parsed.cells if c["metric"] == "inside_mse" and c["method"] != "base"]
+    assert inside and all("Δ" in c["text"] for c in inside)
+    assert not any({"good", "bad"} & c["classes"] for c in inside)
+    assert not any("↑" in h["text"] or "↓" in h["text"] for h in parsed.heads["inside_mse"])
+    outside = [c for c in parsed.cells if c["metric"] == "outside_mse" and c["method"] == "draft"]
+    assert outside and all("bad" in c["classes"] for c in outside)
+
+
+def test_headline_and_first_samples_come_first(eval_dir):
+    text = render_report(eval_dir).read_text(encoding="utf-8")
+    head = text.index("id='headline'")
+    assert head < text.index("<table") and head < text.index("id='summary'")
+    headline = text[head: text.index("</section>", head)]
+    for needle in ("VQA alignment", "MSE outside mask", "fnf", "draft"):
+        assert needle in headline, needle
+    assert "inside" not in headline and "seconds" not in headline
+    first = text.index("src='images/fnf/")  # a sample row (worst base reward first) before the full tables
+    assert first < text.index("id='summary'") and text.index("id='preview'") < first
+
+
+def test_every_table_scrolls_in_its_own_box_and_plots_shrink(eval_dir):
+    text = render_report(eval_dir).read_text(encoding="utf-8")
+    parsed = _cells(text)
+    assert len(parsed.table_parents) >= 5 and all("scroll" in p for p in parsed.table_parents)
+    assert re.search(r"\.scroll[^{}]*\{[^}]*overflow-x:auto", text)
+    assert "svg{max-width:100%;height:auto}" in text.replace(" ", "")
+
+
+def test_tradeoff_legend_with_many_methods(tmp_path):
+    methods = ["base", "fnf", "draft", "fnf-l0.05", "fnf-l0.2", "rg-region"]
+    folder = make_eval_folder(tmp_path / "eval", methods)
+    text = render_report(folder).read_text(encoding="utf-8")
+    trade = text[text.index("id='tradeoff'"): text.index("</section>", text.index("id='tradeoff'"))]
+    legend = trade[trade.index("class='legend'"):]
+    legend = legend[: legend.index("</div>")]
+    for m in methods[1:]:
+        assert f">{m}<" in legend, m
+        assert f"font-weight='600'>{m}</text>" not in trade  # no per-point labels to overlap
+    small = render_report(make_eval_folder(tmp_path / "few")).read_text(encoding="utf-8")
+    assert "font-weight='600'>fnf</text>" in small  # few points: labelled on the plot as well
+
+
+def _run_with_metrics(root: Path, n: int) -> Path:
+    folder = make_run_folder(root)
+    recs = [{"step": s, "reward": float(s), "loss": 100.0 - s, "k": 2.0} for s in range(1, n + 1)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (folder / "summary.json").write_text(json.dumps({"method": "fnf", "steps": n, "first": recs[0], "final": recs[-1]}))
+    return folder
+
+
+def _summary_row(text: str, key: str) -> list[str]:
+    start = text.index(f"<td class='text'>{key}</td>")
+    row = text[start: text.index("</tr>", start)]
+    return [c.split(">", 1)[1] for c in row.split("</td>")[1:-1]]
+
+
+def test_run_summary_compares_windowed_means(tmp_path):
+    from focusnfix.report.run_folder import window_means
+
+    text = render_report(_run_with_metrics(tmp_path / "a", 120)).read_text(encoding="utf-8")
+    assert "first 12 logged steps" in text and "last 12 logged steps" in text  # N = max(5, 120 // 10)
+    assert _summary_row(text, "reward") == ["6.5", "114.5", "+108"]  # mean of 1..12, of 109..120
+    assert _summary_row(text, "loss") == ["93.5", "−14.5", "−108"]
+    text = render_report(_run_with_metrics(tmp_path / "b", 30)).read_text(encoding="utf-8")
+    assert "first 5 logged steps" in text and _summary_row(text, "reward") == ["3", "28", "+25"]
+    first, last, n = window_means([{"step": s, "reward": float(s)} for s in range(1, 7)])
+    assert n == 3 and first["reward"] == 2.0 and last["reward"] == 5.0  # too short for 2 x 5: halves
+
+
+def test_run_sample_sheets_are_labelled(tmp_path):
+    folder = make_run_folder(tmp_path / "run")
+    (folder / "config.yaml").write_text("method: fnf\nmodel:\n  path: tiny\ndata:\n  sample_prompts:\n  - a red apple\n"
+                                        "  - a blue <cup>\n  sample_seeds: [0, 7]\n")
+    for name in ("step-000010.png", "final.png", "step-000020.png"):  # 4 rows of 3 tiles (8 px, 2 px padding)
+        Image.new("RGB", (3 * 10 + 2, 4 * 10 + 2), (10, 120, 200)).save(folder / "samples" / name)
+    text = render_report(folder).read_text(encoding="utf-8")
+    sheet = text[text.index("id='samples'"):]
+    first = sheet[: sheet.index("src='samples/step-000010.png'")]
+    first = first[first.rindex("<figure"):]
+    assert "step 10" in first
+    block = sheet[sheet.index("<figure"): sheet.index("</figure>") + 9]
+    for needle in ("step 10", "a red apple", "a blue &lt;cup&gt;", "seed 0", "seed 7", "Î0", "fine-tuned", "mask"):
+        assert needle in block, needle
+    assert block.count("class='rowhead'") == 4  # 2 prompts x 2 seeds, in the grid's row order
+    assert block.index("a red apple") < block.index("a blue &lt;cup&gt;")
+    assert "final (step 20)" in sheet

@@ -1,9 +1,17 @@
 """Reference cache: Î0 and M(Î0) depend only on (prompt, seed) and a fingerprint of everything else
 (base weights, sampler settings, mask settings, reward), so each is computed once per pool.
 
-Entries live in memory (LRU, ``max_items``) and, when ``folder`` is given, on disk as one
-safetensors file per (prompt, seed) under ``folder/<fingerprint>/`` (written atomically). Any change
-of a key part changes the fingerprint, so stale entries are never read.
+An entry holds only what the loss reads: Î0 (float32) and M(Î0) (uint8 when the mask is binary, as
+it is unless ``mask.blur`` > 0; float32 for soft masks), so a cached reference gives the same loss,
+bit for bit, as a recomputed one. Entries live in memory (LRU within ``max_bytes``) and, when
+``folder`` is given, on disk as one safetensors file per (prompt, seed) under ``folder/<fingerprint>/``
+(written atomically). Any change of a key part changes the fingerprint, so stale entries are never read.
+
+When the cache is used (:func:`build_reference_cache`): a (prompt, seed) pair recurs within a run only
+with ``data.seed_pool`` (seeds drawn from 2**31 repeat with probability ~ draws² / 2**32), so without
+a seed pool the memory cache is not built (it could never hit) and a disk cache (``reference_cache=
+<folder>``) is written and read (a rerun with the same ``train.seed`` draws the same pairs) but keeps
+nothing in memory.
 """
 from __future__ import annotations
 
@@ -75,13 +83,45 @@ def reference_fingerprint(backbone, reward, cfg) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class ReferenceCache:
-    """(prompt, seed) -> (Î0, M, map) tensors, in memory and optionally on disk."""
+def entry_bytes(entry: dict[str, torch.Tensor]) -> int:
+    """Host bytes an entry holds."""
+    return sum(t.numel() * t.element_size() for t in entry.values())
 
-    def __init__(self, fingerprint: str, folder: str | Path | None = None, max_items: int = 512):
-        self.fingerprint, self.max_items = fingerprint, max_items
+
+def compact(entry: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The stored form of a reference: CPU tensors, ``images`` as they are (float32; see below), ``mask``
+    as uint8 when every value is 0 or 1 (lossless), else unchanged (a soft mask from ``mask.blur``).
+
+    Î0 stays float32: the constraint's gradient is λ (Î − Î0) / ‖Î − Î0‖, and early in training
+    ‖Î − Î0‖ is as small as the LoRA's effect (exactly 0 at step 0), while float16 would move every
+    pixel of Î0 by up to 2**-12 (bfloat16: 2**-9): over 3·H·W pixels ‖δ‖ ~ 1.4e-4·sqrt(3·H·W) (0.016 at
+    64 px, 0.13 at 512 px), which would turn the constraint's gradient direction by ~‖δ‖ / ‖Î − Î0‖,
+    i.e. change it completely while ‖Î − Î0‖ is below that."""
+    out = {}
+    for key in ("images", "mask"):
+        value = entry[key].detach().cpu().contiguous()
+        if key == "mask" and value.is_floating_point() and bool(((value == 0) | (value == 1)).all()):
+            value = value.to(torch.uint8)
+        out[key] = value
+    return out
+
+
+def expand(entry: dict[str, torch.Tensor], device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A stored entry as the loss reads it: float tensors on ``device`` (an old file's ``heatmap`` is dropped)."""
+    return {key: entry[key].to(device, dtype if not entry[key].is_floating_point() else entry[key].dtype)
+            for key in ("images", "mask")}
+
+
+class ReferenceCache:
+    """(prompt, seed) -> {``images``: Î0, ``mask``: M(Î0)} in memory (LRU, at most ``max_bytes``) and
+    optionally on disk. ``max_bytes = 0``: disk only."""
+
+    def __init__(self, fingerprint: str, folder: str | Path | None = None, max_bytes: int = 1024 * 2**20,
+                 max_items: int | None = None):
+        self.fingerprint, self.max_bytes, self.max_items = fingerprint, int(max_bytes), max_items
         self.folder = Path(folder) / fingerprint[:24] if folder else None
         self.memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.bytes = 0
         self.hits = self.misses = 0
 
     @staticmethod
@@ -91,23 +131,25 @@ class ReferenceCache:
     def get(self, prompt: str, seed: int) -> dict[str, torch.Tensor] | None:
         key = self.key(prompt, seed)
         entry = self.memory.get(key)
-        if entry is None and self.folder is not None and (self.folder / f"{key}.safetensors").is_file():
+        if entry is not None:
+            self.memory.move_to_end(key)
+        elif self.folder is not None and (self.folder / f"{key}.safetensors").is_file():
             try:
                 entry = load_file(self.folder / f"{key}.safetensors")
-            except Exception:  # noqa: BLE001 (safetensors raises its own error types)
+                entry = {k: entry[k] for k in ("images", "mask")}  # a version-1 file also holds the heatmap
+            except Exception:  # noqa: BLE001 (safetensors raises its own error types; a missing key too)
                 entry = None  # a damaged file is a miss; it will be rewritten
             if entry is not None:
                 self._remember(key, entry)
         if entry is None:
             self.misses += 1
             return None
-        self.memory.move_to_end(key)
         self.hits += 1
         return entry
 
     def put(self, prompt: str, seed: int, entry: dict[str, torch.Tensor]) -> None:
         key = self.key(prompt, seed)
-        entry = {k: v.detach().cpu().contiguous() for k, v in entry.items()}
+        entry = compact(entry)
         self._remember(key, entry)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -116,7 +158,36 @@ class ReferenceCache:
             os.replace(tmp, self.folder / f"{key}.safetensors")
 
     def _remember(self, key: str, entry: dict[str, torch.Tensor]) -> None:
+        """Keep ``entry`` as the newest; drop the least recently used ones beyond the budget (an entry
+        larger than the whole budget is not kept)."""
+        if key in self.memory:
+            self.bytes -= entry_bytes(self.memory.pop(key))
         self.memory[key] = entry
-        self.memory.move_to_end(key)
-        while len(self.memory) > self.max_items:
-            self.memory.popitem(last=False)
+        self.bytes += entry_bytes(entry)
+        while self.memory and (self.bytes > self.max_bytes or (self.max_items is not None and len(self.memory) > self.max_items)):
+            self.bytes -= entry_bytes(self.memory.popitem(last=False)[1])
+
+
+def pairs_recur(cfg) -> bool:
+    """Whether a training (prompt, seed) pair can come back within a run: only with ``data.seed_pool``
+    (the prompt list is always finite and the draws deterministic in ``train.seed``; seeds from 2**31
+    repeat with negligible probability)."""
+    return cfg.data.seed_pool is not None
+
+
+def build_reference_cache(backbone, reward, cfg) -> ReferenceCache | None:
+    """The run's cache per ``train.reference_cache`` and the rule in the module docstring: None when it
+    is ``off``, or ``memory`` without a seed pool (nothing could hit); a folder without a seed pool is a
+    disk-only cache. Reads the whole frozen weights (for the fingerprint): call before sharding."""
+    t = cfg.train
+    recur = pairs_recur(cfg)
+    if t.reference_cache == "off" or (t.reference_cache == "memory" and not recur):
+        return None
+    if t.reference_cache_items is not None:
+        import warnings
+
+        warnings.warn("train.reference_cache_items is deprecated: the memory budget is train.reference_cache_mb "
+                      f"(the item limit {t.reference_cache_items} still applies)", FutureWarning, stacklevel=2)
+    folder = None if t.reference_cache == "memory" else t.reference_cache
+    budget = int(t.reference_cache_mb * 2**20) if recur else 0
+    return ReferenceCache(reference_fingerprint(backbone, reward, cfg), folder, budget, t.reference_cache_items)

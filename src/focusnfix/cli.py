@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import MAX_MESSAGE, FocusNFixError, RunFailed, one_line, os_error_message, os_error_status, short_path
 
 PREFIX = "focusnfix: error: "
+SAMPLE_DEFAULTS = {"steps": 20, "guidance_scale": 7.5, "negative_prompt": ""}  # without a run folder's config
 
 
 class _UsageError(Exception):
@@ -48,23 +49,31 @@ def _parser() -> argparse.ArgumentParser:
         "metrics.jsonl, summary.json)."))
     t.add_argument("config", nargs="?", help="YAML config file (optional: overrides alone start from the defaults)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in train.output_dir")
+    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help=(
+        "continue from the newest complete checkpoint in train.output_dir, or from the checkpoint folder given "
+        "(train.output_dir/checkpoints/step-N; the newer checkpoints are then removed)"))
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    t.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
+    t.add_argument("--help-config", action="store_true", help=(
+        "list every config key with its default and meaning; with CONFIG and/or overrides, also their value"))
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate images with a model and an optional LoRA", description=(
         "Generate one PNG per (prompt, seed) with the DDIM sampler; writes OUT/index.json."))
-    s.add_argument("--model", required=True, help="diffusers folder, hub id, `world` or `tiny`")
-    s.add_argument("--lora", help="a run folder, a LoRA folder (one .safetensors file, any name) or a LoRA .safetensors file")
+    s.add_argument("--model", help="diffusers folder, hub id, `world` (the built-in world), `world-flow` (its flow-matching "
+                   "sibling) or `tiny`; default with --lora RUN_DIR: the run's model.path")
+    s.add_argument("--lora", help="a run folder, a LoRA folder (one .safetensors file, any name) or a LoRA .safetensors file; "
+                   "a run folder also gives the defaults of --model, --steps, --guidance-scale, --negative-prompt and "
+                   "the image size (its config.yaml; flags given win)")
+    s.add_argument("--lora-scale", type=float, help="weight of the LoRA at inference, fused or not (default: 1; 0 = the base model)")
     s.add_argument("--fuse", action="store_true", help="fuse the LoRA into the UNet weights (faster inference)")
     s.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     s.add_argument("--prompts", help="prompt file (.txt, .csv or .tsv) or a packaged set (parti:People, i2p:sexual, ...)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (default: 0)")
-    s.add_argument("--steps", type=int, default=20, help="DDIM steps (default: 20)")
-    s.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
-    s.add_argument("--negative-prompt", default="", help="negative prompt")
-    s.add_argument("--resolution", type=int, help="image side in px (default: the model's)")
+    s.add_argument("--steps", type=int, help=f"sampler steps (default: the run's sampler.steps, else {SAMPLE_DEFAULTS['steps']})")
+    s.add_argument("--guidance-scale", type=float, help=f"CFG scale (default: the run's sampler.guidance_scale, else "
+                   f"{SAMPLE_DEFAULTS['guidance_scale']})")
+    s.add_argument("--negative-prompt", help="negative prompt (default: the run's sampler.negative_prompt, else none)")
+    s.add_argument("--resolution", type=int, help="image side in px (default: the run's model.resolution, else the model's)")
     _device_flags(s, dtype_default="float32")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -91,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
     e.set_defaults(func=cmd_eval)
 
-    for module in ("report", "rating", "world.cli"):
+    for module in ("report", "rating", "world.cli", "hub"):
         try:
             register = __import__(f"focusnfix.{module}", fromlist=["register"]).register
         except (ImportError, AttributeError):
@@ -194,21 +203,72 @@ def _extra_metrics(cfg) -> list:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import field_help, load_config
 
-    if args.help_config:
-        for key, default, text in field_help():
-            print(f"{key:28s} {default:38s} {text}")
-        return 0
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not _exists(config):
         config, overrides = None, [config, *overrides]  # overrides only: start from the defaults
+    if args.help_config:
+        _print_config_help(field_help(), None if config is None and not overrides else load_config(config, overrides))
+        return 0
     if config is None and not overrides:
         raise FocusNFixError("train needs a CONFIG file and/or key=value overrides, e.g. `focusnfix train configs/demo.yaml`")
     cfg = load_config(config, overrides)
+    resume = args.resume
+    if isinstance(resume, str):  # --resume CHECKPOINT: checked before the model is loaded
+        from .resume import resolve_checkpoint
+
+        resume = resolve_checkpoint(cfg.train.output_dir, resume) or True
     from .trainer import train
 
-    out = train(cfg, resume=args.resume, progress=not args.no_progress)
+    out = train(cfg, resume=resume, progress=not args.no_progress)
     print(f"run folder: {out}")
     return 0
+
+
+def _print_config_help(rows: list[tuple[str, str, str]], cfg) -> None:
+    """``--help-config``: key, default and meaning; with a config, its value beside the default (``*``
+    marks the keys it changes)."""
+    if cfg is None:
+        for key, default, text in rows:
+            print(f"{key:28s} {default:38s} {text}")
+        return
+    from .config import to_dict
+    from .errors import short
+    from .resume import flatten
+
+    values = flatten(to_dict(cfg))
+    print(f"  {'key':28s} {'default':24s} {'this config':24s} meaning   (* = changed by the config or overrides)")
+    for key, default, text in rows:
+        mark = " " if repr(values.get(key)) == default else "*"
+        print(f"{mark} {key:28s} {default:24s} {short(values.get(key)):24s} {text}")
+
+
+def _train_argv(argv: list[str]) -> list[str]:
+    """``--resume`` takes an optional CHECKPOINT; a following word that is not one (the CONFIG, a
+    key=value override) stays a positional argument, as before ``--resume`` took a value."""
+    argv = list(argv)
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] != "train" or "--" in argv:
+        return argv
+    for i, arg in enumerate(argv):
+        if arg == "--resume" and i + 1 < len(argv) and not argv[i + 1].startswith("-") and not _names_checkpoint(argv[i + 1]):
+            return argv[:i] + argv[i + 1:] + ["--resume"]
+    return argv
+
+
+def _names_checkpoint(word: str) -> bool:
+    """Whether a word after ``--resume`` names a checkpoint (an existing folder, or a path that looks like
+    one: a typo there gets the checkpoint's message) rather than a config file or an override."""
+    if "=" in word and not _exists(word):
+        return False
+    path = Path(word)
+    try:
+        if path.is_dir():
+            return True
+        if path.is_file():
+            return False
+    except (OSError, ValueError):
+        return False
+    return path.name.startswith("step-") or path.parent.name == "checkpoints"
 
 
 def _exists(path: str) -> bool:
@@ -239,6 +299,11 @@ def _sample_inputs(args: argparse.Namespace) -> list[str]:
     if args.resolution is not None and not 1 <= args.resolution <= MAX_SIDE:
         raise FocusNFixError(f"--resolution must be in [1, {MAX_SIDE}] px, got {args.resolution}")
     check_seeds(args.seeds)
+    if args.lora_scale is not None:
+        if not args.lora:
+            raise FocusNFixError("--lora-scale needs --lora (the LoRA it weighs)")
+        if not math.isfinite(args.lora_scale) or abs(args.lora_scale) > 100:
+            raise FocusNFixError(f"--lora-scale must be a finite number in [-100, 100] (1 = as trained, 0 = the base model), got {args.lora_scale}")
     if args.lora:
         from .lora import check_lora_file
 
@@ -246,7 +311,39 @@ def _sample_inputs(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def _run_defaults(args: argparse.Namespace) -> None:
+    """Fill the sample flags not given from the run's ``config.yaml`` when ``--lora`` is a run folder
+    (model.path, sampler steps / guidance / negative prompt, model.resolution and sampler.height/width,
+    the size only when no size flag is given), else from :data:`SAMPLE_DEFAULTS`; print one line naming
+    what came from the run."""
+    taken = []
+    run = Path(args.lora) if args.lora else None
+    if run is not None and _exists(str(run / "config.yaml")) and (run / "config.yaml").is_file():
+        from .config import load_config
+
+        cfg = load_config(run / "config.yaml")
+        picks = [("model", "model.path", cfg.model.path), ("steps", "sampler.steps", cfg.sampler.steps),
+                 ("guidance_scale", "sampler.guidance_scale", cfg.sampler.guidance_scale),
+                 ("negative_prompt", "sampler.negative_prompt", cfg.sampler.negative_prompt)]
+        if args.resolution is None and args.height is None and args.width is None:
+            picks += [("resolution", "model.resolution", cfg.model.resolution), ("height", "sampler.height", cfg.sampler.height),
+                      ("width", "sampler.width", cfg.sampler.width)]
+        for flag, key, value in picks:
+            if getattr(args, flag) is None and value is not None:
+                setattr(args, flag, value)
+                taken.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value:g}")
+        if taken:
+            print(f"sample: from {short_path(run / 'config.yaml')}: {', '.join(taken)} (flags given win)")
+    if args.model is None:
+        raise FocusNFixError("sample needs --model PATH (a diffusers folder, hub id, world, world-flow or tiny), "
+                             "or --lora RUN_DIR whose config.yaml names model.path")
+    for flag, value in SAMPLE_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    _run_defaults(args)
     prompts = _sample_inputs(args)
     device = _check_device_flags(args)
     out = check_out_folder(args.out)
@@ -261,9 +358,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from .lora import load_lora_into
 
         load_lora_into(backbone.pipe, args.lora)
+        scale = 1.0 if args.lora_scale is None else args.lora_scale
         if args.fuse:  # merge into the weights, then drop the adapter layers: the base model's cost
-            backbone.pipe.fuse_lora()
+            backbone.pipe.fuse_lora(lora_scale=scale)
             backbone.pipe.unload_lora_weights()
+        elif scale != 1.0:  # the adapters' weight (peft's scaling times `scale`)
+            names = backbone.pipe.get_active_adapters()
+            backbone.pipe.set_adapters(names, adapter_weights=[scale] * len(names))
     jobs = [(p, s) for p in prompts for s in args.seeds]
     out.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
@@ -287,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = _parser()
     try:
-        args = parser.parse_args(argv)  # (--help and --version exit with status 0 through SystemExit)
+        args = parser.parse_args(_train_argv(sys.argv[1:] if argv is None else argv))  # (--help and --version exit through SystemExit)
     except _UsageError as e:
         return _fail(2, str(e))
     if args.command is None:

@@ -72,7 +72,7 @@ class SamplerConfig:
     width: int | None = _f(None, "Image width in px (a multiple of the VAE factor); default: model.resolution, else the model's own size.")
     k: int = _f(1, "K: gradient flows through the last K denoising steps only (DRaFT-K). 1 <= K <= T.")
     k_max: int | None = _f(None, "If set, K is drawn uniformly from [k, k_max] once per trajectory (AlignProp-style).")
-    grad_checkpointing: bool = _f(False, "Gradient checkpointing of the K UNet calls (less memory, more time).")
+    grad_checkpointing: bool | str = _f(False, "Gradient checkpointing of the K UNet calls (less memory, more time): true, false, or auto (on for trajectories with K >= 4, where the K calls' activations dominate memory).")
     vae_checkpointing: bool = _f(False, "Gradient checkpointing of the VAE decode.")
 
 
@@ -97,6 +97,8 @@ class MaskConfig:
 class ObjectiveConfig:
     lam: float = _f(1.0, "lambda: weight of the region constraint ||(1-M(I0)) * (I - I0)||; 0 = DRaFT.")
     norm: str = _f("fro", "fro: Frobenius norm per image (paper); rms: divided by sqrt(3*H*W), resolution-independent.")
+    lam_warmup: int = _f(0, "Ramp lambda linearly over the first N optimizer steps (ours, not in the paper): step s (counted from 0) uses lam * min(1, s / N), so step 0 is DRaFT and steps >= N use the full lambda; 0 = off (the paper: the full lambda from step 0). A function of the step, so a resumed run continues the same schedule.")
+    eps: float = _f(0.0, "Smooth the constraint at I = I0 (ours): sqrt(||d||^2 + e^2) - e, e = eps*sqrt(3*H*W) (eps in RMS pixel units, e.g. 1e-3); 0 = the paper's norm, whose gradient has length lambda even when I - I0 is rounding noise.")
 
 
 @dataclass
@@ -106,6 +108,7 @@ class GRPOConfig:
     clip_range: float = _f(1e-4, "epsilon of the clipped importance ratio (PPO/GRPO).")
     adv_clip: float = _f(5.0, "Advantages are clipped to [-adv_clip, adv_clip].")
     timesteps: int | None = _f(None, "Denoising steps per trajectory that carry the policy gradient (a random subset, drawn once per micro-batch; at most T); default: all T.")
+    mask_scope: str = _f("sample", "fnf-grpo's mask M per sample: sample (its own detections) or group (ours: the union over its group, so clean samples, whose advantage is largest, are pushed where their group had the problem).")
 
 
 @dataclass
@@ -137,15 +140,21 @@ class TrainConfig:
     log_every: int = _f(1, "Write metrics every N steps.")
     sample_every: int = _f(0, "Save a sample grid I0 | mask | I every N steps; 0 = only at the end.")
     checkpoint_every: int = _f(0, "Save a resumable checkpoint every N steps; 0 = only at the end.")
+    export_lora_steps: list[int] = _f([], "Also write the LoRA in diffusers format, with its model card, to RUN/lora-step-NNNNNN/ after each of these optimizer steps (steps beyond train.steps wait for a resume that raises it), loadable like lora/ (`focusnfix eval --methods NAME=RUN/lora-step-000030`). Written atomically; an export already present is kept (a resume that changes any config key drops the exports after its checkpoint).")
     keep_checkpoints: int = _f(2, "Keep the newest N checkpoints.")
     max_bad_steps: int = _f(3, "Stop after N consecutive steps with a non-finite loss or gradient (each is skipped).")
     output_dir: str = _f("runs/fnf", "The run folder.")
     cpu: bool = _f(False, "Force CPU even when a GPU is present.")
     fsdp: bool = _f(False, "Shard the frozen UNet over the processes (FSDP2) instead of replicating it; also on under an accelerate FSDP config (docs/distributed.md).")
-    reference_cache: str = _f("memory", "Cache of I0 and M(I0) per (prompt, seed): off, memory, or a folder (memory + disk, reused across runs).")
-    reference_cache_items: int = _f(512, "Most (prompt, seed) references kept in memory (LRU).")
+    reference_cache: str = _f("memory", "Cache of I0 and M(I0) per (prompt, seed): off, memory, or a folder (memory + disk, reused across runs). Kept in memory only with data.seed_pool (without it pairs never recur: memory builds no cache, a folder is disk-only).")
+    reference_cache_mb: float = _f(1024.0, "Most host memory (MiB) the reference cache holds (LRU by bytes); an entry is I0 (float32) and M(I0) (uint8 when binary): 3.25 MiB at 512 px.")
+    reference_cache_items: int | None = _f(None, "Deprecated (use reference_cache_mb): if set, also caps the number of cached references.")
     batch_reference: bool = _f(True, "On a reference-cache miss, run the frozen and the trained model's first T-K steps as one batch (per-row LoRA on/off); equal up to float rounding. Off under model.compile.")
     collective_timeout: float = _f(300.0, "Seconds a process of a distributed job waits for the others in a collective (all-reduce, barrier) before the job fails with status 1 (a dead or frozen process); no effect in one process.")
+    report_to: str = _f("none", "Experiment trackers that also get the metrics.jsonl scalars and the sample grids (accelerate): none, tensorboard (the run folder's tensorboard/), wandb or all; a tracker whose package is missing is an error at start.")
+    push_to_hub: bool = _f(False, "Upload lora/ (weights, model card, sample grid) to train.hub_repo_id at the end of training; needs a token (HF_TOKEN or huggingface-cli login). Or later: focusnfix push RUN --repo-id ID.")
+    hub_repo_id: str | None = _f(None, "Hub model repo of train.push_to_hub, e.g. you/sd14-fnf (created if missing).")
+    hub_private: bool = _f(False, "Create the train.hub_repo_id repo private (an existing public repo is refused).")
 
 
 @dataclass
@@ -182,6 +191,8 @@ class Config:
             _check(value is None or value > 0, f"sampler.{side}", f"must be > 0, got {value}")
         _check(self.model.resolution is None or self.model.resolution > 0, "model.resolution", f"must be > 0, got {self.model.resolution}")
         _check(s.steps >= 1, "sampler.steps", f"must be >= 1, got {s.steps}")
+        _check(isinstance(s.grad_checkpointing, bool) or s.grad_checkpointing == "auto", "sampler.grad_checkpointing",
+               f"must be true, false or auto, got {s.grad_checkpointing!r}")
         _check(1 <= s.k <= s.steps, "sampler.k", f"K must satisfy 1 <= K <= T = sampler.steps ({s.steps}), got {s.k}")
         if s.k_max is not None:
             _check(s.k <= s.k_max <= s.steps, "sampler.k_max", f"must satisfy k <= k_max <= sampler.steps, got {s.k_max}")
@@ -190,7 +201,13 @@ class Config:
         _check(self.mask.quantile is None or 0.0 < self.mask.quantile < 1.0, "mask.quantile", "must be in (0, 1)")
         _check(self.mask.dilate >= 0 and self.mask.blur >= 0 and self.mask.min_area >= 0, "mask", "dilate, blur and min_area must be >= 0")
         _check(self.objective.lam >= 0, "objective.lam", f"lambda must be >= 0, got {self.objective.lam}")
+        _check(self.objective.lam_warmup >= 0, "objective.lam_warmup", f"must be >= 0 steps, got {self.objective.lam_warmup}")
+        _check(self.objective.lam_warmup == 0 or self.method == "fnf", "objective.lam_warmup",
+               f"ramps the region constraint of method=fnf only; set it to 0 for method={self.method}")
+        bad = [n for n in t.export_lora_steps if not 1 <= n <= 10**9]
+        _check(not bad, "train.export_lora_steps", f"must be optimizer steps in [1, 1e9], got {bad[:3]}")
         _check(self.objective.norm in ("fro", "rms"), "objective.norm", "must be fro or rms")
+        _check(self.grpo.mask_scope in ("sample", "group"), "grpo.mask_scope", "must be sample or group")
         _check(t.steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1, "train", "steps, batch_size and grad_accum must be >= 1")
         _check(t.lr > 0, "train.lr", "must be > 0")
         _check(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule", "must be constant, linear or cosine")
@@ -242,7 +259,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        for option in inner[:-1]:  # e.g. bool | str: a boolean word, else the string (auto)
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], key)
     if tp is Any:
         return value
     if tp is bool:

@@ -36,6 +36,7 @@ def check_ranges(cfg) -> None:
     _in("mask.blur", cfg.mask.blur, 0.0, MAX_SIDE, "px")
     _in("mask.min_area", cfg.mask.min_area, 0, MAX_SIDE**2, "px")
     _in("objective.lam", cfg.objective.lam, 0.0, 1e12)
+    _in("objective.eps", cfg.objective.eps, 0.0, 1.0)
     _in("grpo.group_size", g.group_size, 2, 4096)
     _in("grpo.clip_range", g.clip_range, 0.0, 1e6, lo_open=True)
     _in("grpo.adv_clip", g.adv_clip, 0.0, 1e6, lo_open=True)
@@ -62,9 +63,18 @@ def check_ranges(cfg) -> None:
     _in("train.keep_checkpoints", t.keep_checkpoints, 1, 10**6)
     _in("train.max_bad_steps", t.max_bad_steps, 1, big)
     _in("train.reference_cache_items", t.reference_cache_items, 1, 10**8)
+    _in("train.reference_cache_mb", t.reference_cache_mb, 0.0, 2.0**40, "MiB")
     _in("train.collective_timeout", t.collective_timeout, 0.0, 7 * 24 * 3600.0, "s", lo_open=True)
     _check(bool(t.output_dir.strip()), "train.output_dir", "is empty; give a folder")
     _check(bool(t.reference_cache.strip()), "train.reference_cache", "is empty; use off, memory or a folder")
+    _check(t.report_to in ("none", "tensorboard", "wandb", "all"), "train.report_to",
+           f"must be none, tensorboard, wandb or all, got {short(t.report_to)}")
+    _check(not t.push_to_hub or bool(t.hub_repo_id), "train.push_to_hub",
+           "needs train.hub_repo_id (e.g. you/sd14-fnf); set it, or push later with `focusnfix push RUN --repo-id ID`")
+    if t.hub_repo_id is not None:
+        from .hub import check_repo_id
+
+        check_repo_id(t.hub_repo_id, "train.hub_repo_id", ConfigError)
     _check(bool(cfg.reward.name.strip()), "reward.name", "is empty; give a reward name or package.module:attr")
     _check(len(s.negative_prompt) <= MAX_PROMPT_CHARS, "sampler.negative_prompt",
            f"is {len(s.negative_prompt)} characters long (max {MAX_PROMPT_CHARS})")

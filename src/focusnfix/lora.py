@@ -89,11 +89,21 @@ def adapters_per_row(unet, active: torch.Tensor) -> Iterator[None]:
 
     Every LoRA branch's output is multiplied row-wise by ``active`` (a UNet is batch-first in every
     layer, attention projections included). A batch of m·len(active) rows (classifier-free guidance
-    stacks [uncond; cond]) repeats ``active`` m times. A row with 0 gets base(x) + 0, exactly θ0."""
+    stacks [uncond; cond]) repeats ``active`` m times. A row with 0 gets base(x) + 0, exactly θ0.
+
+    ``active`` moves to the UNet's device once, and each (dtype, batch, rank) layout of the row factor is
+    made once and shared by every layer: no host-to-device copy per layer call."""
+    device = next((p.device for n, p in unet.named_parameters() if "lora_" in n), None)
+    active = active.to(device) if device is not None else active
+    layouts: dict[tuple, torch.Tensor] = {}
+
     def route(module, inputs, output):
-        rows = active.to(output.device, output.dtype)
-        rows = rows.repeat(output.shape[0] // rows.numel())
-        return output * rows.view(-1, *[1] * (output.ndim - 1))
+        key = (output.device, output.dtype, output.shape[0], output.ndim)
+        rows = layouts.get(key)
+        if rows is None:
+            rows = active.to(output.device, output.dtype).repeat(output.shape[0] // active.numel())
+            rows = layouts[key] = rows.view(-1, *[1] * (output.ndim - 1))
+        return output * rows
 
     suffix = f"lora_B.{ADAPTER}"
     handles = [m.register_forward_hook(route) for n, m in unet.named_modules() if n.endswith(suffix)]
@@ -155,7 +165,10 @@ def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets:
     if prefix == "unet":
         layers = convert_state_dict_to_diffusers(layers)
     layers = {k: v.detach().cpu().contiguous() for k, v in layers.items()}
-    meta = {"r": rank, "lora_alpha": alpha if alpha is not None else rank, "target_modules": list(targets)}
+    # rank_pattern / alpha_pattern (empty: one rank and alpha for every layer): diffusers 0.34 and later read
+    # them from the metadata on load (a KeyError without them), as in the metadata of diffusers' own scripts
+    meta = {"r": rank, "lora_alpha": alpha if alpha is not None else rank, "target_modules": list(targets),
+            "rank_pattern": {}, "alpha_pattern": {}}
     cls.save_lora_weights(folder, **{f"{prefix}_lora_layers": layers, f"{prefix}_lora_adapter_metadata": meta})
     (folder / "lora_config.json").write_text(json.dumps(meta, indent=2))
     return folder

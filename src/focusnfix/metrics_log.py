@@ -5,19 +5,36 @@ leaves whole lines; a write cut short (disk full) is truncated back to the previ
 error is raised. A line torn by a power loss or a crash of the machine can only be the last one:
 :func:`read_metrics` skips lines that are not JSON objects, and resuming rewrites the file from its
 valid lines (:func:`truncate_metrics`).
+
+JSON has no NaN: a value that is not finite (the loss and gradient norm of a skipped step) is written
+as ``null``. Files written before that (with bare ``NaN``) still read; their non-finite values read as
+``None`` too.
 """
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 from pathlib import Path
 
 from .checkpoint import atomic_write_text, fault_point, fault_requested
 
 
+def json_safe(value):
+    """``value`` with every non-finite float (NaN, Inf) replaced by None, in nested dicts and lists too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics file, skipping blank and torn (non-JSON) lines; [] if there is no file."""
+    """The rows of a metrics file, skipping blank and torn (non-JSON) lines; [] if there is no file.
+    Non-finite values (bare ``NaN`` in files of older versions) read as None."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -28,7 +45,7 @@ def read_metrics(path: str | Path) -> list[dict]:
         except ValueError:
             continue
         if isinstance(row, dict):
-            rows.append(row)
+            rows.append(json_safe(row))
     return rows
 
 
@@ -39,19 +56,20 @@ def truncate_metrics(path: str | Path, step: int) -> None:
     if not path.exists():
         return
     rows = [r for r in read_metrics(path) if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
 
 
 class MetricsLog:
-    """Append rows to ``out/metrics.jsonl`` (line-atomic) and numeric values to TensorBoard when installed."""
+    """Append rows to ``out/metrics.jsonl`` (line-atomic); trackers (TensorBoard, W&B) are train.report_to's
+    (:mod:`focusnfix.tracking`)."""
 
     def __init__(self, out: Path):
         self.path = Path(out) / "metrics.jsonl"
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.writer = _tensorboard(Path(out))
 
     def write(self, logs: dict) -> None:
-        data = (json.dumps(logs) + "\n").encode("utf-8")
+        """Append one row; non-finite numbers are written as ``null`` (strict JSON)."""
+        data = (json.dumps(json_safe(logs), allow_nan=False) + "\n").encode("utf-8")
         start = os.lseek(self.fd, 0, os.SEEK_END)
         try:
             if fault_requested("metrics-torn", logs.get("step", -1)):  # crash test: a line torn as by a machine crash
@@ -68,22 +86,9 @@ class MetricsLog:
             if e.filename is None:
                 raise OSError(e.errno, e.strerror, str(self.path)) from None
             raise
-        if self.writer is not None:
-            for key, value in logs.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(f"train/{key}", value, logs["step"])
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        if self.writer is not None:
-            self.writer.close()
 
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tensorboard"))

@@ -8,6 +8,14 @@ mask (1 = problem). With λ = 0 the loss is exactly DRaFT's ``-r(Î, c)``.
 ``norm="rms"`` is a normalised variant (not in the paper): the Frobenius norm divided by
 ``sqrt(3·H·W)``, i.e. the root-mean-square pixel change outside the mask, so λ means the same
 at every resolution.
+
+``eps > 0`` smooths the norm at Î = Î0 (ours, not in the paper). The norm is not squared, so its
+gradient ``λ (Î - Î0) / ‖Î - Î0‖`` has length λ however small the difference: a fresh LoRA whose Î
+differs from Î0 only by rounding (another batch size in the reference pass, GPU kernels) is pushed with
+full weight along the rounding noise. The smooth form ``sqrt(‖d‖² + e²) - e``, with
+``e = eps · sqrt(3·H·W)`` (eps in units of the RMS pixel change), has gradient ``d / sqrt(‖d‖² + e²)``:
+about ``d / e`` (vanishing) while ‖d‖ << e, the paper's unit vector once ‖d‖ >> e. Its value is 0 at
+Î = Î0, like the norm's, and within e of it everywhere.
 """
 from __future__ import annotations
 
@@ -16,15 +24,20 @@ import math
 import torch
 
 
-def region_constraint(images: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, norm: str = "fro") -> torch.Tensor:
-    """‖(1 - M) ⊙ (Î - Î0)‖ per image, ``(B,)``. ``images``, ``ref``: ``(B,3,H,W)``; ``mask``: ``(B,1,H,W)``."""
-    diff = (1.0 - mask) * (images - ref)
-    value = diff.flatten(1).norm(dim=1)
-    if norm == "rms":
-        value = value / math.sqrt(diff[0].numel())
-    elif norm != "fro":
+def region_constraint(images: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, norm: str = "fro",
+                      eps: float = 0.0) -> torch.Tensor:
+    """‖(1 - M) ⊙ (Î - Î0)‖ per image, ``(B,)``. ``images``, ``ref``: ``(B,3,H,W)``; ``mask``: ``(B,1,H,W)``.
+    ``eps > 0``: the smooth form ``sqrt(‖.‖² + e²) - e`` (module docstring), e = eps·sqrt(3·H·W)."""
+    if norm not in ("fro", "rms"):
         raise ValueError(f"norm must be fro or rms, got {norm!r}")
-    return value
+    diff = (1.0 - mask) * (images - ref)
+    root_n = math.sqrt(diff[0].numel())
+    if eps > 0.0:
+        e = eps * root_n
+        value = (diff.flatten(1).square().sum(dim=1) + e * e).sqrt() - e
+    else:
+        value = diff.flatten(1).norm(dim=1)
+    return value / root_n if norm == "rms" else value
 
 
 def fnf_loss(score: torch.Tensor, constraint: torch.Tensor | None, lam: float) -> torch.Tensor:

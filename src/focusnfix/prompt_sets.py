@@ -41,25 +41,32 @@ SETS: dict[str, _Set] = {
 }
 
 
-WORLD_SPLITS = ("all", "train", "heldout")
+WORLD_SPLITS = ("all", "train", "heldout", "val", "test")
+# Noise seeds that go with the world's validation and test captions (docs/world.md, "Validation and test").
+WORLD_VAL_SEEDS = (1000, 1001)
+WORLD_TEST_SEEDS = tuple(range(2000, 2008))
 
 
 def list_prompt_sets() -> dict[str, str]:
     """Packaged set name -> one-line description with size, source, license and content warning."""
     return {**{name: s.description for name, s in SETS.items()},
-            "world": "the built-in world's grammar (216 captions; world:train 162 / world:heldout 54), category = shape"}
+            "world": ("the built-in world's grammar (216 captions; world:train 162 / world:heldout 54, split into "
+                       "world:val 27 and world:test 27), category = shape")}
 
 
 def world_prompts(split: str = "all") -> list[PromptRecord]:
     """Every caption of the world's grammar; ``train`` / ``heldout`` is a fixed 3:1 split (every 4th
-    caption held out), so fine-tuning and evaluation prompts never overlap."""
+    caption held out), so fine-tuning and evaluation prompts never overlap. ``heldout`` is itself split
+    in two disjoint halves: ``val`` (every 8th caption, for choosing settings) and ``test`` (the other
+    held-out half, for reporting them)."""
     from .world import data
 
     keys = list(data.ATTRIBUTES)
     records = []
     for i, values in enumerate(itertools.product(*data.ATTRIBUTES.values())):
         attrs = dict(zip(keys, values))
-        if split == "all" or (split == "heldout") == (i % 4 == 0):
+        if split == "all" or (split != "train") == (i % 4 == 0) and (
+                split in ("train", "heldout") or (split == "val") == (i % 8 == 0)):
             records.append(PromptRecord(data.caption(attrs), attrs.get("shape")))
     return records
 

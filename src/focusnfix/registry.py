@@ -15,6 +15,7 @@ REWARDS: dict[str, str] = {
     "world-safety": "focusnfix.world.rewards:WorldSafetyReward",
     "world-artifact-boxes": "focusnfix.world.rewards:WorldArtifactBoxes",  # score only (GRPO)
     "world-safety-decision": "focusnfix.world.rewards:WorldSafetyDecision",  # score only (GRPO)
+    "world-unwanted-boxes": "focusnfix.world.rewards:WorldUnwantedBoxes",  # score only (GRPO)
     "nudenet-boxes": "focusnfix.rewards.nudenet:NudeNetBoxes",  # score only (GRPO)
     "nsfw": "focusnfix.rewards.nsfw:NSFWReward",
     "nudenet": "focusnfix.rewards.nudenet:NudeNetReward",

@@ -6,15 +6,22 @@ train.lr, then --resume"), logging / checkpoint / sample intervals, and switches
 or memory but not the arithmetic beyond float rounding. The trainer applies the new values (the
 optimizer's LR and the LR schedule's length) and records the change in ``metrics.jsonl`` (key
 ``config_changed`` of the first row after the resume). Any other change is refused with one line.
+
+``--resume`` alone continues from the newest complete checkpoint; ``--resume PATH`` from the checkpoint
+folder PATH of the same run (:func:`resolve_checkpoint`). Resuming from an older checkpoint replaces the
+trajectory after it: the newer checkpoints are removed (:func:`remove_newer_checkpoints`), as the
+metrics rows after it are.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import yaml
 
-from .errors import ConfigError, short
+from .errors import ConfigError, short, short_path
 
 RESUMABLE = (
     # budget and optimisation
@@ -22,8 +29,9 @@ RESUMABLE = (
     # logging, checkpoints, samples, failure handling
     "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
     "train.collective_timeout", "data.sample_prompts", "data.sample_seeds",
+    "train.report_to", "train.push_to_hub", "train.hub_repo_id", "train.hub_private",  # sharing: no effect on training
     # speed and memory switches (same arithmetic up to float rounding)
-    "train.reference_cache", "train.reference_cache_items", "train.batch_reference", "train.tf32", "train.cpu", "train.fsdp",
+    "train.reference_cache", "train.reference_cache_mb", "train.reference_cache_items", "train.batch_reference", "train.tf32", "train.cpu", "train.fsdp",
     "model.attention", "model.compile", "model.offload_text_encoders", "sampler.grad_checkpointing", "sampler.vae_checkpointing",
 )
 IGNORED = ("train.output_dir",)  # the folder itself (relative or absolute spelling)
@@ -74,3 +82,45 @@ def config_changes(run_config: Path, new: dict) -> dict[str, list]:
                               "train.output_dir")
         changed[key] = [old[key], value]
     return changed
+
+
+def resolve_checkpoint(out: str | Path, given: str | Path) -> Path | None:
+    """The checkpoint folder ``--resume PATH`` names, checked before any work: a complete checkpoint of
+    the run in ``out`` (``out/checkpoints/step-*``). ``PATH`` = the run folder itself means the newest
+    complete checkpoint (None). Anything else is a one-line :class:`ConfigError`."""
+    from .checkpoint import is_complete
+
+    out, path = Path(out), Path(given)
+    root = out / "checkpoints"
+    hint = "give a checkpoint folder of this run (train.output_dir/checkpoints/step-N), or --resume alone for the newest"
+    try:
+        if not path.is_dir():
+            raise ConfigError(f"--resume {short_path(path)}: no such checkpoint folder; {hint}")
+        if out.is_dir() and path.resolve() == out.resolve():
+            return None
+        inside = root.is_dir() and path.resolve().parent == root.resolve()
+    except OSError as e:
+        raise ConfigError(f"--resume {short_path(path)}: {e.strerror or e}; {hint}") from None
+    if not inside:
+        raise ConfigError(f"--resume {short_path(path)} is not a checkpoint of train.output_dir {short_path(out)}; {hint}")
+    if not path.name.startswith("step-") or not is_complete(path):
+        raise ConfigError(f"--resume {short_path(path)} is not a complete checkpoint (no manifest, or a file does not match "
+                          f"its checksum); choose another one in {short_path(root)}")
+    return path
+
+
+def remove_newer_checkpoints(root: str | Path, ckpt: Path) -> list[Path]:
+    """Delete the checkpoints after ``ckpt`` (their trajectory is being replaced), each one's manifest first
+    so that a deletion cut short leaves a folder that is plainly incomplete; one warning names them."""
+    import shutil
+
+    from .checkpoint import MANIFEST, list_checkpoints
+
+    newer = [c for c in list_checkpoints(root) if c.name > Path(ckpt).name]
+    if newer:
+        names = ", ".join(c.name for c in newer[:4]) + (", ..." if len(newer) > 4 else "")
+        warnings.warn(f"resuming from {Path(ckpt).name}: removing the newer checkpoints {names}", stacklevel=2)
+    for c in newer:
+        (c / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(c, ignore_errors=True)
+    return newer

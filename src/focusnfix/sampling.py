@@ -142,6 +142,35 @@ class FlowSDEStep(FlowEulerStep):
         return mean if noise is None else mean + self.std(i, t).to(mean) * noise.to(mean)
 
 
+SHARED_CONDITIONING = ("txt_ids",)  # inputs of ``Conditioning.added`` that are not per row (FLUX's text position ids)
+
+
+def conditioning_rows(cond: Conditioning, index: list[int]) -> Conditioning:
+    """The conditioning of trajectories ``index`` of ``cond`` (repeats allowed), without encoding again:
+    under CFG both halves [negative; positive] are taken, so the result is again [negative; positive]."""
+    rows = cond.embeds.shape[0]
+    n = rows // 2 if cond.cfg else rows
+    picked = list(index) + ([i + n for i in index] if cond.cfg else [])
+    where = torch.tensor(picked, device=cond.embeds.device)
+
+    def take(key: str, value):
+        if key in SHARED_CONDITIONING or not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] != rows:
+            return value
+        return value.index_select(0, where.to(value.device))
+
+    added = {k: take(k, v) for k, v in cond.added.items()} if cond.added else cond.added
+    return Conditioning(embeds=take("embeds", cond.embeds), guidance_scale=cond.guidance_scale, added=added)
+
+
+def grad_checkpointing_on(setting: bool | str, k: int) -> bool:
+    """``sampler.grad_checkpointing``: true, false, or ``auto`` = on for trajectories with K >= 4, where
+    the K model calls' saved activations (K times one call's) outweigh the rest of the step's memory;
+    the recomputation costs about one extra forward of the K calls. The gradient is the same either way."""
+    if setting == "auto":
+        return k >= 4
+    return bool(setting)
+
+
 def draw_k(k: int, k_max: int | None, generator: torch.Generator | None = None) -> int:
     """K for one trajectory: fixed ``k``, or uniform on ``[k, k_max]`` (drawn once, never per step)."""
     if k_max is None or k_max == k:

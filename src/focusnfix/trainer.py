@@ -25,12 +25,15 @@ from .errors import FocusNFixError, RunFailed, TrainingDiverged, os_error_messag
 from .locking import FolderLock
 from .metrics_log import MetricsLog, read_metrics, truncate_metrics
 from .images import save_preview_grid
-from .lora import add_lora, load_lora_state, lora_parameters, lora_state, save_lora
+from .lora import LORA_FILE, add_lora, load_lora_state, lora_parameters, lora_state, save_lora
+from .hub import push_after_training
+from .modelcard import write_model_card
 from .methods import METHODS, Batch
 from .prompts import resolve_prompts
 from .registry import build_reward
 from .sampling import draw_k
 from .sharding import full, local
+from . import tracking
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -61,8 +64,14 @@ def make_batches(cfg: Config, prompts: list[str], step: int, rank: int = 0, worl
     seeds = rng.integers(0, cfg.data.seed_pool or 2**31 - 1, size=n)
     k = draw_k(cfg.sampler.k, cfg.sampler.k_max, torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1))))
     mine = range(rank * t.batch_size * t.grad_accum, (rank + 1) * t.batch_size * t.grad_accum, t.batch_size)
-    return [Batch(prompts=[prompts[i] for i in idx[j: j + t.batch_size]], seeds=[int(s) for s in seeds[j: j + t.batch_size]], k=k)
+    return [Batch(prompts=[prompts[i] for i in idx[j: j + t.batch_size]], seeds=[int(s) for s in seeds[j: j + t.batch_size]], k=k,
+                  step=step)
             for j in mine]
+
+
+def export_name(step: int) -> str:
+    """The folder of ``train.export_lora_steps``' LoRA at ``step`` inside the run folder."""
+    return f"lora-step-{step:06d}"
 
 
 def check_output_dir(out: Path, resume: bool, holding_lock: bool = False) -> None:
@@ -101,7 +110,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.prompts = resolve_prompts(cfg.data.prompts, cfg.data.prompt_file, cfg.data.prompt_set)
-        self.accelerator = _accelerator(cfg.train.cpu, cfg.train.collective_timeout)
+        self.accelerator = _accelerator(cfg.train.cpu, cfg.train.collective_timeout, **tracking.preflight(cfg))
         launched = self.accelerator.mixed_precision  # from an accelerate config / --mixed_precision
         if launched != "no" and launched != cfg.train.mixed_precision and self.accelerator.is_main_process:
             warnings.warn(f"accelerate's mixed_precision={launched} is not used; precision is train.mixed_precision="
@@ -124,12 +133,10 @@ class Trainer:
         self.lora_targets = list(cfg.lora.targets or self.backbone.lora_targets)  # default: the family's
         add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, self.lora_targets, cfg.lora.dropout)
         self.method = METHODS[cfg.method](self.backbone, self.reward, cfg)
-        if cfg.train.reference_cache != "off" and self.method.needs_reference:
-            from .cache import ReferenceCache, reference_fingerprint
+        if self.method.needs_reference:
+            from .cache import build_reference_cache
 
-            folder = None if cfg.train.reference_cache == "memory" else cfg.train.reference_cache
-            self.method.cache = ReferenceCache(reference_fingerprint(self.backbone, self.reward, cfg), folder,
-                                               cfg.train.reference_cache_items)  # reads whole weights: before sharding
+            self.method.cache = build_reference_cache(self.backbone, self.reward, cfg)  # reads whole weights: before sharding
         self.sharded = self._shard()
         if self.sharded:
             self.method.lockstep = self._any_rank
@@ -172,14 +179,16 @@ class Trainer:
         return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
 
     # -- state ----------------------------------------------------------------------------------
-    def resume(self) -> bool:
-        """Restore the newest complete checkpoint; False if there is none. Config keys that may change on
+    def resume(self, checkpoint: Path | None = None) -> bool:
+        """Restore ``checkpoint`` (a complete checkpoint folder of this run, checked by
+        :func:`focusnfix.resume.resolve_checkpoint`; newer checkpoints are then removed), by default the
+        newest complete one; False if there is none. Config keys that may change on
         resume (:mod:`focusnfix.resume`) are applied, others refused, before anything is modified; then
         leftovers of a write interrupted by a crash (``.tmp-*`` folders) are removed and metrics rows
         after the checkpoint (and a torn last line) dropped."""
-        from .resume import config_changes
+        from .resume import config_changes, remove_newer_checkpoints
 
-        ckpt = latest_checkpoint(self.out / "checkpoints")
+        ckpt = checkpoint if checkpoint is not None else latest_checkpoint(self.out / "checkpoints")
         if ckpt is None:
             return False
         changed = config_changes(self.out / "config.yaml", to_dict(self.cfg))
@@ -198,6 +207,10 @@ class Trainer:
         self._apply_changes(changed)
         if self.accelerator.is_main_process:
             self._remove_leftovers()
+            if changed:
+                self._drop_exports_after(self.step)
+            if checkpoint is not None:  # before the rows: a crash in between leaves ckpt the newest
+                remove_newer_checkpoints(self.out / "checkpoints", ckpt)
             truncate_metrics(self.out / "metrics.jsonl", self.step)
         return True
 
@@ -279,10 +292,10 @@ class Trainer:
         finite = losses_ok and grads_ok
         if finite:
             norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-            grad_norm = float(full(norm))
             self.scaler.step(self.optimizer)  # = optimizer.step() without fp16
             self.bad_steps = 0
-            if not self._weights_finite():  # finite gradients, yet the update overflowed: nothing to skip back to
+            grad_norm, weights_ok = self._norm_and_weights_finite(norm)  # one host sync for both
+            if not weights_ok:  # finite gradients, yet the update overflowed: nothing to skip back to
                 raise TrainingDiverged(f"the LoRA weights became NaN/Inf in step {self.step + 1} (train.lr={t.lr:g}); "
                                        f"{self.kept_checkpoint()}: lower train.lr, then rerun with --resume")
         else:
@@ -303,14 +316,22 @@ class Trainer:
         return logs if scale is None else {**logs, "loss_scale": scale}
 
     def autocast(self):
-        """``train.mixed_precision``: fp16/bf16 autocast of the forward passes (LoRA parameters stay float32)."""
+        """``train.mixed_precision``: fp16/bf16 autocast of the forward passes (LoRA parameters stay float32).
+        No cast cache: torch 2.8 (not 2.13) reuses a LoRA weight's cast made under no_grad (the first T - K steps)
+        in the gradient-carrying steps, which then have no gradient; recasting the small LoRA weights is cheap."""
         mp = self.cfg.train.mixed_precision
-        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16, enabled=mp != "no")
+        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16,
+                              enabled=mp != "no", cache_enabled=False)
 
-    def _weights_finite(self) -> bool:
-        """Every LoRA weight is finite (on every rank's shard, when sharded: a collective)."""
-        ok = all(bool(torch.isfinite(local(p.detach())).all()) for p in self.params)
-        return not self._any_rank(not ok) if self.sharded else ok
+    def _norm_and_weights_finite(self, norm: torch.Tensor) -> tuple[float, bool]:
+        """(the gradients' norm before clipping, every LoRA weight is finite on every rank): read from the
+        device in one sync (sharded: the weights' flag after one all-reduce, a collective)."""
+        ok = _all_finite(local(p.detach()) for p in self.params)
+        if self.sharded:
+            norm = full(norm)
+            ok = self.accelerator.reduce((~ok).float().reshape(1), reduction="sum").reshape(()) == 0
+        grad_norm, ok = torch.stack([norm.detach().float().reshape(()), ok.float()]).tolist()
+        return grad_norm, ok == 1.0
 
     def _average_gradients(self, nonfinite: float) -> tuple[bool, bool]:
         """Data parallel: mean of the LoRA gradients over ranks (one all-reduce).
@@ -319,12 +340,13 @@ class Trainer:
         the gradients arrive averaged (reduce-scatter); only the two checks span the ranks."""
         acc = self.accelerator
         if self.sharded:
-            bad_grad = not all(bool(torch.isfinite(local(p.grad)).all()) for p in self.params if p.grad is not None)
-            flags = acc.reduce(torch.tensor([nonfinite, float(bad_grad)], device=acc.device), reduction="sum")
-            return float(flags[0]) == 0.0, float(flags[1]) == 0.0
+            ok = _all_finite(local(p.grad) for p in self.params if p.grad is not None)
+            flags = acc.reduce(torch.stack([torch.tensor(nonfinite, device=acc.device), (~ok).float().to(acc.device)]), reduction="sum")
+            bad_loss, bad_grad = flags.tolist()
+            return bad_loss == 0.0, bad_grad == 0.0
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if acc.num_processes == 1:
-            return nonfinite == 0.0, all(bool(torch.isfinite(g).all()) for g in grads)
+            return nonfinite == 0.0, bool(_all_finite(grads))  # one host sync for all tensors
         flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([nonfinite], device=grads[0].device)])
         flat = acc.reduce(flat, reduction="mean")
         offset = 0
@@ -353,9 +375,9 @@ class Trainer:
         preview = self.method.preview([p for p, _ in pairs], [s for _, s in pairs])
         if not self.accelerator.is_main_process:
             return None
-        return save_preview_grid(preview, self.out / "samples" / f"{name}.png")
+        return tracking.log_grid(self.accelerator, save_preview_grid(preview, self.out / "samples" / f"{name}.png"), self.step)
 
-    def train(self, resume: bool = False, progress: bool = True) -> Path:
+    def train(self, resume: bool | Path = False, progress: bool = True) -> Path:
         """Run to ``train.steps``. Only the main process writes files (holding the run folder's lock);
         every rank trains. A disk that fills up, or a collective that times out, is a one-line
         :class:`RunFailed` naming the checkpoint that stays intact."""
@@ -384,14 +406,15 @@ class Trainer:
                                 f"the job died or hangs; {self.kept_checkpoint()}") from e
             raise
         finally:
+            tracking.finish(acc)
             if lock is not None:
                 lock.release()
 
-    def _train(self, resume: bool, progress: bool) -> Path:
+    def _train(self, resume: bool | Path, progress: bool) -> Path:
         t, acc = self.cfg.train, self.accelerator
         if acc.is_main_process:
             check_output_dir(self.out, resume, holding_lock=True)  # again, now under the lock
-        resumed = self.resume() if resume else False
+        resumed = self.resume(resume if isinstance(resume, Path) else None) if resume else False
         if resume and not resumed:
             warnings.warn(f"{short_path(self.out / 'checkpoints')} has no complete checkpoint; starting from step 0", stacklevel=2)
         acc.wait_for_everyone()  # every rank has compared its config with config.yaml before it is rewritten
@@ -402,7 +425,7 @@ class Trainer:
             save_config(self.cfg, self.out / "config.yaml")
             fault_point("config-write", 0)
         acc.wait_for_everyone()
-        log = MetricsLog(self.out) if acc.is_main_process else None
+        log = tracking.track(MetricsLog(self.out), acc, self.cfg) if acc.is_main_process else None
         bar = tqdm(total=t.steps, initial=self.step, desc=f"{self.cfg.method} train",
                    disable=not (progress and acc.is_main_process), dynamic_ncols=True)
         try:
@@ -419,6 +442,8 @@ class Trainer:
                 bar.update(1)
                 if t.sample_every and self.step % t.sample_every == 0:
                     self.sample_grid(f"step-{self.step:06d}")
+                if self.step in t.export_lora_steps:
+                    self.export_lora()
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.steps and not self.bad_steps:
                     self.save_checkpoint()
         finally:
@@ -428,16 +453,42 @@ class Trainer:
         self.finish()
         return self.out
 
+    def write_lora(self, name: str, state: dict[str, torch.Tensor] | None) -> Path:
+        """``RUN/name/``: the diffusers-format LoRA and its model card, written atomically (main process)."""
+        lora, folder = self.cfg.lora, self.out / name
+        with io_errors(folder), atomic_dir(folder) as tmp:
+            fault_point("lora-middle" if name == "lora" else "export-middle", self.step)
+            save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, self.lora_targets, type(self.backbone.pipe), state=state)
+            load_id = self.cfg.train.hub_repo_id if name == "lora" else None
+            write_model_card(tmp, self.out, self.step, type(self.backbone.pipe).__name__, getattr(self.reward, "name", None),
+                             load_id or str((self.out if not self.out.is_absolute() else Path(self.out.name)) / name))
+        return folder
+
+    def export_lora(self) -> Path | None:
+        """``train.export_lora_steps``: the LoRA of this step in ``RUN/lora-step-NNNNNN/`` (the format of
+        ``lora/``). One already there is kept: the same config continues the same trajectory (a resume that
+        changes a key drops the exports after its checkpoint, :meth:`_drop_exports_after`)."""
+        folder = self.out / export_name(self.step)
+        if not self._needs_state() or (not self.sharded and (folder / LORA_FILE).is_file()):
+            return None
+        state = lora_state(self.backbone.unet)  # sharded: a collective, every rank gathers
+        if self.accelerator.is_main_process and not (folder / LORA_FILE).is_file():
+            self.write_lora(folder.name, state)
+        return folder
+
+    def _drop_exports_after(self, step: int) -> None:
+        """A resume that changed config keys replaces the trajectory after ``step``: its exports go too."""
+        for folder in sorted(self.out.glob("lora-step-*")):
+            if folder.name[len("lora-step-"):].isdigit() and int(folder.name[len("lora-step-"):]) > step:
+                shutil.rmtree(folder, ignore_errors=True)
+
     def finish(self) -> None:
         """Final checkpoint, diffusers-format LoRA in ``lora/``, final sample grid, ``summary.json``."""
         state = lora_state(self.backbone.unet) if self._needs_state() else None
         self.save_checkpoint(state)
         grid_path = self.sample_grid("final")
         if self.accelerator.is_main_process:
-            lora = self.cfg.lora
-            with io_errors(self.out / "lora"), atomic_dir(self.out / "lora") as tmp:
-                fault_point("lora-middle", self.step)
-                save_lora(self.backbone.unet, tmp, lora.rank, lora.alpha, self.lora_targets, type(self.backbone.pipe), state=state)
+            self.write_lora("lora", state)
             rows = read_metrics(self.out / "metrics.jsonl")
             summary = {"method": self.cfg.method, "steps": self.step, "processes": self.accelerator.num_processes,
                        "final": rows[-1] if rows else {}, "first": rows[0] if rows else {},
@@ -445,9 +496,18 @@ class Trainer:
             fault_point("before-summary", self.step)
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()
+        if self.cfg.train.push_to_hub and self.accelerator.is_main_process:  # after the barrier: an upload may be slow
+            push_after_training(self.out, self.cfg.train.hub_repo_id, self.cfg.train.hub_private)
 
 
-def _accelerator(cpu: bool, timeout_s: float = 300.0):
+def _all_finite(tensors) -> torch.Tensor:
+    """Whether every element of every tensor is finite, as one 0-d bool tensor on their device (no host
+    sync until it is read)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return torch.stack(flags).all() if flags else torch.tensor(True)
+
+
+def _accelerator(cpu: bool, timeout_s: float = 300.0, **kwargs):
     """An Accelerator (process group, device, reductions); a second Trainer in the same process may set
     ``cpu`` otherwise. ``timeout_s``: how long a collective waits for the other processes
     (``train.collective_timeout``; set when this call creates the process group)."""
@@ -459,10 +519,10 @@ def _accelerator(cpu: bool, timeout_s: float = 300.0):
 
     handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]
     try:
-        return Accelerator(cpu=cpu, kwargs_handlers=handlers)
+        return Accelerator(cpu=cpu, kwargs_handlers=handlers, **kwargs)
     except ValueError:  # accelerate keeps a process-wide state; reset it (keeps the distributed setup)
         AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(cpu=cpu, kwargs_handlers=handlers)
+        return Accelerator(cpu=cpu, kwargs_handlers=handlers, **kwargs)
 
 
 def _collective_failure(e: BaseException) -> bool:
@@ -482,7 +542,12 @@ def _first_line(e: BaseException) -> str:
     return next((ln for ln in lines if ln), type(e).__name__)[:60]
 
 
-def train(cfg: Config, resume: bool = False, reward=None, progress: bool = True) -> Path:
-    """Train ``cfg`` and return the run folder (the Python API of ``focusnfix train``)."""
+def train(cfg: Config, resume: bool | str | Path = False, reward=None, progress: bool = True) -> Path:
+    """Train ``cfg`` and return the run folder (the Python API of ``focusnfix train``). ``resume``: True
+    continues from the newest complete checkpoint, a path from that checkpoint folder of the run."""
+    if isinstance(resume, (str, Path)):
+        from .resume import resolve_checkpoint
+
+        resume = resolve_checkpoint(cfg.train.output_dir, resume) or True
     check_output_dir(Path(cfg.train.output_dir), resume)
     return Trainer(cfg, reward=reward).train(resume=resume, progress=progress)

@@ -99,8 +99,9 @@ class Evaluation:
             yield start, self.jobs[start: start + self.batch]
 
     # -- generation ---------------------------------------------------------------------------
-    def generate(self, spec: MethodSpec, work: WorkDir) -> dict[int, float]:
-        """Write ``images/<method>/<i>.png`` for every job not finished yet; return seconds per image by job index."""
+    def generate(self, spec: MethodSpec, work: WorkDir) -> dict[int, float | None]:
+        """Write ``images/<method>/<i>.png`` for every job not finished yet; return seconds per image by job index
+        (None for the untimed warm-up batch that starts each pass)."""
         from ..lora import load_lora_into
         from ..sampling import generate
 
@@ -115,7 +116,7 @@ class Evaluation:
         if spec.kind == "lora":
             load_lora_into(pipe, spec.path)
         try:
-            for start, idx in tqdm(pending, desc=f"eval {spec.name}", disable=not self.progress):
+            for n_batch, (start, idx) in enumerate(tqdm(pending, desc=f"eval {spec.name}", disable=not self.progress)):
                 prompts, seeds = [self.jobs[i][0] for i in idx], [self.jobs[i][2] for i in idx]
                 masks = work.load_masks(idx).to(self.device) if spec.kind == "rg-region" else None  # M(Î0) of the base pass
                 guidance = build_guidance(spec, self.backbone, self.reward, prompts, masks, s.steps)
@@ -123,8 +124,11 @@ class Evaluation:
                 t0 = time.perf_counter()
                 images = generate(self.backbone, prompts, seeds, s.steps, s.guidance_scale, s.negative_prompt, guidance)
                 synchronize(self.device)
-                per_image = (time.perf_counter() - t0) / len(idx)
-                self.timing["generate_s"] += per_image * len(idx)
+                elapsed = time.perf_counter() - t0
+                self.timing["generate_s"] += elapsed
+                # the first batch of each pass is a warm-up (kernel selection, caches, LoRA layers): not timed,
+                # so a method timed first is not charged for a cold start; its images get seconds = None
+                per_image = elapsed / len(idx) if n_batch else None
                 self.timing["generated"] += len(idx)
                 images = images.cpu()
                 for i, image in zip(idx, images):
@@ -140,11 +144,19 @@ class Evaluation:
         return seconds
 
     def _base_masks(self, idx: list[int], prompts: list[str], work: WorkDir) -> None:
-        """M(Î0) and its map from the saved base images: masks kept on disk for rg-region and the metrics."""
-        from ..methods import FocusNFix
+        """M(Î0) and its map from the saved base images: masks kept on disk for rg-region and the metrics.
+        A score-only reward without a heatmap (a yes/no judge) cannot say where the problem is: M = 0, so
+        "outside the mask" is the whole image."""
+        from ..rewards.compose import problem_mask
 
         base = self._load(work, "base", idx).to(self.device)
-        mask, heat = FocusNFix(self.backbone, self.reward, self.cfg).mask(base, prompts)
+        mask = heat = None
+        if not getattr(self.reward, "differentiable", True) and not hasattr(self.reward, "problem_mask"):
+            with torch.no_grad():
+                if call_reward(self.reward, base, prompts).heatmap is None:
+                    mask = heat = torch.zeros_like(base[:, :1])
+        if mask is None:
+            mask, heat = problem_mask(self.reward, base, prompts, self.cfg.mask)
         mask, heat, base = mask.detach().cpu(), heat.detach().cpu(), base.cpu()
         work.save_masks(idx, mask)
         for j, i in enumerate(idx):

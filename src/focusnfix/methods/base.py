@@ -16,13 +16,15 @@ class Batch:
     prompts: list[str]
     seeds: list[int]
     k: int
+    step: int = 0  # the optimizer step (from 0) the batch belongs to: schedules such as objective.lam_warmup
 
 
 @dataclass
 class Reference:
     """Frozen-model output for a batch: Î0 ``(B,3,H,W)``, mask M ``(B,1,H,W)``, and the raw map
-    the mask came from (reward heatmap or saliency) ``(B,1,H,W)``."""
+    the mask came from (reward heatmap or saliency) ``(B,1,H,W)`` when just computed (None when read
+    from the reference cache, which keeps only what the loss uses)."""
 
     images: torch.Tensor
     mask: torch.Tensor
-    heatmap: torch.Tensor
+    heatmap: torch.Tensor | None = None

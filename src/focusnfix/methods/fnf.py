@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import torch
 
+from ..cache import expand
 from ..config import Config
 from ..errors import FocusNFixError
 from ..lora import adapters_disabled, adapters_per_row
 from ..rewards.base import call_reward
-from ..rewards.compose import mask_from
+from ..rewards.compose import problem_mask
 from ..objective import fnf_loss, region_constraint
-from ..sampling import ddim_sample
+from ..sampling import conditioning_rows, ddim_sample, grad_checkpointing_on
 from .base import Batch, Reference
 
 
@@ -39,20 +40,25 @@ class FocusNFix:
     # -- M(Î0) -----------------------------------------------------------------------------
     def mask(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(M(Î0), map)``: a composite reward makes its own (per-term settings), else the ``mask`` section."""
-        if hasattr(self.reward, "problem_mask"):
-            return self.reward.problem_mask(images, prompts)
-        return mask_from(self.reward, images, prompts, self.cfg.mask)
+        return problem_mask(self.reward, images, prompts, self.cfg.mask)
 
     # -- Î0 -----------------------------------------------------------------------------------
-    def reference(self, prompts: list[str], seeds: list[int]) -> Reference:
+    def reference(self, prompts: list[str], seeds: list[int], cond=None) -> Reference:
         """Î0 and M(Î0) from the frozen model θ0 (same UNet, adapters disabled), no gradient.
 
         With a :class:`~focusnfix.cache.ReferenceCache` attached (``self.cache``), pairs seen before
-        are read from it and only the missing ones are computed, as one batch."""
+        are read from it and only the missing ones are computed, as one batch. ``cond``: the prompts'
+        conditioning when already encoded."""
         entries, missing = self._lookup(prompts, seeds)
         if missing:
-            self._store(entries, missing, prompts, seeds, self._compute_reference(*_pick(missing, prompts, seeds)))
+            rows = conditioning_rows(cond, missing) if cond is not None else None
+            self._store(entries, missing, prompts, seeds, self._compute_reference(*_pick(missing, prompts, seeds), cond=rows))
         return self._stack(entries)
+
+    def encode(self, prompts: list[str]):
+        """The text conditioning of ``prompts`` (the sampler's negative prompt and guidance scale)."""
+        s = self.cfg.sampler
+        return self.backbone.encode(prompts, s.negative_prompt, s.guidance_scale)
 
     def reference_and_trained(self, prompts: list[str], seeds: list[int], k: int) -> tuple[Reference, torch.Tensor]:
         """(Î0 with M(Î0), Î) for one micro-batch.
@@ -60,21 +66,27 @@ class FocusNFix:
         Î0 and Î start from the same x_T, so on a reference-cache miss (with ``train.batch_reference``)
         the frozen and the fine-tuned model's first T-K steps, all without gradient, run as one UNet
         batch with per-row adapters (:func:`~focusnfix.lora.adapters_per_row`): T-K calls fewer than
-        two separate passes. Then Î0 finishes its K steps without gradient and Î with gradient."""
+        two separate passes. Then Î0 finishes its K steps without gradient and Î with gradient.
+
+        The prompts are encoded once (B rows); the reference rows reuse theirs."""
         entries, missing = self._lookup(prompts, seeds)
         s, split = self.cfg.sampler, self.cfg.sampler.steps - k
+        cond = self.encode(prompts)
         if not (missing and self.batch_reference and split > 0):
             if missing:
-                self._store(entries, missing, prompts, seeds, self._compute_reference(*_pick(missing, prompts, seeds)))
-            return self._stack(entries), self.trained_images(prompts, seeds, k)
+                fresh = self._compute_reference(*_pick(missing, prompts, seeds), cond=conditioning_rows(cond, missing))
+                self._store(entries, missing, prompts, seeds, fresh)
+            return self._stack(entries), self.trained_images(prompts, seeds, k, cond=cond)
         ref_prompts, ref_seeds = _pick(missing, prompts, seeds)
-        active = torch.tensor([0.0] * len(missing) + [1.0] * len(prompts))  # θ0 rows, then θ rows
+        device = self.backbone.device
+        active = torch.tensor([0.0] * len(missing) + [1.0] * len(prompts), device=device)  # θ0 rows, then θ rows
         with torch.no_grad(), adapters_per_row(self.backbone.unet, active):
-            cond = self.backbone.encode(ref_prompts + prompts, s.negative_prompt, s.guidance_scale)
-            x = ddim_sample(self.backbone, cond, self.backbone.initial_noise(ref_seeds + seeds), s.steps, last=split)
-        fresh = self._compute_reference(ref_prompts, ref_seeds, latents=x[: len(missing)], first=split)
+            both = conditioning_rows(cond, missing + list(range(len(prompts))))
+            x = ddim_sample(self.backbone, both, self.backbone.initial_noise(ref_seeds + seeds), s.steps, last=split)
+        fresh = self._compute_reference(ref_prompts, ref_seeds, latents=x[: len(missing)], first=split,
+                                        cond=conditioning_rows(cond, missing))
         self._store(entries, missing, prompts, seeds, fresh)
-        return self._stack(entries), self.trained_images(prompts, seeds, k, latents=x[len(missing):], first=split)
+        return self._stack(entries), self.trained_images(prompts, seeds, k, latents=x[len(missing):], first=split, cond=cond)
 
     def _lookup(self, prompts: list[str], seeds: list[int]) -> tuple[list, list[int]]:
         """Cached entries (None where missing) and the indices to compute."""
@@ -85,22 +97,25 @@ class FocusNFix:
         return entries, missing
 
     def _store(self, entries: list, missing: list[int], prompts: list[str], seeds: list[int], fresh: Reference) -> None:
+        """Fresh references into ``entries`` (on the device, as computed) and into the cache (compacted
+        there: :func:`focusnfix.cache.compact`)."""
         for j, i in enumerate(missing):
-            entries[i] = {"images": fresh.images[j], "mask": fresh.mask[j], "heatmap": fresh.heatmap[j]}
+            entries[i] = {"images": fresh.images[j], "mask": fresh.mask[j]}
             if self.cache is not None:
                 self.cache.put(prompts[i], seeds[i], entries[i])
 
     def _stack(self, entries: list) -> Reference:
-        device = self.backbone.device
-        stack = lambda key: torch.stack([e[key] for e in entries]).to(device)  # noqa: E731
-        return Reference(images=stack("images"), mask=stack("mask"), heatmap=stack("heatmap"))
+        """The batch's Î0 and M(Î0) as float tensors on the device (cached masks may be stored as uint8)."""
+        read = [expand(e, self.backbone.device) for e in entries]
+        return Reference(images=torch.stack([e["images"] for e in read]), mask=torch.stack([e["mask"] for e in read]))
 
     def _compute_reference(self, prompts: list[str], seeds: list[int], latents: torch.Tensor | None = None,
-                           first: int = 0) -> Reference:
-        """Î0 and M(Î0); ``latents``/``first`` resume a trajectory whose first steps ran elsewhere."""
+                           first: int = 0, cond=None) -> Reference:
+        """Î0 and M(Î0); ``latents``/``first`` resume a trajectory whose first steps ran elsewhere; ``cond``:
+        the prompts' conditioning when already encoded."""
         s = self.cfg.sampler
         with torch.no_grad(), adapters_disabled(self.backbone.unet):
-            cond = self.backbone.encode(prompts, s.negative_prompt, s.guidance_scale)
+            cond = self.encode(prompts) if cond is None else cond
             x = self.backbone.initial_noise(seeds) if latents is None else latents
             images = self.backbone.decode(ddim_sample(self.backbone, cond, x, s.steps, first=first))
         mask, heat = self.mask(images, prompts)
@@ -108,11 +123,12 @@ class FocusNFix:
 
     # -- Î with gradient through the last K steps ----------------------------------------------
     def trained_images(self, prompts: list[str], seeds: list[int], k: int, latents: torch.Tensor | None = None,
-                       first: int = 0) -> torch.Tensor:
+                       first: int = 0, cond=None) -> torch.Tensor:
         s = self.cfg.sampler
-        cond = self.backbone.encode(prompts, s.negative_prompt, s.guidance_scale)
+        cond = self.encode(prompts) if cond is None else cond
         x = self.backbone.initial_noise(seeds) if latents is None else latents
-        latents = ddim_sample(self.backbone, cond, x, s.steps, k=k, grad_checkpointing=s.grad_checkpointing, first=first)
+        latents = ddim_sample(self.backbone, cond, x, s.steps, k=k, grad_checkpointing=grad_checkpointing_on(s.grad_checkpointing, k),
+                              first=first)
         return self.backbone.decode(latents, grad_checkpointing=s.vae_checkpointing)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -124,19 +140,26 @@ class FocusNFix:
         score = call_reward(self.reward, images, batch.prompts).score
         constraint = None
         if ref is not None:
-            constraint = region_constraint(images, ref.images, ref.mask, self.cfg.objective.norm)
-        loss = fnf_loss(score, constraint, self.lam)
-        logs = {"loss": loss.item(), "reward": score.mean().item(), "k": batch.k}
+            constraint = region_constraint(images, ref.images, ref.mask, self.cfg.objective.norm, self.cfg.objective.eps)
+        warmup = self.cfg.objective.lam_warmup  # λ ramps 0 -> λ over the first `warmup` steps (0: off, the paper)
+        lam = self.lam * min(1.0, batch.step / warmup) if warmup else self.lam
+        loss = fnf_loss(score, constraint, lam)
+        names, values = ["loss", "reward"], [loss.detach(), score.detach().mean()]
         if ref is not None:
-            logs["constraint"] = constraint.mean().item()
-            logs["mask_frac"] = ref.mask.mean().item()
+            names += ["constraint", "mask_frac"]
+            values += [constraint.detach().mean(), ref.mask.mean()]
+        read = dict(zip(names, torch.stack([v.float() for v in values]).tolist()))  # one host sync
+        logs = {"loss": read.pop("loss"), "reward": read.pop("reward"), "k": batch.k, **read}
+        if warmup:
+            logs["lam"] = lam
         return loss, logs
 
     @torch.no_grad()
     def preview(self, prompts: list[str], seeds: list[int]) -> dict[str, torch.Tensor]:
         """Î0, M(Î0) and Î for the sample grids (no gradient)."""
-        ref = self.reference(prompts, seeds)
-        images = self.trained_images(prompts, seeds, k=0)
+        cond = self.encode(prompts)
+        ref = self.reference(prompts, seeds, cond=cond)
+        images = self.trained_images(prompts, seeds, k=0, cond=cond)
         return {"reference": ref.images, "mask": ref.mask, "images": images}
 
 

@@ -19,6 +19,11 @@ with lp the mean per-element log-probability (plain GRPO: over all elements). **
 
 mu_ref being the frozen model's (adapters off) mean at the same x_t. This KL is the exact per-element
 KL between the two Gaussian transitions (equal variances). lam = 0 and M = 1 reduce to plain GRPO.
+
+``grpo.mask_scope=group`` (ours) gives every sample of a group the union of the group's masks. With
+per-sample masks a clean sample (no detection, M = 0) carries no policy gradient, though its advantage
+is the largest: the group's contrast lives where *any* member had the problem, so the union is where
+the clean samples did better.
 A reward without a heatmap gives M = 1 (nothing tells where the problem is; gradient saliency needs a
 differentiable reward): region-aware GRPO then is plain GRPO plus nothing.
 """
@@ -71,8 +76,12 @@ class GRPO:
         groups = score.view(-1, self.g.group_size)
         adv = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)
         adv = adv.clamp(-self.g.adv_clip, self.g.adv_clip).flatten()
+        mask = self.latent_mask(images, prompts, out)
+        if mask is not None and self.g.mask_scope == "group":  # each sample: the union of its group's masks
+            G = self.g.group_size
+            mask = mask.view(-1, G, *mask.shape[1:]).amax(1, keepdim=True).expand(-1, G, *mask.shape[1:]).reshape(mask.shape)
         return {"prompts": prompts, "seeds": seeds, "cond": cond, "timesteps": timesteps, "xs": xs, "log_probs": log_probs,
-                "stds": stds, "score": score, "adv": adv, "mask": self.latent_mask(images, prompts, out)}
+                "stds": stds, "score": score, "adv": adv, "mask": mask}
 
     def image_mask(self, images: torch.Tensor, prompts: list[str], out) -> torch.Tensor | None:
         """M ``(B,1,H,W)`` of the sampled images, or None for plain GRPO / a reward that cannot say where

@@ -14,10 +14,10 @@ from typing import Any
 
 from ..errors import FocusNFixError
 from ..evaluation.stats import sample_key
-from .eval_tables import (Metric, alignment_metric, category_section, finite, has_values, paired,
-                          summary_table)
+from .eval_tables import (Metric, alignment_metric, category_section, finite, has_values, headline_metrics,
+                          headline_table, paired, short_label, summary_table)
 from .page import esc, fmt, image, meta_list, page, read_json, read_jsonl, table, url
-from .plots import Point, Series, color, line_chart, scatter_chart
+from .plots import Point, Series, color, legend, line_chart, scatter_chart
 
 MAX_ROWS = 64  # sample-grid rows shown; the rest are counted in a note
 
@@ -81,7 +81,7 @@ def _tradeoff_charts(rows, methods: list[str], reference: str, metrics: dict[str
     ys = [m for m in ("outside_mse",) if m in metrics]
     align = alignment_metric(rows, metrics)
     ys += [align.name] if align else []
-    charts = []
+    charts, shown = [], {}
     for y in ys:
         points = []
         for k, method in enumerate(methods):
@@ -91,10 +91,12 @@ def _tradeoff_charts(rows, methods: list[str], reference: str, metrics: dict[str
             if sx["mean_diff"] is not None and sy["mean_diff"] is not None:
                 points.append(Point(method, sx["mean_diff"], sy["mean_diff"], color(k),
                                     tuple(sx["ci"]) if sx["ci"] else None, tuple(sy["ci"]) if sy["ci"] else None))
+                shown[method] = color(k)
         label = metrics[y].label
         charts.append(scatter_chart(points, f"Δ {label} vs target gain", f"Δ reward vs {reference}",
                                     f"Δ {label}", origin_label=reference))
-    return (f"<div class='charts'>{''.join(charts)}</div><p class='note'>One point per method: paired mean change "
+    return (legend(list(shown.items())) + f"<div class='charts'>{''.join(charts)}</div>"
+            "<p class='note'>One point per method: paired mean change "
             f"vs {esc(reference)} with 95% CIs as bars. Focus-N-Fix aims right (reward up) while staying near "
             "y = 0 on outside-mask change (little collateral damage) and on alignment.</p>")
 
@@ -108,39 +110,67 @@ def _caption(row: dict[str, Any] | None, with_change: bool) -> str:
     return f"<div class='cap'>{text}</div>"
 
 
-def _grid(folder: Path, rows, methods: list[str], reference: str) -> str:
-    """Rows of prompt | reference | heatmap | mask overlay | each other method, capped at MAX_ROWS."""
+PREVIEW_ROWS = 3  # sample rows shown right under the headline
+
+
+def _sample_keys(rows, reference: str) -> tuple[list[Any], dict[Any, dict[str, dict[str, Any]]]]:
+    """Sample keys, the samples with a problem (low reference reward) first, and rows by sample and method."""
     samples: dict[Any, dict[str, dict[str, Any]]] = {}
     for r in rows:
         samples.setdefault(sample_key(r), {})[str(r.get("method"))] = r
-    def worst_first(k: Any) -> tuple:  # the samples with a problem (low base reward) lead the grid
+
+    def worst_first(k: Any) -> tuple:
         base_reward = (samples[k].get(reference) or {}).get("reward")
         return (base_reward if finite(base_reward) else float("inf"), isinstance(k, tuple), str(k) if isinstance(k, tuple) else k)
 
-    keys = sorted(samples, key=worst_first)
+    return sorted(samples, key=worst_first), samples
+
+
+def _grid_table(folder: Path, keys: list[Any], samples, methods: list[str], reference: str) -> str:
+    """Per sample: a row naming the prompt, then reference | heatmap | mask overlay | each other method."""
     others = [m for m in methods if m != reference]
-    header = ["prompt", f"{esc(reference)} (Î0)", "heatmap", "mask M(Î0)", *[esc(m) for m in others]]
-    body = []
-    for key in keys[:MAX_ROWS]:
+    header = [f"{esc(reference)} (Î0)", "heatmap", "mask M(Î0)", *[esc(m) for m in others]]
+    body, classes = [], []
+    for key in keys:
         by = samples[key]
         any_row = by.get(reference) or next(iter(by.values()))
         info = " · ".join(x for x in (f"#{any_row.get('i')}" if any_row.get("i") is not None else "",
                                       f"seed {any_row.get('seed')}", any_row.get("category") or "") if x)
-        cells = [f"<td class='text'>{esc(any_row.get('prompt', ''))}<br><small>{esc(info)}</small></td>"]
+        body.append([f"<td class='text' colspan='{len(header)}'>{esc(any_row.get('prompt', ''))} "
+                     f"<small>{esc(info)}</small></td>"])
+        classes.append("prompt")
         ref = by.get(reference)
-        cells.append(image(folder, ref.get("image") if ref else None, alt=reference) + _caption(ref, False))
-        cells.append(image(folder, any_row.get("heatmap"), alt="heatmap"))
-        cells.append(image(folder, any_row.get("mask"), alt="mask"))
+        cells = [image(folder, ref.get("image") if ref else None, alt=reference) + _caption(ref, False),
+                 image(folder, any_row.get("heatmap"), alt="heatmap"), image(folder, any_row.get("mask"), alt="mask")]
         for m in others:
             r = by.get(m)
             cells.append(image(folder, r.get("image") if r else None, alt=m) + _caption(r, True))
         body.append(cells)
+        classes.append("")
+    return f"<div style='--cols:{len(header)}'>{table(header, body, classes, cls='grid')}</div>"
+
+
+def _grid(folder: Path, rows, methods: list[str], reference: str) -> str:
+    """The sample grid, capped at MAX_ROWS, with a note on its order and captions."""
+    keys, samples = _sample_keys(rows, reference)
     note = f"<p class='note'>{len(keys)} samples"
     if len(keys) > MAX_ROWS:
         note += f"; the first {MAX_ROWS} are shown (all are in samples.jsonl and images/)"
     note += (", ordered by the base image's reward, worst first. r = reward (higher is better); out-MSE = MSE vs "
              "the base image outside the mask.</p>")
-    return f"{note}<div style='overflow-x:auto'>{table(header, body)}</div>"
+    return note + _grid_table(folder, keys[:MAX_ROWS], samples, methods, reference)
+
+
+def _preview(folder: Path, rows, methods: list[str], reference: str) -> str:
+    """The first PREVIEW_ROWS rows of the sample grid, for the top of the page."""
+    keys, samples = _sample_keys(rows, reference)
+    if not keys:
+        return ""
+    shown = keys[:min(PREVIEW_ROWS, MAX_ROWS)]
+    return (f"<section id='preview'><h2>Samples with the worst base reward</h2>"
+            + _grid_table(folder, shown, samples, methods, reference)
+            + f"<p class='note'>{len(shown)} of {len(keys)} samples; <a href='#samples'>all samples</a> are below.</p>"
+            "</section>")
 
 
 def _method_specs(meta: dict[str, Any], methods: list[str]) -> str:
@@ -156,8 +186,20 @@ def _method_specs(meta: dict[str, Any], methods: list[str]) -> str:
     return "<h3>Methods</h3>" + table(["method", "kind", "settings"], body)
 
 
+def _headline(rows, methods: list[str], reference: str, metrics: dict[str, Metric]) -> str:
+    """The compact table at the top: defect rates (else the target reward), alignment, outside change."""
+    chosen = headline_metrics(rows, metrics)
+    if not chosen or not methods:
+        return ""
+    return ("<section id='headline'><h2>At a glance</h2>" + headline_table(rows, methods, reference, chosen)
+            + f"<p class='note'>Means; Δ = paired change vs <b>{esc(reference)}</b>, green / red when its 95% CI "
+            "excludes 0 in the better / worse direction. All metrics with CIs: <a href='#summary'>Summary</a>.</p>"
+            "</section>")
+
+
 def render_eval(folder: Path, title: str | None = None) -> str:
-    """The whole report page for an eval folder, as HTML."""
+    """The whole report page for an eval folder, as HTML: a headline table and the worst samples first,
+    then the full tables, plots and the sample grid."""
     meta, rows = load_eval(folder)
     methods = _methods(meta, rows)
     reference = str(meta.get("reference") or (methods[0] if methods else "base"))
@@ -165,14 +207,19 @@ def render_eval(folder: Path, title: str | None = None) -> str:
     title = title or meta.get("title") or f"focusnfix eval: {folder.resolve().name}"
     seeds, sampler = meta.get("seeds"), meta.get("sampler")
     n_samples = len({sample_key(r) for r in rows})
-    intro = meta_list([("model", meta.get("model")), ("reward", meta.get("reward")),
+    context = " · ".join(esc(x) for x in (
+        f"reward {meta['reward']}" if meta.get("reward") else "", f"model {meta['model']}" if meta.get("model") else "",
+        f"{n_samples} (prompt, seed) pairs × {len(methods)} methods", f"reference {reference}") if x)
+    setup = meta_list([("model", meta.get("model")), ("reward", meta.get("reward")),
                        ("prompt set", meta.get("prompt_set")),
                        ("seeds", ", ".join(map(str, seeds)) if isinstance(seeds, list) else seeds),
                        ("samples", f"{n_samples} (prompt, seed) pairs × {len(methods)} methods"),
                        ("methods", ", ".join(methods)), ("reference", reference),
                        ("sampler", ", ".join(f"{k} {v}" for k, v in sampler.items()) if isinstance(sampler, dict) else sampler)])
-    summary = summary_table(rows, methods, reference, list(metrics.values())) + _method_specs(meta, methods)
-    sections = [("summary", "Summary", summary)]
+    files = "".join(f"<a href='{url(n)}'>{esc(n)}</a> " for n in ("eval.json", "samples.jsonl") if (folder / n).is_file())
+    setup += _method_specs(meta, methods) + f"<p class='small'>Data: {files}</p>"
+    sections = [("summary", "Summary", summary_table(rows, methods, reference, list(metrics.values()))),
+                ("setup", "Setup", setup)]
     from ..rating.storage import DB_NAME  # a `focusnfix rate` study of this folder: its summary
 
     if (folder / DB_NAME).is_file():
@@ -181,9 +228,9 @@ def render_eval(folder: Path, title: str | None = None) -> str:
         sections.append(("ratings", "Human ratings", ratings_section(folder / DB_NAME)))
     align = alignment_metric(rows, metrics)
     if align is not None:
-        sections.append(("categories", f"Per-category {align.label}", category_section(rows, methods, reference, align)))
+        sections.append(("categories", f"Per-category {short_label(align)}", category_section(rows, methods, reference, align)))
     sections.append(("tradeoff", "Trade-off", _tradeoff_charts(rows, methods, reference, metrics)))
     sections.append(("curves", "Training curves", _curve_charts(folder, methods)))
     sections.append(("samples", "Samples", _grid(folder, rows, methods, reference)))
-    files = "".join(f"<a href='{url(n)}'>{esc(n)}</a> " for n in ("eval.json", "samples.jsonl") if (folder / n).is_file())
-    return page(str(title), sections, intro + f"<p class='small'>Data: {files}</p>")
+    top = _headline(rows, methods, reference, metrics) + _preview(folder, rows, methods, reference)
+    return page(str(title), sections, f"<p class='context'>{context}</p>", top)

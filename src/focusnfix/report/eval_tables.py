@@ -8,6 +8,7 @@ of paired differences.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,26 @@ class Metric:
     higher_is_better: bool
 
     @property
+    def role(self) -> str:
+        """What a change of this metric means, which decides how it is coloured:
+        "intended" (change inside the problem mask: wanted, judged by the target reward, never coloured),
+        "cost" (time: not a quality result, never coloured), "collateral" (change outside the mask: less
+        is better) or "quality" (the target reward, alignment, defect rates...)."""
+        name = self.name.lower()
+        if name.startswith("inside_"):
+            return "intended"
+        if name == "seconds" or name.endswith("_seconds") or "seconds" in self.label.lower():
+            return "cost"
+        return "collateral" if name.startswith("outside_") else "quality"
+
+    @property
+    def scored(self) -> bool:
+        """Whether a change is better or worse (so an arrow and green / red): quality and collateral metrics."""
+        return self.role in ("quality", "collateral")
+
+    @property
     def heading(self) -> str:
-        return f"{esc(self.label)} {'↑' if self.higher_is_better else '↓'}"
+        return f"{esc(self.label)} {'↑' if self.higher_is_better else '↓'}" if self.scored else esc(self.label)
 
 
 def finite(value: Any) -> bool:
@@ -63,45 +82,128 @@ def win_rate(rows: list[dict[str, Any]], method: str, reference: str, metric: st
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in pairs) / len(pairs)
 
 
-def _delta_html(stats: dict[str, Any], higher_is_better: bool) -> str:
-    """"Δ +x [lo, hi]", green/red when the CI excludes 0 in the good/bad direction."""
+def _significance(stats: dict[str, Any], higher_is_better: bool) -> str:
+    """"good" / "bad" when the 95% CI excludes 0 in the better / worse direction, else ""."""
+    d, ci = stats["mean_diff"], stats["ci"]
+    if d is None or ci is None or not (ci[0] > 0 or ci[1] < 0):
+        return ""
+    return "good" if (d > 0) == higher_is_better else "bad"
+
+
+def _delta_html(stats: dict[str, Any], metric: Metric, with_ci: bool = True) -> str:
+    """"Δ +x [lo, hi]", green / red when the CI excludes 0 in the good / bad direction; neutral grey for
+    metrics whose change is not a quality result (intended change inside the mask, time)."""
     d, ci = stats["mean_diff"], stats["ci"]
     if d is None:
         return ""
-    cls = "muted"
-    if ci is not None and (ci[0] > 0 or ci[1] < 0):
-        cls = "good" if (d > 0) == higher_is_better else "bad"
-    return f"<br><small class='{cls}'>Δ {esc(fmt(d, 3, True))} {esc(fmt_ci(ci))}</small>"
+    cls = (_significance(stats, metric.higher_is_better) if metric.scored else "") or ("muted" if metric.scored else "neutral")
+    text = f"Δ {esc(fmt(d, 3, True))}" + (f" {esc(fmt_ci(ci))}" if with_ci else "")
+    title = "" if with_ci else f" title='95% CI {esc(fmt_ci(ci))}'"
+    return f"<br><small class='{cls}'{title}>{text}</small>"
+
+
+GROUPS = (("quality", "Target and quality",
+           "↑ / ↓: the better direction; green / red: the 95% CI of the change excludes 0 in the better / worse direction"),
+          ("collateral", "Change outside the mask", "collateral change: less is better"),
+          ("intended", "Change inside the mask",
+           "intended change: not scored here (neutral), the target reward says whether it helped"),
+          ("cost", "Cost", "time, not a quality result: not coloured"))
+WARM_UP = "each method's first batch was an untimed warm-up"
+COLD = ("every batch was timed, so the times include each method's cold first batch (an eval written before "
+        "warm-up batches), most of all the method generated first")
+
+
+def _metric_cell(rows, mine, method: str, reference: str, m: Metric, notes: list[str]) -> str:
+    mean, n_finite, n_inf = mean_of(mine, m.name)
+    cell = esc(fmt(mean)) + ("*" if n_inf and n_finite else "")
+    if n_inf:
+        notes.append(f"{esc(m.label)}: {esc(method)} {n_inf}/{len(mine)} ∞")
+    if method != reference:
+        cell += _delta_html(paired(rows, m.name, method, reference), m)
+    return f"<td data-metric='{esc(m.name)}' data-method='{esc(method)}'>{cell}</td>"
 
 
 def summary_table(rows: list[dict[str, Any]], methods: list[str], reference: str, metrics: list[Metric]) -> str:
-    """Per method: mean of every metric with the paired change vs the reference (95% CI), and the
-    reward win rate vs the reference."""
-    header = ["method", "n", *[m.heading for m in metrics], f"reward win rate vs {esc(reference)}"]
+    """One row per metric, one column per method (so many metrics stay readable): mean with the paired
+    change vs the reference (95% CI), grouped by what a change means, and the reward win rate."""
+    header = ["<th class='text'>metric</th>",
+              *[f"<b>{esc(m)}</b>" + ("<br><small>reference</small>" if m == reference else "") for m in methods]]
+    by_method = {m: [r for r in rows if r.get("method") == m] for m in methods}
     body, classes, notes = [], [], []
-    for method in methods:
-        mine = [r for r in rows if r.get("method") == method]
-        cells = [f"<b>{esc(method)}</b>", str(len(mine))]
-        for m in metrics:
-            mean, n_finite, n_inf = mean_of(mine, m.name)
-            cell = esc(fmt(mean)) + ("*" if n_inf and n_finite else "")
-            if n_inf:
-                notes.append(f"{esc(m.label)}: {esc(method)} {n_inf}/{len(mine)} ∞")
-            if method != reference:
-                cell += _delta_html(paired(rows, m.name, method, reference), m.higher_is_better)
-            cells.append(cell)
-        wr = None if method == reference else win_rate(rows, method, reference)
-        cells.append("—" if wr is None else f"{100 * wr:.1f}%")
-        body.append(cells)
-        classes.append("ref" if method == reference else "")
+    body.append(["<th class='text'>n</th>", *[str(len(by_method[m])) for m in methods]])
+    classes.append("")
+    for role, title, hint in GROUPS:
+        group = [m for m in metrics if m.role == role]
+        if not group:
+            continue
+        if role == "cost":
+            timed = [r for r in rows if r.get("method") in by_method and any(m.name in r for m in group)]
+            warm = any(r.get(m.name) is None for r in timed for m in group)
+            hint = f"{hint}; {WARM_UP if warm else COLD}"
+        body.append([f"<th class='text' colspan='{len(methods) + 1}'>{esc(title)} <small>({esc(hint)})</small></th>"])
+        classes.append("group")
+        for m in group:
+            body.append([f"<th class='text' data-metric='{esc(m.name)}'>{m.heading}</th>",
+                         *[_metric_cell(rows, by_method[x], x, reference, m, notes) for x in methods]])
+            classes.append("")
+        if role == "quality" and any(m.name == "reward" for m in metrics):
+            wins = [None if x == reference else win_rate(rows, x, reference) for x in methods]
+            body.append([f"<th class='text'>reward win rate vs {esc(reference)}</th>",
+                         *["—" if w is None else f"{100 * w:.1f}%" for w in wins]])
+            classes.append("")
     note = ("<p class='note'>Cells: mean over samples; Δ = paired mean change vs "
-            f"<b>{esc(reference)}</b> on the same (prompt, seed) with its 95% Student-t CI (green / red: CI "
-            "excludes 0 in the good / bad direction; ↑ higher is better, ↓ lower is better). Win rate: share "
-            "of samples whose reward beats the reference's, ties count ½.")
+            f"<b>{esc(reference)}</b> on the same (prompt, seed) with its 95% Student-t CI. Colour follows intent: "
+            "the target reward, quality and change outside the mask are green / red when the CI excludes 0 in the "
+            "better / worse direction; change inside the mask (intended) and time are never coloured. Win rate: "
+            "share of samples whose reward beats the reference's, ties count ½.")
     if notes:
         note += (" Identical regions give PSNR = ∞: such samples are left out of means (* marks a mean over "
                  "the finite rest) and of paired changes — " + "; ".join(notes) + ".")
-    return f"<div class='wide'>{table(header, body, classes)}</div>{note}</p>"
+    return f"{table(header, body, classes, cls='metrics')}{note}</p>"
+
+
+HEADLINE_OUTSIDE = ("outside_mae", "outside_mse", "outside_ssim", "outside_psnr")
+
+
+def headline_metrics(rows: list[dict[str, Any]], metrics: dict[str, Metric]) -> list[Metric]:
+    """The few numbers a reader wants first: the defect rates (else the target reward), prompt
+    alignment, and change outside the mask (one of them), whichever this eval has."""
+    chosen = [m for n, m in metrics.items() if n.startswith("defect_")]
+    if not chosen and "reward" in metrics:
+        chosen.append(metrics["reward"])
+    align = alignment_metric(rows, metrics)
+    if align is not None:
+        chosen.append(align)
+    outside = next((metrics[n] for n in HEADLINE_OUTSIDE if n in metrics), None)
+    return chosen + ([outside] if outside else [])
+
+
+HEADLINE_LABELS = {"outside_mae": "|change| outside mask", "outside_mse": "MSE outside mask",
+                   "outside_ssim": "SSIM outside mask", "outside_psnr": "PSNR outside mask (dB)", "reward": "target reward"}
+
+
+def short_label(metric: Metric) -> str:
+    """A compact label for narrow columns: a known short name, else the label without a trailing
+    parenthetical ("artifact rate (defect judge)" -> "artifact rate")."""
+    return HEADLINE_LABELS.get(metric.name) or re.sub(r"\s*\([^()]*\)\s*$", "", metric.label) or metric.label
+
+
+def headline_table(rows: list[dict[str, Any]], methods: list[str], reference: str, metrics: list[Metric]) -> str:
+    """Per method, the headline metrics' means with the paired change vs the reference (CI on hover)."""
+    header = ["method", *[f"<th title='{esc(m.label)}'>{esc(short_label(m))} {'↑' if m.higher_is_better else '↓'}</th>"
+                          for m in metrics]]
+    body = []
+    for method in methods:
+        mine = [r for r in rows if r.get("method") == method]
+        cells = [f"<b>{esc(method)}</b>"]
+        for m in metrics:
+            mean, n_finite, n_inf = mean_of(mine, m.name)
+            cell = esc(fmt(mean, 3)) + ("*" if n_inf and n_finite else "")
+            if method != reference:
+                cell += _delta_html(paired(rows, m.name, method, reference), m, with_ci=False)
+            cells.append(f"<td data-metric='{esc(m.name)}' data-method='{esc(method)}'>{cell}</td>")
+        body.append(cells)
+    return table(header, body, ["ref" if m == reference else "" for m in methods])
 
 
 def alignment_metric(rows: list[dict[str, Any]], metrics: dict[str, Metric]) -> Metric | None:
@@ -114,7 +216,7 @@ def alignment_metric(rows: list[dict[str, Any]], metrics: dict[str, Metric]) -> 
 
 def category_section(rows: list[dict[str, Any]], methods: list[str], reference: str, metric: Metric) -> str:
     """Per method, per category: paired change of ``metric`` vs the reference with CI, p and Holm p."""
-    header = ["category", "n", f"{esc(reference)} mean", "method mean", "Δ", "95% CI", "p", "p (Holm)"]
+    header = ["category", "n", f"{esc(reference)} mean", "method mean", "Δ <small>(95% CI)</small>", "p", "p (Holm)"]
     parts = []
     for method in methods:
         if method == reference:
@@ -123,11 +225,11 @@ def category_section(rows: list[dict[str, Any]], methods: list[str], reference: 
         if not entries:
             continue
         body = [[f"<td class='text'>{esc(e['category'])}</td>", str(e["n"]), esc(fmt(e["mean_b"])), esc(fmt(e["mean_a"])),
-                 _delta_cell(e, metric), esc(fmt_ci(e["ci"])), esc(fmt_p(e["p"])), esc(fmt_p(e["p_holm"]))]
+                 _delta_cell(e, metric), esc(fmt_p(e["p"])), esc(fmt_p(e["p_holm"]))]
                 for e in entries]
         total = paired(rows, metric.name, method, reference)
         body.append(["<td class='text'>all</td>", str(total["n"]), esc(fmt(total["mean_b"])), esc(fmt(total["mean_a"])),
-                     _delta_cell(total, metric), esc(fmt_ci(total["ci"])), esc(fmt_p(total["p"])), ""])
+                     _delta_cell(total, metric), esc(fmt_p(total["p"])), ""])
         parts.append(f"<h3>{esc(method)} vs {esc(reference)}</h3>"
                      + table(header, body, [""] * len(entries) + ["total"]))
     note = (f"<p class='note'>{esc(metric.label)}: paired change per prompt category; two-sided paired t-test per "
@@ -137,8 +239,7 @@ def category_section(rows: list[dict[str, Any]], methods: list[str], reference: 
 
 
 def _delta_cell(stats: dict[str, Any], metric: Metric) -> str:
-    d, ci = stats["mean_diff"], stats["ci"]
-    cls = ""
-    if d is not None and ci is not None and (ci[0] > 0 or ci[1] < 0):
-        cls = " class='good'" if (d > 0) == metric.higher_is_better else " class='bad'"
-    return f"<td{cls}>{esc(fmt(d, 3, True))}</td>"
+    cls = _significance(stats, metric.higher_is_better) if stats["mean_diff"] is not None and metric.scored else ""
+    attr = f" class='{cls}'" if cls else ""
+    ci = f"<br><small>{esc(fmt_ci(stats['ci']))}</small>" if stats["mean_diff"] is not None else ""
+    return f"<td{attr}>{esc(fmt(stats['mean_diff'], 3, True))}{ci}</td>"

@@ -1,4 +1,4 @@
-"""Inline SVG charts written by hand (no plotting library): line charts and labelled scatter plots.
+"""Inline SVG charts written by hand (no plotting library): line charts, scatter plots, an HTML legend.
 
 Coordinates: a chart is ``width`` x ``height`` px with the plot area inside fixed margins; data are
 mapped linearly. Non-finite values are dropped. Text goes through :func:`esc`.
@@ -147,14 +147,28 @@ def line_chart(series: Sequence[Series], title: str, xlabel: str = "step", ylabe
     return _svg(total_w, height, parts, title)
 
 
+MAX_POINT_LABELS = 3  # more points than this: their names crowd each other, so only the legend names them
+
+
+def legend(items: Sequence[tuple[str, str]]) -> str:
+    """An HTML legend (name, colour) that wraps with the page, for charts that share colours."""
+    spans = "".join(f"<span><span class='sw' style='background:{esc(c)}'></span>{esc(name)}</span>" for name, c in items)
+    return f"<div class='legend'>{spans}</div>"
+
+
 def scatter_chart(points: Sequence[Point], title: str, xlabel: str, ylabel: str,
-                  width: int = 440, height: int = 320, origin_label: str | None = None) -> str:
-    """Labelled points with error bars; dashed lines through x = 0 and y = 0 (the reference)."""
+                  width: int = 440, height: int = 320, origin_label: str | None = None,
+                  point_labels: bool | None = None) -> str:
+    """Points with error bars; dashed lines through x = 0 and y = 0 (the reference). Points carry their
+    names as text when ``point_labels`` (default: at most MAX_POINT_LABELS points); pair the chart with
+    :func:`legend` otherwise. Every point has a hover title either way."""
     pts = [p for p in points if p.x is not None and p.y is not None and math.isfinite(p.x) and math.isfinite(p.y)]
     if not pts:
         return _svg(width, 60, [f"<text x='10' y='30'>{esc(title)}: no data</text>"], title)
     xs = [p.x for p in pts] + [v for p in pts if p.xerr for v in p.xerr if math.isfinite(v)]
     ys = [p.y for p in pts] + [v for p in pts if p.yerr for v in p.yerr if math.isfinite(v)]
+    if point_labels is None:
+        point_labels = len(pts) <= MAX_POINT_LABELS
     frame = _Frame(width, height, _span(xs, True, 0.12), _span(ys, True, 0.1))
     parts = frame.axes(title, xlabel, ylabel)
     zx, zy = frame.px(0.0), frame.py(0.0)
@@ -173,5 +187,6 @@ def scatter_chart(points: Sequence[Point], title: str, xlabel: str, ylabel: str,
             parts.append(f"<path d='M{cx:.1f},{a:.1f}V{b:.1f}M{cx - 3:.1f},{a:.1f}H{cx + 3:.1f}M{cx - 3:.1f},{b:.1f}H{cx + 3:.1f}' stroke='{p.color}' fill='none'/>")
         parts.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4.5' fill='{p.color}'><title>{esc(p.name)}: "
                      f"x {esc(fmt(p.x, 4, True))}, y {esc(fmt(p.y, 4, True))}</title></circle>")
-        parts.append(f"<text x='{cx + 7:.1f}' y='{cy - 6:.1f}' fill='{p.color}' font-weight='600'>{esc(p.name)}</text>")
+        if point_labels:
+            parts.append(f"<text x='{cx + 7:.1f}' y='{cy - 6:.1f}' fill='{p.color}' font-weight='600'>{esc(p.name)}</text>")
     return _svg(width, height, parts, title)

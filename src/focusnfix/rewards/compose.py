@@ -52,6 +52,13 @@ def mask_from(reward, images: torch.Tensor, prompts: Sequence[str], m) -> tuple[
     return mask, heat
 
 
+def problem_mask(reward, images: torch.Tensor, prompts: Sequence[str], m) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M, map)``: a composite reward makes its own (per-term settings), else :func:`mask_from` with ``m``."""
+    if hasattr(reward, "problem_mask"):
+        return reward.problem_mask(images, prompts)
+    return mask_from(reward, images, prompts, m)
+
+
 class WeightedSum:
     """``score = Σ w_i r_i``; ``heatmap``: the element-wise max of the terms' heatmaps (unweighted) (those that have one).
 

@@ -131,4 +131,31 @@ class WorldSafetyDecision:
         return RewardOutput(score=(p < 0.5).float(), heatmap=None, info={"p_unwanted": p})
 
 
-__all__ = ["WorldArtifactReward", "WorldSafetyReward", "WorldArtifactBoxes", "WorldSafetyDecision"]
+class WorldUnwantedBoxes:
+    """A score-only detector of the unwanted element (for GRPO): a fixed colour rule, no network.
+    Pixels near the element's magenta (R and B high, G low, checked on the 64 px image) that form a
+    region of at least ``min_area`` pixels are boxed; score = -(percentage of the image inside boxes);
+    heatmap = the boxes. No shape colour or background of the world is magenta, so the rule separates
+    them (docs/grpo.md gives its precision and recall on the world's ground truth). Not the evaluation
+    judge (:class:`~focusnfix.world.judges.DefectJudge`, a trained network)."""
+
+    name, differentiable = "world_unwanted_boxes", False
+
+    def __init__(self, min_area: int = 4, red: float = 0.6, green: float = 0.35, blue: float = 0.55) -> None:
+        self.min_area, self.red, self.green, self.blue = int(min_area), float(red), float(green), float(blue)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> RewardOutput:
+        from ..masks import boxes, remove_small
+
+        small = _to64(images.float())
+        r, g, b = small[:, 0:1], small[:, 1:2], small[:, 2:3]
+        hit = ((r > self.red) & (g < self.green) & (b > self.blue)).float()
+        box = boxes(remove_small(hit, self.min_area))
+        if box.shape[-2:] != images.shape[-2:]:
+            box = F.interpolate(box, size=images.shape[-2:], mode="nearest")
+        area = box.mean(dim=(1, 2, 3)) * 100.0
+        return RewardOutput(score=-area, heatmap=box, info={"box_area": area})
+
+
+__all__ = ["WorldArtifactReward", "WorldSafetyReward", "WorldArtifactBoxes", "WorldSafetyDecision", "WorldUnwantedBoxes"]

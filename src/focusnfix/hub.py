@@ -1,0 +1,172 @@
+"""``focusnfix push RUN_DIR --repo-id NAME``: upload a run's ``lora/`` (weights, model card, sample grid)
+to the Hugging Face Hub with huggingface_hub (``create_repo(exist_ok=True)`` + one ``upload_folder``
+commit, so a failed upload leaves no half commit). The model card is written first when it is missing.
+
+Bad input (not a run folder, no ``lora/``, a malformed repo id, no token, no write access) is a
+:class:`FocusNFixError` (status 2); an offline machine or a network or server failure is a
+:class:`RunFailed` (status 1). The token comes from ``--token-env VAR``, else huggingface_hub's own
+lookup (``HF_TOKEN``, then ``huggingface-cli login``'s file); it is never written anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+from pathlib import Path
+
+from .errors import FocusNFixError, RunFailed, short, short_path
+
+UPLOAD = ("*.safetensors", "README.md", "samples.png", "lora_config.json")  # what goes to the Hub from lora/
+
+
+def check_repo_id(repo_id, key: str = "--repo-id", error: type = FocusNFixError) -> str:
+    """``repo_id`` if it is a Hub model id (``owner/name`` or ``name``), else one line naming ``key``."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        if not isinstance(repo_id, str):
+            raise ValueError(repo_id)
+        validate_repo_id(repo_id)
+    except ValueError:  # HFValidationError
+        raise error(f"{key} {short(repo_id)} is not a Hub repo id; use owner/name (letters, digits, '-', '_', '.'; "
+                    "at most 96 characters each)") from None
+    return repo_id
+
+
+def token_from_env(var: str | None) -> str | None:
+    """The token in environment variable ``var`` (None: huggingface_hub looks it up itself)."""
+    if var is None:
+        return None
+    value = os.environ.get(var, "").strip()
+    if not value:
+        raise FocusNFixError(f"--token-env {short(var)}: that environment variable is not set or empty; export it, "
+                             "or drop --token-env to use HF_TOKEN / `huggingface-cli login`")
+    return value
+
+
+def check_can_push(token: str | None = None, what: str = "train.push_to_hub=true") -> None:
+    """Bad input before any work: the Hub is switched off (``HF_HUB_OFFLINE``) or there is no token."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        later = "" if what.startswith("focusnfix push") else ", or set train.push_to_hub=false and run `focusnfix push` later"
+        raise FocusNFixError(f"{what} needs the Hub but HF_HUB_OFFLINE is set; unset it on a machine with network{later}")
+    if token is None and get_token() is None:
+        raise FocusNFixError(f"{what} needs a Hugging Face token; export HF_TOKEN or run `huggingface-cli login` first")
+
+
+def prepare(run_dir: str | Path, repo_id: str, base_model: str | None = None, check_lock: bool = True) -> tuple[Path, list[str]]:
+    """Check ``run_dir`` and ``repo_id``, write ``lora/README.md`` if missing (or point its snippet at
+    ``repo_id``), and return ``(lora folder, file names to upload)``. ``check_lock``: refuse a run folder a
+    trainer is writing (off for the trainer's own push)."""
+    from .lora import find_lora_file
+    from .modelcard import CARD, point_card_at, write_model_card
+    from .trainer import run_lock
+
+    run = Path(run_dir)
+    check_repo_id(repo_id)
+    if base_model is not None:
+        check_repo_id(base_model, "--base-model")
+    if not run.is_dir():
+        raise FocusNFixError(f"run folder {short_path(run)} does not exist or is not a folder; give a train.output_dir")
+    if not (run / "config.yaml").is_file():
+        raise FocusNFixError(f"{short_path(run)} is not a run folder (no config.yaml); give the train.output_dir of a run")
+    lora = run / "lora"
+    if not lora.is_dir():
+        raise FocusNFixError(f"{short_path(run)} has no lora/ folder (the run did not finish); finish it with "
+                             f"`focusnfix train {run / 'config.yaml'} --resume`")
+    find_lora_file(lora)  # one .safetensors file, or a one-line error
+    if check_lock:
+        run_lock(run).check()  # a trainer writing the run: status 2, naming its PID
+    if not (lora / CARD).is_file():
+        write_model_card(lora, run, load_id=repo_id, base_model=base_model)
+    else:
+        point_card_at(lora / CARD, repo_id)
+    files = sorted(p.name for p in lora.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, g) for g in UPLOAD))
+    return lora, files
+
+
+def push(run_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None, dry_run: bool = False,
+         base_model: str | None = None, api=None, check_lock: bool = True) -> str:
+    """Upload ``run_dir/lora`` to the Hub model repo ``repo_id`` (created if missing); return its URL.
+    ``dry_run``: check and write the card, upload nothing, return the plan. ``api``: an ``HfApi``."""
+    lora, files = prepare(run_dir, repo_id, base_model, check_lock)
+    if dry_run:
+        sizes = ", ".join(f"{name} ({(lora / name).stat().st_size:,} B)" for name in files)
+        return f"would upload to {repo_id} ({'private' if private else 'public unless it exists'}): {sizes}"
+    try:
+        check_can_push(token, "focusnfix push")
+    except FocusNFixError as e:
+        if "HF_HUB_OFFLINE" in str(e):  # an offline machine is a runtime failure of push (status 1)
+            raise RunFailed(f"{e}; nothing was uploaded") from None
+        raise
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    from .modelcard import read_json
+
+    steps = read_json(Path(run_dir) / "summary.json").get("steps", "?")
+    try:
+        url = api.create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
+        if private and not getattr(api.repo_info(repo_id, token=token, repo_type="model"), "private", True):
+            raise FocusNFixError(f"--private: the Hub repo {repo_id} exists and is public; make it private on the Hub or "
+                                 "drop --private")
+        api.upload_folder(repo_id=repo_id, folder_path=str(lora), allow_patterns=files, token=token, repo_type="model",
+                          commit_message=f"focusnfix: LoRA after {steps} steps")
+    except FocusNFixError:
+        raise
+    except Exception as e:  # noqa: BLE001: every Hub failure ends as one line with its status
+        raise hub_error(e, repo_id) from e
+    return str(getattr(url, "url", url) or f"https://huggingface.co/{repo_id}")
+
+
+def hub_error(e: Exception, repo_id: str) -> Exception:
+    """A one-line error for a Hub call: refused token or access (status 2), anything else (status 1)."""
+    response = getattr(e, "response", None)
+    status = getattr(response, "status_code", None)
+    detail = " ".join(str(e).split())[:100] or type(e).__name__
+    if status == 401:
+        return FocusNFixError(f"the Hub refused the token (401); export a valid HF_TOKEN with write access or run "
+                              "`huggingface-cli login`")
+    if status == 403:
+        return FocusNFixError(f"no write access to {repo_id} on the Hub (403); use a token with write access to that "
+                              "owner, or another --repo-id")
+    if status is not None:
+        return RunFailed(f"the Hub answered {status} ({detail}); nothing was uploaded: retry later")
+    return RunFailed(f"could not reach the Hub ({type(e).__name__}: {detail}); check the network (and HF_ENDPOINT), "
+                     "then rerun focusnfix push; nothing was uploaded")
+
+
+def push_after_training(run_dir: Path, repo_id: str, private: bool) -> str:
+    """``train.push_to_hub``: push the finished run; a failure says the run itself is complete."""
+    try:
+        return push(run_dir, repo_id, private=private, check_lock=False)  # the trainer holds the lock
+    except (FocusNFixError, RunFailed) as e:
+        raise type(e)(f"the run in {short_path(run_dir, 50)} is complete but the push failed: {e}; retry with "
+                      f"`focusnfix push {run_dir} --repo-id {repo_id}`") from e
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``push RUN_DIR --repo-id NAME [--private] [--token-env VAR] [--dry-run] [--base-model ID]``."""
+    p = subparsers.add_parser("push", help="upload a run's LoRA and model card to the Hugging Face Hub", description=(
+        "Upload RUN_DIR/lora (the .safetensors weights, README.md model card, samples.png, lora_config.json) to a Hub "
+        "model repo, created if missing, as one commit. Writes the model card first if lora/ has none. The token comes "
+        "from --token-env VAR, else HF_TOKEN, else `huggingface-cli login`."))
+    p.add_argument("run_dir", help="a finished run folder (train.output_dir)")
+    p.add_argument("--repo-id", required=True, help="Hub model repo, e.g. you/sd14-fnf")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing public repo is refused)")
+    p.add_argument("--token-env", metavar="VAR", help="read the token from this environment variable")
+    p.add_argument("--dry-run", action="store_true", help="check, write the model card if missing, list the files; "
+                   "upload nothing")
+    p.add_argument("--base-model", metavar="ID", help="Hub id of the base model for the card's metadata when "
+                   "model.path was a local folder")
+    p.set_defaults(func=_cmd_push)
+    return p
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    token = token_from_env(args.token_env)
+    print(push(args.run_dir, args.repo_id, private=args.private, token=token, dry_run=args.dry_run,
+               base_model=args.base_model))
+    return 0

@@ -1,0 +1,234 @@
+"""Sharing a run: the model card in lora/, `focusnfix push` (Hub calls mocked: no network), and the
+train.report_to trackers."""
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from conftest import base_overrides
+
+from focusnfix.cli import main
+from focusnfix.config import load_config
+from focusnfix.errors import ConfigError
+from focusnfix.trainer import Trainer
+
+try:
+    import tensorboard  # noqa: F401
+
+    HAVE_TENSORBOARD = True
+except ImportError:
+    HAVE_TENSORBOARD = False
+
+
+def run_cli(capsys, argv):
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, [ln for ln in captured.err.strip().splitlines() if ln.strip()]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_dir, tmp_path_factory):
+    """One finished 2-step run (sample grids at each step; TensorBoard when installed)."""
+    out = tmp_path_factory.mktemp("hub") / "run"
+    extra = {"train.sample_every": 1, "train.report_to": "tensorboard" if HAVE_TENSORBOARD else "none"}
+    Trainer(load_config(None, base_overrides(tiny_dir, out, **extra))).train(progress=False)
+    return out
+
+
+class FakeHub:
+    """Records what HfApi would do; upload_folder filters the folder as the real one does."""
+
+    def __init__(self, monkeypatch, fail=None, public=False):
+        import huggingface_hub
+        from huggingface_hub.utils import filter_repo_objects
+
+        self.calls, self.uploaded = [], {}
+
+        def create_repo(api, repo_id, **kw):
+            self.calls.append(("create_repo", repo_id, kw))
+            if fail is not None:
+                raise fail
+            return SimpleNamespace(url=f"https://huggingface.co/{repo_id}")
+
+        def repo_info(api, repo_id, **kw):
+            self.calls.append(("repo_info", repo_id, kw))
+            return SimpleNamespace(private=not public)
+
+        def upload_folder(api, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **kw):
+            self.calls.append(("upload_folder", repo_id, kw))
+            names = sorted(p.name for p in Path(folder_path).iterdir() if p.is_file())
+            for name in filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
+                self.uploaded[name] = (Path(folder_path) / name).read_bytes()
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", repo_info)
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the tests' own offline switch
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+
+
+def _card(text: str):
+    from huggingface_hub import ModelCard
+
+    return ModelCard(text)
+
+
+def test_training_writes_a_model_card_and_diffusers_loads_the_folder(run, tiny_dir):
+    from diffusers import StableDiffusionPipeline
+
+    lora = run / "lora"
+    assert {p.name for p in lora.iterdir()} >= {"README.md", "samples.png", "pytorch_lora_weights.safetensors"}
+    assert (lora / "samples.png").read_bytes() == (run / "samples" / "final.png").read_bytes()
+    card = _card((lora / "README.md").read_text())
+    meta = yaml.safe_load((lora / "README.md").read_text().split("---")[1])  # the front matter is plain YAML
+    assert meta == card.data.to_dict()
+    assert {"focusnfix", "lora", "diffusers", "text-to-image"} <= set(meta["tags"])
+    assert meta["license"] == "other" and "base_model" not in meta  # a local base folder: no Hub id to name
+    assert meta["pipeline_tag"] == "text-to-image" and meta["library_name"] == "diffusers"
+    text = card.text
+    for needle in ("Focus-N-Fix", "`color`", "| λ (region constraint) | 1.0", "| K (steps with gradient) | 2 |",
+                   "| training steps | 2 of 2", "rank 2", "No trigger word", "from diffusers import StableDiffusionPipeline",
+                   'pipe.load_lora_weights("run/lora")', "](samples.png)", "2501.06481",
+                   "see the base model's license"):
+        assert needle in text, needle
+    assert str(tiny_dir) not in text  # no local path of the base model in a public card
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.load_lora_weights(lora)  # README.md, samples.png and lora_config.json beside the weights
+    assert pipe.get_list_adapters()["unet"]
+
+
+def test_push_uploads_weights_card_and_sample(run, tmp_path, monkeypatch, capsys):
+    hub = FakeHub(monkeypatch)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "lora" / "README.md").unlink()  # push writes a missing card
+    (copy / "lora" / "stray.txt").write_text("not uploaded")
+    rc, out, err = run_cli(capsys, ["push", str(copy), "--repo-id", "you/tiny-fnf", "--base-model",
+                                    "CompVis/stable-diffusion-v1-4"])
+    assert rc == 0, err
+    assert "https://huggingface.co/you/tiny-fnf" in out
+    assert [c[0] for c in hub.calls] == ["create_repo", "upload_folder"]
+    assert hub.calls[0][1] == "you/tiny-fnf" and hub.calls[0][2]["exist_ok"] and not hub.calls[0][2]["private"]
+    assert sorted(hub.uploaded) == ["README.md", "lora_config.json", "pytorch_lora_weights.safetensors", "samples.png"]
+    card = _card(hub.uploaded["README.md"].decode())
+    assert card.data.base_model == "CompVis/stable-diffusion-v1-4" and card.data.license == "creativeml-openrail-m"
+    assert {"focusnfix", "lora", "diffusers", "text-to-image"} <= set(card.data.tags)
+    for needle in ("Focus-N-Fix", "`color`", "λ (region constraint) | 1.0", 'pipe.load_lora_weights("you/tiny-fnf")'):
+        assert needle in card.text, needle
+    assert (copy / "lora" / "README.md").read_bytes() == hub.uploaded["README.md"]  # the card stays in the run
+
+
+def test_push_points_an_existing_card_at_the_repo_and_private_refuses_a_public_repo(run, tmp_path, monkeypatch, capsys):
+    hub = FakeHub(monkeypatch, public=True)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rc, _, err = run_cli(capsys, ["push", str(copy), "--repo-id", "you/x", "--private"])
+    assert rc == 2 and len(err) == 1 and "is public" in err[0] and not hub.uploaded
+    assert 'pipe.load_lora_weights("you/x")' in (copy / "lora" / "README.md").read_text()
+
+
+def test_push_dry_run_uploads_nothing(run, tmp_path, monkeypatch, capsys):
+    hub = FakeHub(monkeypatch)
+    rc, out, err = run_cli(capsys, ["push", str(run), "--repo-id", "you/tiny-fnf", "--dry-run"])
+    assert rc == 0 and not hub.calls, err
+    assert "pytorch_lora_weights.safetensors" in out and "README.md" in out
+
+
+@pytest.mark.parametrize("case", ["missing", "not-a-run", "no-lora", "repo-id", "token-env"])
+def test_push_bad_input_is_one_line_status_2(run, tmp_path, monkeypatch, capsys, case):
+    hub = FakeHub(monkeypatch)
+    target, repo, extra = run, "you/tiny-fnf", []
+    if case == "missing":
+        target = tmp_path / "nope"
+    elif case == "not-a-run":
+        target = tmp_path
+    elif case == "no-lora":
+        target = tmp_path / "run"
+        shutil.copytree(run, target, ignore=shutil.ignore_patterns("lora"))
+    elif case == "repo-id":
+        repo = "bad name/x"
+    else:
+        extra = ["--token-env", "FOCUSNFIX_NO_SUCH_VAR"]
+    rc, _, err = run_cli(capsys, ["push", str(target), "--repo-id", repo, *extra])
+    assert rc == 2 and len(err) == 1 and err[0].startswith("focusnfix: error: "), err
+    assert not hub.calls
+    assert {"missing": "does not exist", "not-a-run": "not a run folder", "no-lora": "no lora/", "repo-id": "not a Hub repo id",
+            "token-env": "FOCUSNFIX_NO_SUCH_VAR"}[case] in err[0]
+
+
+@pytest.mark.parametrize("failure", ["offline", "network", "server", "token"])
+def test_push_hub_failures(run, monkeypatch, capsys, failure):
+    import huggingface_hub
+
+    error = {"network": ConnectionError("Connection refused"),
+             "server": RuntimeError("Server Error"), "token": RuntimeError("Unauthorized")}.get(failure)
+    if failure in ("server", "token"):
+        error.response = SimpleNamespace(status_code=503 if failure == "server" else 401)
+    hub = FakeHub(monkeypatch, fail=error)
+    if failure == "offline":
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    rc, _, err = run_cli(capsys, ["push", str(run), "--repo-id", "you/tiny-fnf"])
+    assert len(err) == 1 and err[0].startswith("focusnfix: error: ")
+    assert rc == (2 if failure == "token" else 1)
+    assert {"offline": "HF_HUB_OFFLINE", "network": "could not reach the Hub", "server": "503",
+            "token": "refused the token"}[failure] in err[0]
+    assert not hub.uploaded
+
+
+def test_push_to_hub_config_checks(tiny_dir, tmp_path, monkeypatch, capsys):
+    with pytest.raises(ConfigError, match="train.push_to_hub needs train.hub_repo_id"):
+        load_config(None, base_overrides(tiny_dir, tmp_path / "r", **{"train.push_to_hub": "true"}))
+    with pytest.raises(ConfigError, match="train.hub_repo_id"):
+        load_config(None, base_overrides(tiny_dir, tmp_path / "r", **{"train.hub_repo_id": "a/b/c"}))
+    with pytest.raises(ConfigError, match="train.report_to must be"):
+        load_config(None, base_overrides(tiny_dir, tmp_path / "r", **{"train.report_to": "mlflow"}))
+    # offline (the tests' HF_HUB_OFFLINE=1): refused before any work
+    rc, _, err = run_cli(capsys, ["train", *base_overrides(tiny_dir, tmp_path / "r", **{"train.push_to_hub": "true",
+                                                                                       "train.hub_repo_id": "you/x"})])
+    assert rc == 2 and len(err) == 1 and "HF_HUB_OFFLINE" in err[0] and not (tmp_path / "r").exists()
+
+
+def test_push_to_hub_at_the_end_of_training(tiny_dir, tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{
+        "train.push_to_hub": "true", "train.hub_repo_id": "you/end-of-run", "method": "draft", "train.steps": 1}))
+    Trainer(cfg).train(progress=False)
+    assert hub.calls[0][1] == "you/end-of-run" and "README.md" in hub.uploaded
+    text = hub.uploaded["README.md"].decode()
+    assert "DRaFT" in text and 'pipe.load_lora_weights("you/end-of-run")' in text and "| λ (region constraint) | 0 (none) |" in text
+
+
+@pytest.mark.skipif(not HAVE_TENSORBOARD, reason="tensorboard is not installed (pip install 'focusnfix[track]')")
+def test_report_to_tensorboard_logs_the_metrics_scalars_and_sample_grids(run):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted((run / "tensorboard").rglob("events.out.tfevents.*"))
+    tags = {"scalars": set(), "images": set()}
+    steps = set()
+    for path in events:
+        acc = EventAccumulator(str(path), size_guidance={"images": 0})
+        acc.Reload()
+        for kind in tags:
+            tags[kind] |= set(acc.Tags()[kind])
+        if "train/reward" in acc.Tags()["scalars"]:
+            steps |= {e.step for e in acc.Scalars("train/reward")}
+            assert len(acc.Images("samples")) == 3  # step 1, step 2, final
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    numeric = {k for k, v in rows[0].items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert {f"train/{k}" for k in numeric} <= tags["scalars"] and "samples" in tags["images"]
+    assert steps == {r["step"] for r in rows}
+
+
+@pytest.mark.parametrize("report_to", ["tensorboard", "wandb", "all"])
+def test_missing_tracker_package_is_one_line_status_2(tiny_dir, tmp_path, monkeypatch, capsys, report_to):
+    import focusnfix.tracking as tracking
+
+    monkeypatch.setattr(tracking, "installed", lambda name: False)
+    rc, _, err = run_cli(capsys, ["train", *base_overrides(tiny_dir, tmp_path / "r", **{"train.report_to": report_to})])
+    assert rc == 2 and len(err) == 1 and not (tmp_path / "r").exists()
+    for name in ("tensorboard", "wandb"):
+        assert (f"pip install {name}" in err[0]) == (report_to in (name, "all"))
