@@ -15,7 +15,8 @@ reward (mean redness, ``trl_worker.redness``), T DDIM steps (eta = 0), CFG, grad
 last K steps only, batch size, AdamW settings, clipping, and fp32. Variants:
 
 * ``ours``       focusnfix ``Trainer`` with ``method=draft`` (defaults: no gradient checkpointing);
-* ``ours-ckpt``  the same with ``sampler.grad_checkpointing=true`` (TRL always checkpoints its UNet calls);
+* ``ours-ckpt``  the same with ``sampler.grad_checkpointing=true`` (TRL always checkpoints its UNet calls;
+  ours checkpoints each of the K calls in 2 row chunks, neither side the VAE decode);
 * ``trl``        ``AlignPropTrainer.step`` on ``DefaultDDPOStableDiffusionPipeline``.
 
 Every run is a fresh process (``trl_worker.py``): one untimed warm-up step, then ``--steps`` timed
@@ -151,6 +152,8 @@ def worker_command(variant: str, model: Path, args, trl_py: Path | None = None) 
            "--seed", str(args.seed), "--threads", "1", "--prompts", *PROMPTS]
     if variant == "ours-ckpt":
         cmd.append("--grad-checkpointing")
+    if getattr(args, "meter", True):
+        cmd.append("--meter")
     return cmd
 
 
@@ -171,6 +174,11 @@ def summarise(runs: list[dict]) -> dict:
         "maxrss_mb_median": statistics.median(r["maxrss_mb"] for r in runs),
         "rss_step_delta_mb_median": statistics.median(r["rss_step_delta_mb"] for r in runs),
         "rss_before_steps_mb_median": statistics.median(r["rss_before_steps_mb"] for r in runs),
+        "cpu_sec_per_step_median": statistics.median(statistics.median(r["cpu_times"]) for r in runs) if runs[0].get("cpu_times") else None,
+        "tensor_peak_mib": runs[0]["tensor"]["peak_mib"] if runs[0].get("tensor") else None,
+        "tensor_at_peak_mib": runs[0]["tensor"]["at_peak_mib"] if runs[0].get("tensor") else None,
+        "tensor_kept_for_backward_mib": (runs[0]["tensor"]["marks_mib"].get("end of forward (kept for backward)", {}).get("total")
+                                         if runs[0].get("tensor") else None),
     }
 
 
@@ -178,19 +186,27 @@ def table(results: dict) -> str:
     """Text table of ``{size_label: {variant: summary}}``; ratios are relative to ``trl``.
 
     ``TRL/this`` is the speed-up on the medians; ``(on min)`` the same on the fastest run of each
-    variant, which is less sensitive to bursts of load from other processes on a shared machine."""
-    head = (f"{'size':>6} {'variant':>10} {'s/step med':>10} {'min..max':>14} {'TRL/this':>9} {'(on min)':>8} "
-            f"{'peak RSS MB':>11} {'step +RSS MB':>12} {'this/TRL +RSS':>13}")
+    variant, which is less sensitive to bursts of load from other processes on a shared machine;
+    ``(CPU)`` on the median CPU time per step (waiting for a core not counted). ``tensor peak``: the
+    most tensor memory the step holds at once (``_tensor_memory.TensorMeter``, one metered step per
+    variant, deterministic); ``step +RSS``: peak RSS of the steps over RSS before them (includes
+    allocator slack and kernel scratch)."""
+    head = (f"{'size':>6} {'variant':>10} {'s/step med':>10} {'min..max':>14} {'TRL/this':>9} {'(on min)':>8} {'(CPU)':>6} "
+            f"{'peak RSS MB':>11} {'step +RSS MB':>12} {'this/TRL +RSS':>13} {'tensor peak MiB':>15} {'this/TRL':>8}")
     lines = [head, "-" * len(head)]
     for size, variants in results.items():
         trl = variants.get("trl")
         for name, s in variants.items():
             speed = f"{trl['sec_per_step_median'] / s['sec_per_step_median']:.2f}x" if trl else "-"
             speed_min = f"{trl['sec_per_step_min'] / s['sec_per_step_min']:.2f}x" if trl else "-"
+            cpu = (f"{trl['cpu_sec_per_step_median'] / s['cpu_sec_per_step_median']:.2f}x"
+                   if trl and s.get("cpu_sec_per_step_median") and trl.get("cpu_sec_per_step_median") else "-")
             mem = f"{s['rss_step_delta_mb_median'] / trl['rss_step_delta_mb_median']:.2f}" if trl and trl["rss_step_delta_mb_median"] > 0 else "-"
+            peak = f"{s['tensor_peak_mib']:.1f}" if s.get("tensor_peak_mib") is not None else "-"
+            peak_ratio = f"{s['tensor_peak_mib'] / trl['tensor_peak_mib']:.2f}" if trl and s.get("tensor_peak_mib") and trl.get("tensor_peak_mib") else "-"
             lines.append(f"{size:>6} {name:>10} {s['sec_per_step_median']:>10.3f} "
-                         f"{s['sec_per_step_min']:>6.3f}..{s['sec_per_step_max']:<6.3f} {speed:>9} {speed_min:>8} "
-                         f"{s['maxrss_mb_median']:>11.0f} {s['rss_step_delta_mb_median']:>12.0f} {mem:>13}")
+                         f"{s['sec_per_step_min']:>6.3f}..{s['sec_per_step_max']:<6.3f} {speed:>9} {speed_min:>8} {cpu:>6} "
+                         f"{s['maxrss_mb_median']:>11.0f} {s['rss_step_delta_mb_median']:>12.0f} {mem:>13} {peak:>15} {peak_ratio:>8}")
     return "\n".join(lines)
 
 
@@ -217,6 +233,8 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--venv", type=Path, default=TRL_VENV, help="TRL's virtualenv (created if missing)")
+    p.add_argument("--no-meter", dest="meter", action="store_false",
+                   help="skip the one extra metered step per run (tensor memory per component)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "trl_alignprop.json")
     args = p.parse_args(argv)
     if not 1 <= args.k <= args.sampler_steps:
@@ -288,7 +306,8 @@ def main(argv=None) -> int:
                   "fastest run (min) of each variant",
         "memory": "maxrss_mb: getrusage(RUSAGE_SELF).ru_maxrss of the run's fresh process (includes imports and model load); "
                   "rss_step_delta_mb: highest RSS sampled from /proc/self/statm every 2 ms during the warm-up and timed steps, "
-                  "minus RSS after model/LoRA/optimizer setup",
+                  "minus RSS after model/LoRA/optimizer setup; tensor_peak_mib: most tensor bytes one step holds at once "
+                  "(benchmarks/_tensor_memory.py, one extra step after the timed ones), with tensor_at_peak_mib per component",
         "table": text.splitlines(),
         "results": results,
         "runs": {label: {v: [{k: r[k] for k in r if k != "versions"} for r in runs] for v, runs in variants.items()}

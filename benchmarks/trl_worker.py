@@ -97,6 +97,7 @@ def setup_ours(args, tmp: str):
     def step():
         return trainer.train_step()["reward"]
 
+    step.trainer = trainer
     return step
 
 
@@ -165,7 +166,55 @@ def setup_trl(args, tmp: str):
         state["global_step"] = trainer.step(0, state["global_step"])
         return last["reward"]
 
+    step.trainer, step.pipe = trainer, pipe
     return step
+
+
+def instrument_trl(step, meter):
+    """Charge TRL's step to components as ``step_memory.instrument`` does ours (UNet calls, VAE decode,
+    reward; end of forward = rewards computed; backward; optimizer)."""
+    import torch
+    from _tensor_memory import meter_backward_and_optimizer
+
+    trainer, pipe = step.trainer, step.pipe
+    state = {"backward": False}
+
+    def unet_phase():
+        return "UNet recompute (backward)" if state["backward"] else (
+            "UNet calls (autograd on; all T checkpointed)" if torch.is_grad_enabled() else "UNet no grad (prefix, I0)")
+
+    def pre(module, args):
+        meter._stack.append(unet_phase())
+
+    def post(module, args, out):
+        meter._stack.pop()
+
+    pipe.unet.register_forward_pre_hook(pre)
+    pipe.unet.register_forward_hook(post)
+    decode = pipe.vae.decode
+
+    def vae(*args, **kwargs):
+        name = "VAE recompute (backward)" if state["backward"] else (
+            "VAE decode (grad)" if torch.is_grad_enabled() else "VAE decode (no grad, I0)")
+        with meter.phase(name):
+            return decode(*args, **kwargs)
+
+    pipe.vae.decode = vae
+    rewards = trainer.compute_rewards
+
+    def compute_rewards(pairs):
+        with meter.phase("reward (grad)"):
+            return rewards(pairs)
+
+    trainer.compute_rewards = meter_backward_and_optimizer(meter, compute_rewards, trainer.optimizer, state)
+
+    def metered():
+        meter._stack[0] = "forward: sampler, constraint, other"
+        with meter:
+            step()
+        state["backward"] = False
+
+    return metered
 
 
 def main(argv=None) -> int:
@@ -184,6 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", nargs="+", default=["a red circle", "a blue square", "a green triangle", "a yellow star"])
     p.add_argument("--grad-checkpointing", action="store_true", help="ours only: checkpoint the K UNet calls, as TRL does")
     p.add_argument("--rss-interval", type=float, default=0.002)
+    p.add_argument("--meter", action="store_true", help="after the timed steps, one more step under _tensor_memory.TensorMeter")
     args = p.parse_args(argv)
 
     import torch
@@ -199,11 +249,31 @@ def main(argv=None) -> int:
             t1 = time.perf_counter()
             rewards = [step()]  # warm-up, not timed
             warmup_s = time.perf_counter() - t1
-            times = []
+            warmup_peak, rss_after_warmup = sampler.peak, rss_bytes()
+            times, cpu_times = [], []
             for _ in range(args.steps):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 rewards.append(step())
                 times.append(time.perf_counter() - t)
+                cpu_times.append(time.process_time() - c)
+        tensor = None
+        if args.meter:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from _tensor_memory import TensorMeter
+
+            meter = TensorMeter()
+            if os.environ.get("METER_DESCRIBE"):
+                meter.describe = {}
+            if args.side == "trl":
+                instrument_trl(step, meter)()
+            else:
+                from step_memory import instrument
+
+                instrument(step.trainer, meter)()
+            tensor = meter.report()
+            if meter.describe is not None:
+                top = sorted(meter.made_by_op.items(), key=lambda kv: -kv[1])[:25]
+                tensor["made_by_op_mib"] = [[ph, op, round(v / 2**20, 2)] for (ph, op), v in top]
     import diffusers
     import transformers
 
@@ -225,7 +295,9 @@ def main(argv=None) -> int:
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "rss_before_steps_mb": rss_before / 2**20, "rss_peak_steps_mb": sampler.peak / 2**20,
         "rss_step_delta_mb": (sampler.peak - rss_before) / 2**20,
-        "torch_threads": torch.get_num_threads(), "loadavg_1min_end": os.getloadavg()[0], "versions": versions,
+        "rss_warmup_delta_mb": (warmup_peak - rss_before) / 2**20, "rss_after_warmup_mb": rss_after_warmup / 2**20,
+        "cpu_times": cpu_times,
+        "tensor": tensor, "torch_threads": torch.get_num_threads(), "loadavg_1min_end": os.getloadavg()[0], "versions": versions,
     }
     print(json.dumps(result))
     return 0

@@ -74,6 +74,7 @@ class SamplerConfig:
     k_max: int | None = _f(None, "If set, K is drawn uniformly from [k, k_max] once per trajectory (AlignProp-style).")
     grad_checkpointing: bool | str = _f(False, "Gradient checkpointing of the K UNet calls (less memory, more time): true, false, or auto (on for trajectories with K >= 4, where the K calls' activations dominate memory).")
     vae_checkpointing: bool = _f(False, "Gradient checkpointing of the VAE decode.")
+    checkpoint_chunks: int = _f(2, "Checkpointed calls (the K UNet calls, the VAE decode) run as this many row chunks, so backward recomputes one chunk at a time: less peak memory, +10-19 % time on CPU (BENCHMARKS.md (h)); 1 = whole calls.")
 
 
 @dataclass

@@ -31,6 +31,7 @@ def check_ranges(cfg) -> None:
     _in("lora.alpha", lo.alpha, 0.0, 1e6, lo_open=True)
     _in("lora.dropout", lo.dropout, 0.0, 1.0, hi_open=True)
     _in("sampler.steps", s.steps, 1, 1000)
+    _in("sampler.checkpoint_chunks", s.checkpoint_chunks, 1, 4096)
     _in("sampler.guidance_scale", s.guidance_scale, 0.0, 1e4)
     _in("mask.dilate", cfg.mask.dilate, 0, MAX_SIDE, "px")
     _in("mask.blur", cfg.mask.blur, 0.0, MAX_SIDE, "px")

@@ -27,12 +27,12 @@ RESUMABLE = (
     # budget and optimisation
     "train.steps", "train.lr",
     # logging, checkpoints, samples, failure handling
-    "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
+    "train.log_every", "train.export_lora_steps", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
     "train.collective_timeout", "data.sample_prompts", "data.sample_seeds",
     "train.report_to", "train.push_to_hub", "train.hub_repo_id", "train.hub_private",  # sharing: no effect on training
     # speed and memory switches (same arithmetic up to float rounding)
     "train.reference_cache", "train.reference_cache_mb", "train.reference_cache_items", "train.batch_reference", "train.tf32", "train.cpu", "train.fsdp",
-    "model.attention", "model.compile", "model.offload_text_encoders", "sampler.grad_checkpointing", "sampler.vae_checkpointing",
+    "model.attention", "model.compile", "model.offload_text_encoders", "sampler.grad_checkpointing", "sampler.vae_checkpointing", "sampler.checkpoint_chunks",
 )
 IGNORED = ("train.output_dir",)  # the folder itself (relative or absolute spelling)
 PATH_KEYS = ("model.path", "data.prompt_file")  # compared as files when both spellings exist

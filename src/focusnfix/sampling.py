@@ -162,6 +162,26 @@ def conditioning_rows(cond: Conditioning, index: list[int]) -> Conditioning:
     return Conditioning(embeds=take("embeds", cond.embeds), guidance_scale=cond.guidance_scale, added=added)
 
 
+
+
+def chunked_checkpoint(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, chunks: int) -> torch.Tensor:
+    """``model_fn(x, t, cond)`` under gradient checkpointing, as ``chunks`` calls on consecutive rows
+    (each with its CFG halves: :func:`conditioning_rows`), each checkpointed on its own.
+
+    Backward then recomputes one chunk at a time, so the recomputation holds 1/chunks of one call's
+    activations (the peak of a checkpointed step). Every layer of the denoisers is per-sample
+    (no batch statistics), so the result equals the one-call result up to float rounding; the FLOPs
+    are the same, plus one call's fixed overhead per extra chunk."""
+    n = x.shape[0]
+    chunks = max(1, min(int(chunks), n))
+    if chunks == 1:
+        return checkpoint(model_fn, x, t, cond, use_reentrant=False)
+    bounds = [round(i * n / chunks) for i in range(chunks + 1)]
+    outs = [checkpoint(model_fn, x[a:b], t, conditioning_rows(cond, list(range(a, b))), use_reentrant=False)
+            for a, b in zip(bounds, bounds[1:])]
+    return torch.cat(outs)
+
+
 def grad_checkpointing_on(setting: bool | str, k: int) -> bool:
     """``sampler.grad_checkpointing``: true, false, or ``auto`` = on for trajectories with K >= 4, where
     the K model calls' saved activations (K times one call's) outweigh the rest of the step's memory;
@@ -189,6 +209,7 @@ def sample(
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     first: int = 0,
     last: int | None = None,
+    chunks: int = 1,
 ) -> torch.Tensor:
     """Run T = ``steps`` steps of the backbone's step rule from x_T = ``noise``; return the final latents.
 
@@ -196,6 +217,8 @@ def sample(
     is called after each step with the new latents (detached). ``first``/``last`` run only steps
     ``first <= i < last`` of the T (``noise`` is then the latents before step ``first``, and the
     result the latents after step ``last - 1``), so a trajectory can be split and resumed.
+    ``chunks``: with ``grad_checkpointing``, each gradient-carrying call runs as that many checkpointed
+    row chunks (:func:`chunked_checkpoint`).
     """
     if not 0 <= k <= steps:
         raise ValueError(f"K must satisfy 0 <= K <= T, got K={k}, T={steps}")
@@ -209,7 +232,7 @@ def sample(
             continue
         with torch.set_grad_enabled(torch.is_grad_enabled() and i >= steps - k):
             if grad_checkpointing and torch.is_grad_enabled():
-                out = checkpoint(model_fn, x, t, cond, use_reentrant=False)
+                out = chunked_checkpoint(model_fn, x, t, cond, chunks)
             else:
                 out = model_fn(x, t, cond)
             x = rule(out, i, t, x)

@@ -183,8 +183,12 @@ class SDBackbone:
         """The sampler's latents as the VAE's ``(B, C, h, w)`` (FLUX samples packed 2x2 patches)."""
         return latents
 
-    def decode(self, latents: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
-        """Latents -> images ``(B, 3, H, W)`` in [0, 1] (the pipeline's ``output_type='pt'``)."""
+    def decode(self, latents: torch.Tensor, grad_checkpointing: bool = False, chunks: int = 1) -> torch.Tensor:
+        """Latents -> images ``(B, 3, H, W)`` in [0, 1] (the pipeline's ``output_type='pt'``).
+
+        ``grad_checkpointing``: the decode is recomputed in backward, in ``chunks`` row chunks, each
+        checkpointed on its own (the recomputation then holds 1/chunks of the decoder's activations;
+        every decoder layer is per-sample, so the images equal the one-call ones up to float rounding)."""
         def run(z: torch.Tensor) -> torch.Tensor:
             return self.vae.decode(z, return_dict=False)[0]
 
@@ -197,7 +201,10 @@ class SDBackbone:
         else:  # SD3 and FLUX VAEs also shift: z / scaling + shift
             z = z / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
         if grad_checkpointing and torch.is_grad_enabled():
-            img = checkpoint(run, z, use_reentrant=False)
+            n = z.shape[0]
+            chunks = max(1, min(int(chunks), n))
+            bounds = [round(i * n / chunks) for i in range(chunks + 1)]
+            img = torch.cat([checkpoint(run, z[a:b], use_reentrant=False) for a, b in zip(bounds, bounds[1:])])
         else:
             img = run(z)
         return (img.float() / 2 + 0.5).clamp(0, 1)

@@ -31,6 +31,7 @@ class FocusNFix:
         self.lam = cfg.objective.lam
         self.cache = None  # a focusnfix.cache.ReferenceCache, attached by the trainer
         self.batch_reference = cfg.train.batch_reference
+        self.checkpoint_chunks = cfg.sampler.checkpoint_chunks  # row chunks of a checkpointed call (sampling.chunked_checkpoint)
         self.lockstep = None  # sharded training: bool -> "true on any rank?" (a collective), set by the trainer
 
     @property
@@ -124,12 +125,14 @@ class FocusNFix:
     # -- Î with gradient through the last K steps ----------------------------------------------
     def trained_images(self, prompts: list[str], seeds: list[int], k: int, latents: torch.Tensor | None = None,
                        first: int = 0, cond=None) -> torch.Tensor:
+        """Î with gradient through its last K steps and the decode; checkpointed calls (``sampler.grad_checkpointing``,
+        ``sampler.vae_checkpointing``) run as ``checkpoint_chunks`` row chunks, so backward recomputes one at a time."""
         s = self.cfg.sampler
         cond = self.encode(prompts) if cond is None else cond
         x = self.backbone.initial_noise(seeds) if latents is None else latents
         latents = ddim_sample(self.backbone, cond, x, s.steps, k=k, grad_checkpointing=grad_checkpointing_on(s.grad_checkpointing, k),
-                              first=first)
-        return self.backbone.decode(latents, grad_checkpointing=s.vae_checkpointing)
+                              first=first, chunks=self.checkpoint_chunks)
+        return self.backbone.decode(latents, grad_checkpointing=s.vae_checkpointing, chunks=self.checkpoint_chunks)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """L = mean over the batch of -r(Î, c) + λ ‖(1 - M(Î0)) ⊙ (Î - Î0)‖."""
