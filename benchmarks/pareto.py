@@ -425,17 +425,6 @@ def html_report(result: dict, texts: dict[str, str], plots: list[Path], path: Pa
     return path
 
 
-def finite_json(obj):
-    """``obj`` with NaN / inf floats as None (strict JSON; e.g. the change inside an empty mask)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
 # -- the sweep ------------------------------------------------------------------------------------
 def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tuple[dict, dict[str, str], list[Path]]:
     judge = DEFECTS[defect][1]
@@ -533,7 +522,9 @@ def main(argv=None) -> int:
         print(f"\n### {title}\n\n{text}", flush=True)
     report = html_report(result, texts, plots, work / "pareto.html")
     result["report"], result["plots"] = str(report), [str(p) for p in plots]
-    write_result(out, finite_json(result))
+    from focusnfix.metrics_log import json_safe  # NaN / inf as None: strict JSON (e.g. the change inside an empty mask)
+
+    write_result(out, json_safe(result))
     print(f"report: {report}")
     return 0
 

@@ -35,7 +35,7 @@ from ..config import Config
 from ..errors import FocusNFixError
 from ..lora import adapters_disabled
 from ..rewards.base import call_reward
-from ..rewards.compose import mask_from
+from ..rewards.compose import problem_mask
 from ..sampling import gaussian_log_prob, sample_stochastic
 from .base import Batch
 
@@ -91,11 +91,8 @@ class GRPO:
         has_map = out.heatmap is not None or hasattr(self.reward, "problem_mask")
         if not has_map and not getattr(self.reward, "differentiable", False):
             return None  # score only: M = 1
-        if hasattr(self.reward, "problem_mask"):
-            mask, _ = self.reward.problem_mask(images, prompts)
-        else:
-            with torch.enable_grad():  # saliency needs the reward's gradient
-                mask, _ = mask_from(self.reward, images, prompts, self.cfg.mask)
+        with torch.enable_grad():  # saliency needs the reward's gradient
+            mask, _ = problem_mask(self.reward, images, prompts, self.cfg.mask)
         return mask.detach()
 
     def latent_mask(self, images: torch.Tensor, prompts: list[str], out) -> torch.Tensor | None:
