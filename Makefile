@@ -79,3 +79,20 @@ GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 .PHONY: gpu-check
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py $(ARGS)
+
+# Issue 13's operating-point sweep (BENCHMARKS.md, "Operating points"): DRaFT and Focus-N-Fix over λ x training
+# length x 3 training seeds on the UNet world, settings chosen on world:val and reported on world:test. The two
+# defects run side by side (one thread each), then one invocation that finds everything done writes
+# benchmarks/results/pareto.json, its plots and runs/pareto/pareto.html. Resumable; about an hour on 2 cores.
+# pareto-flow: the same on the flow world (artifact).
+PARETO_ARGS := --lengths 30 60 120 --seeds 0 1 2 --defect-lambdas artifact=0.2,0.45,1 --defect-lambdas unwanted=0.1,0.2,0.45
+.PHONY: pareto pareto-flow
+pareto: $(STAMP)
+	@mkdir -p runs/pareto
+	OMP_NUM_THREADS=1 $(PY) benchmarks/pareto.py --defects artifact $(PARETO_ARGS) --out runs/pareto/artifact.json > runs/pareto/artifact.log 2>&1 & a=$$!; \
+	OMP_NUM_THREADS=1 $(PY) benchmarks/pareto.py --defects unwanted $(PARETO_ARGS) --out runs/pareto/unwanted.json > runs/pareto/unwanted.log 2>&1 & u=$$!; \
+	wait $$a && wait $$u || { echo "pareto: a defect's sweep failed; see runs/pareto/*.log"; exit 1; }
+	OMP_NUM_THREADS=2 $(PY) benchmarks/pareto.py $(PARETO_ARGS)
+
+pareto-flow: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) benchmarks/pareto.py --arch flow --defects artifact --lambdas 0.1 --lengths 30 60 120 --seeds 0 1 2

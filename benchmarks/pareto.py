@@ -1,8 +1,12 @@
 """pareto: operating-point sweeps of DRaFT and Focus-N-Fix on the built-in world, with uncertainty.
 
-    python benchmarks/pareto.py                                   # the full grid (hours on 2 CPU cores)
+    make pareto                                                   # BENCHMARKS.md's sweep (about an hour on 2 cores)
+    python benchmarks/pareto.py --defect-lambdas artifact=0.2,0.45,1 --defect-lambdas unwanted=0.1,0.2,0.45 \
+        --lengths 30 60 120 --seeds 0 1 2                         # the same, one defect after the other
+    python benchmarks/pareto.py --arch flow --defects artifact --lambdas 0.1 --lengths 30 60 120  # the flow world
+    python benchmarks/pareto.py                                   # the default grid (hours on 2 CPU cores)
     python benchmarks/pareto.py --defects artifact --lambdas 0.2 0.45 --lengths 30 60 --seeds 0 1 \
-        --eval-split val --work runs/pareto-small --out benchmarks/results/pareto-small.json
+        --eval-split val --work runs/pareto-small --out runs/pareto-small/pareto.json   # a quick look
 
 What it does, per defect (artifact: configs/world-artifact.yaml; unwanted element: world-safety.yaml):
 
@@ -13,7 +17,8 @@ What it does, per defect (artifact: configs/world-artifact.yaml; unwanted elemen
    times up to that step (metrics.jsonl), so it survives resumes; ``bench.json`` holds each run's total.
 2. Evaluates every (run, length) on the validation split (world:val x --eval-seeds, default 1000 1001:
    54 images per point and seed) with the world's independent judges (defect judge, alignment oracle);
-   one eval folder per run (base + its lengths) under ``--work/DEFECT/eval-val/RUN``.
+   one eval folder per run (base + its lengths) under ``--work/DEFECT/eval-val/RUN``; the base model's images
+   and masks are sampled once per split (``eval-SPLIT/.partial-_base``) and copied into each run's folder.
 3. Chooses on val (rule below), then evaluates on the disjoint test split (world:test x --test-seeds,
    default 2000-2007: 216 images per point and seed) every DRaFT point and the chosen Focus-N-Fix
    points: the recommended one and, for each DRaFT length, the equal-defect match found on val
@@ -26,6 +31,10 @@ What it does, per defect (artifact: configs/world-artifact.yaml; unwanted elemen
 Everything is resumable: finished trainings (all exports present) and finished eval folders holding the
 needed lengths are skipped; an interrupted training resumes from its newest checkpoint, an interrupted
 eval from its finished images.
+
+Issue 15's bar is reported too: the Focus-N-Fix point with the lowest val defect rate among those changing less
+outside M than DRaFT at the same length (``REDUCTION_RULE``) is evaluated on test, against the base rate
+(at least halved?) and DRaFT at that length.
 
 Recommended λ (selection rule, on val): among Focus-N-Fix points (λ, length) whose defect rate is at most
 DRaFT's best (lowest over lengths) defect rate + 1.5 points and whose alignment-oracle accuracy is at least
@@ -50,6 +59,7 @@ import html
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from functools import reduce
@@ -63,6 +73,7 @@ from _common import write_result  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEFECTS = {"artifact": (ROOT / "configs" / "world-artifact.yaml", "defect_artifact"),
            "unwanted": (ROOT / "configs" / "world-safety.yaml", "defect_unwanted")}
+FLOW_CONFIGS = {"artifact": ROOT / "configs" / "world-flow-artifact.yaml", "unwanted": ROOT / "configs" / "world-flow-safety.yaml"}
 METRICS = {"defect": "{judge}", "alignment": "alignment", "outside": "outside_mae", "inside": "inside_mae", "reward": "reward"}
 TOL = 0.015  # 1.5 points
 
@@ -85,7 +96,12 @@ def export_dir(run: Path, steps: int) -> Path:
     return legacy if (legacy / "pytorch_lora_weights.safetensors").is_file() else run / export_name(steps)
 
 
-def train_run(defect: str, lam: float, seed: int, exports: list[int], work: Path, overrides: list[str]) -> Path:
+def config_of(defect: str, arch: str = "unet") -> Path:
+    """The world config of one defect: the UNet world, or the flow (SD3-format) world with ``arch="flow"``."""
+    return FLOW_CONFIGS[defect] if arch == "flow" else DEFECTS[defect][0]
+
+
+def train_run(defect: str, lam: float, seed: int, exports: list[int], work: Path, overrides: list[str], arch: str = "unet") -> Path:
     """Train one (λ, seed) run to max(exports), exporting a LoRA at every length; skip it when done."""
     from focusnfix.checkpoint import latest_checkpoint
     from focusnfix.config import load_config
@@ -97,7 +113,7 @@ def train_run(defect: str, lam: float, seed: int, exports: list[int], work: Path
     if (out / "summary.json").is_file():
         raise SystemExit(f"pareto: {out} finished without the LoRAs of lengths {exports}; use another --work for a new grid")
     method = ["method=draft"] if lam == 0 else ["method=fnf", f"objective.lam={lam}"]
-    cfg = load_config(DEFECTS[defect][0], [*method, f"train.seed={seed}", f"train.output_dir={out}", f"train.steps={max(exports)}",
+    cfg = load_config(config_of(defect, arch), [*method, f"train.seed={seed}", f"train.output_dir={out}", f"train.steps={max(exports)}",
                                           f"train.checkpoint_every={reduce(math.gcd, exports)}", "train.log_every=1",
                                           f"train.export_lora_steps={sorted(set(exports))}", *overrides])
     resume = latest_checkpoint(out / "checkpoints", quiet=True) is not None
@@ -129,7 +145,7 @@ def step_seconds(run: Path) -> dict[int, float]:
 
 # -- evaluation -----------------------------------------------------------------------------------
 def eval_run(defect: str, split: str, run: Path, lengths: list[int], seeds: list[int], prompts: int, work: Path,
-             overrides: list[str], judges) -> Path:
+             overrides: list[str], judges, arch: str = "unet") -> Path:
     """One eval folder per (split, run): base + the run's LoRAs at ``lengths``; skipped when it has them."""
     from focusnfix.config import load_config
     from focusnfix.evaluation.runner import Evaluation
@@ -146,14 +162,30 @@ def eval_run(defect: str, split: str, run: Path, lengths: list[int], seeds: list
             if want <= have:
                 return out
     steps = sorted(int(m[1:]) for m in want | have)
-    cfg = load_config(DEFECTS[defect][0], overrides)
+    cfg = load_config(config_of(defect, arch), overrides)
     methods = ["base", *[f"s{n}={export_dir(run, n)}" for n in steps]]
     t0 = time.perf_counter()
+    partial = out.with_name(f".partial-{out.name}")
+    if not partial.exists():  # start from the split's base images and masks instead of sampling them again
+        shutil.copytree(base_template(defect, split, cfg, records, seeds, work), partial)
     ev = Evaluation(cfg, methods, records, seeds, out, batch_size=8, extra_metrics=[judges], progress=False)
     ev.prompt_set = f"world:{split}"
     ev.run(overwrite=True)
     print(f"[pareto] evaluated {defect}/{split}/{run.name} at {steps} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
+
+
+def base_template(defect: str, split: str, cfg, records, seeds: list[int], work: Path) -> Path:
+    """The base model's images and masks M(I0) on one split, sampled once: every run's eval folder of that split
+    starts as a copy of this in-progress eval (same settings, so the eval resumes past its base pass). Base images
+    depend only on (prompt, noise seed) and the frozen model, so the copy equals sampling them again."""
+    from focusnfix.evaluation.runner import Evaluation
+    from focusnfix.evaluation.workdir import WorkDir
+
+    ev = Evaluation(cfg, ["base"], records, seeds, work / defect / f"eval-{split}" / "_base", batch_size=8, progress=False)
+    with WorkDir(ev.out, ev.state()) as folder:  # a changed split or seed list starts it afresh (WorkDir's state check)
+        ev.generate(ev.specs[0], folder)
+    return folder.root
 
 
 def read_eval(folder: Path, judge: str) -> dict[str, dict[str, "np.ndarray"]]:
@@ -214,8 +246,8 @@ def collect(evals: dict[str, Path], runs: dict[str, Path], judge: str, lengths: 
 # -- choosing and reporting -------------------------------------------------------------------------
 def choose(points: list[dict]) -> dict:
     """Selection, equal-defect matches and the target check on one split's points."""
-    from focusnfix.evaluation.pareto import (SELECTION_RULE, best_point, describe_target, equal_defect, select_point,
-                                             target_check)
+    from focusnfix.evaluation.pareto import (REDUCTION_RULE, SELECTION_RULE, best_point, describe_target, equal_defect,
+                                             select_lowest_defect, select_point, target_check)
 
     draft = [p for p in points if p["method"] == "draft"]
     fnf = [p for p in points if p["method"] == "fnf"]
@@ -225,7 +257,25 @@ def choose(points: list[dict]) -> dict:
     if rec is not None and draft:
         out["target"] = target_check(out["draft_best"], rec, TOL)
         out["target_text"] = describe_target(out["target"], TOL)
+    out["reduction_rule"], out["lowest_defect"] = REDUCTION_RULE, select_lowest_defect(draft, fnf)
+    reduction = reduction_text(points, out["lowest_defect"])
+    if reduction:
+        out["reduction"], out["reduction_text"] = reduction
     return out
+
+
+def reduction_text(points: list[dict], point: dict | None) -> tuple[dict, str] | None:
+    """Issue 15's bar for ``point`` among ``points`` (one split): halves the base defect rate, changes less than
+    DRaFT at the same length."""
+    from focusnfix.evaluation.pareto import describe_reduction, reduction_check
+
+    base = next((p for p in points if p["method"] == "base"), None)
+    draft = point and next((p for p in points if p["method"] == "draft" and p["steps"] == point["steps"]), None)
+    mine = point and next((p for p in points if (p["family"], p["steps"]) == (point["family"], point["steps"])), None)
+    if base is None or draft is None or mine is None:
+        return None
+    check = reduction_check(base, mine, draft)
+    return check, f"{label(mine)} vs base and DRaFT {mine['steps']} st: {describe_reduction(check)}"
 
 
 def label(p: dict | None) -> str:
@@ -428,15 +478,15 @@ def html_report(result: dict, texts: dict[str, str], plots: list[Path], path: Pa
 # -- the sweep ------------------------------------------------------------------------------------
 def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tuple[dict, dict[str, str], list[Path]]:
     judge = DEFECTS[defect][1]
-    lams = [0.0, *args.lambdas]
+    lams = [0.0, *args.defect_lambdas.get(defect, args.lambdas)]
     curve = sorted({n for n in range(args.curve_every, max(args.lengths) + 1, args.curve_every)} if args.curve_every else set())
     exports = sorted(set(args.lengths) | set(curve))
-    runs = {run_name(lam, s): train_run(defect, lam, s, exports, work, args.set) for lam in lams for s in args.seeds}
+    runs = {run_name(lam, s): train_run(defect, lam, s, exports, work, args.set, args.arch) for lam in lams for s in args.seeds}
     out, texts, plots = {"runs": {}}, {}, []
     for name, run in runs.items():
         out["runs"][name] = {"train_s": json.loads((run / "bench.json").read_text())["train_s"],
                              "steps_s": {n: step_seconds(run).get(n) for n in exports}}
-    val = {name: eval_run(defect, "val", run, exports, args.eval_seeds, args.prompts, work, args.set, judges) for name, run in runs.items()}
+    val = {name: eval_run(defect, "val", run, exports, args.eval_seeds, args.prompts, work, args.set, judges, args.arch) for name, run in runs.items()}
     val_points = collect(val, runs, judge, args.lengths)
     curve_points = collect(val, runs, judge, exports)
     chosen = choose(val_points)
@@ -444,19 +494,22 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
     texts[f"{defect}: val points"] = points_table(val_points)
     texts[f"{defect}: equal-defect (val)"] = equal_defect_table(chosen["equal_defect"])
     texts[f"{defect}: selection (val)"] = (f"rule: {chosen['rule']}\nrecommended: {label(chosen['recommended'])} ({chosen['why']})\n"
-                                           f"DRaFT best: {label(chosen['draft_best'])}\ntarget (val): {chosen.get('target_text', 'n/a')}")
+                                           f"DRaFT best: {label(chosen['draft_best'])}\ntarget (val): {chosen.get('target_text', 'n/a')}\n"
+                                           f"lowest defect rate changing less than DRaFT ({chosen['reduction_rule']}): "
+                                           f"{chosen.get('reduction_text', 'none')}")
     for x, lower, xl in (("outside", True, "mean |change| outside M(I0), lower is better"),
                          ("alignment", False, "alignment-oracle accuracy, higher is better")):
         plots.append(pareto_plot(val_points, x, lower, f"{defect}, val: defect rate vs {x}", xl, plots_dir / f"{defect}-val-{x}.png"))
     plots.append(curves_plot(curve_points, defect, plots_dir / f"{defect}-proxy-gold.png"))
     if "test" in args.eval_split:
         picked = {(p["family"], p["steps"]) for p in val_points if p["method"] == "draft" or args.test_points == "all"}
-        picked |= {(p["family"], p["steps"]) for p in [chosen["recommended"], *[r["match"] for r in chosen["equal_defect"]]] if p}
+        picked |= {(p["family"], p["steps"]) for p in [chosen["recommended"], chosen["lowest_defect"],
+                                                       *[r["match"] for r in chosen["equal_defect"]]] if p}
         test_evals = {}
         for name, run in runs.items():
             lengths = sorted(n for f, n in picked if f == name.rsplit("-s", 1)[0])
             if lengths:
-                test_evals[name] = eval_run(defect, "test", run, lengths, args.test_seeds, args.prompts, work, args.set, judges)
+                test_evals[name] = eval_run(defect, "test", run, lengths, args.test_seeds, args.prompts, work, args.set, judges, args.arch)
         test_points = [p for p in collect(test_evals, runs, judge, args.lengths)
                        if p["method"] == "base" or (p["family"], p["steps"]) in picked]
         out["test"] = {"points": test_points, "picked_on_val": sorted(picked)}
@@ -470,6 +523,10 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
             best = best_point([p for p in test_points if p["method"] == "draft"])
             out["test"]["target"] = target_check(best, rec, TOL)
             texts[f"{defect}: target (test)"] = f"{label(rec)} vs DRaFT best on test {label(best)}: {describe_target(out['test']['target'], TOL)}"
+        reduction = reduction_text(test_points, chosen["lowest_defect"])
+        if reduction:
+            out["test"]["reduction"] = reduction[0]
+            texts[f"{defect}: halving (test, point chosen on val)"] = reduction[1]
         for x, lower, xl in (("outside", True, "mean |change| outside M(I0)"), ("alignment", False, "alignment-oracle accuracy")):
             plots.append(pareto_plot(test_points, x, lower, f"{defect}, test (chosen on val): defect rate vs {x}", xl,
                                      plots_dir / f"{defect}-test-{x}.png"))
@@ -483,6 +540,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--defects", nargs="+", default=list(DEFECTS), choices=list(DEFECTS))
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.2, 0.45, 1.0, 2.0], help="Focus-N-Fix λ (DRaFT, λ = 0, always runs)")
+    p.add_argument("--defect-lambdas", action="append", default=[], metavar="DEFECT=L1,L2,...",
+                   help="a λ grid for one defect instead of --lambdas, e.g. unwanted=0.1,0.2,0.45 (repeatable)")
     p.add_argument("--lengths", type=int, nargs="+", default=[30, 60, 120, 240], help="training lengths (steps) of the grid")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--eval-split", nargs="+", default=["val", "test"], choices=["val", "test"],
@@ -493,10 +552,25 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=27, help="captions of each split used (max 27)")
     p.add_argument("--curve-every", type=int, default=0, help="also export/evaluate (val) every N steps for the proxy-gold curves")
     p.add_argument("--set", action="append", default=[], metavar="key=value", help="config override (training and eval)")
-    p.add_argument("--work", default="runs/pareto")
-    p.add_argument("--out", default="benchmarks/results/pareto.json")
+    p.add_argument("--arch", default="unet", choices=["unet", "flow"], help="the UNet world or the flow (SD3-format) world")
+    p.add_argument("--work", default=None, help="default runs/pareto (runs/pareto-flow with --arch flow)")
+    p.add_argument("--out", default=None, help="default benchmarks/results/pareto.json (pareto-flow.json with --arch flow)")
     args = p.parse_args(argv)
+    suffix = "-flow" if args.arch == "flow" else ""
+    args.work = args.work or f"runs/pareto{suffix}"
+    args.out = args.out or f"benchmarks/results/pareto{suffix}.json"
     args.lambdas = [lam for lam in args.lambdas if lam != 0]
+    grids = {}
+    for item in args.defect_lambdas:
+        defect, _, values = item.partition("=")
+        try:
+            lams = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            lams = []
+        if defect not in DEFECTS or not lams:
+            p.error(f"--defect-lambdas {item!r}: expected DEFECT=L1,L2,... with DEFECT one of {', '.join(DEFECTS)}")
+        grids[defect] = [lam for lam in lams if lam != 0]
+    args.defect_lambdas = grids
     import torch
 
     from focusnfix.evaluation.world_metrics import world_metrics

@@ -127,13 +127,40 @@ def test_pareto_sweep_end_to_end_on_the_world(tmp_path):
     assert res["runs"]["draft-s0"]["train_s"] >= val[("draft", 2)]["train_s"]
     assert res["val"]["recommended"]["method"] == "fnf" and "target" in res["val"]
     test = {(p["family"], p["steps"]) for p in res["test"]["points"]}
+    low = res["val"]["lowest_defect"]  # issue 15's pick (lowest defect rate changing less than DRaFT), on test too
+    assert "reduction_rule" in res["val"] and (low is None or (low["family"], low["steps"]) in test)
     assert {("base", 0), ("draft", 1), ("draft", 2), (res["val"]["recommended"]["family"], res["val"]["recommended"]["steps"])} <= test
     plots = [Path(p) for p in json.loads(out.read_text())["plots"]]
     assert len(plots) == 5 and all(Image.open(p).size[0] >= 760 for p in plots)
     assert (work / "pareto.html").read_text().count("data:image/png;base64,") == 5
+
+    for split in ("val", "test"):  # the base pass is sampled once per split and copied into each run's eval folder
+        metas = [json.loads(f.read_text()) for f in sorted(work.glob(f"artifact/eval-{split}/*/eval.json"))]
+        assert len(metas) == 2 and all(m["runtime"]["reused"] == 1 for m in metas)  # 1 image: base, not sampled again
+        bases = [(f.parent / "images" / "base" / "00000.png").read_bytes() for f in sorted(work.glob(f"artifact/eval-{split}/*/eval.json"))]
+        assert bases[0] == bases[1]
 
     marks = {f: f.stat().st_mtime_ns for f in [*work.glob("artifact/*/bench.json"), *work.glob("artifact/eval-*/*/eval.json")]}
     assert len(marks) == 2 + 4
     assert bench.main(argv) == 0  # resumable: everything is found finished
     assert {f: f.stat().st_mtime_ns for f in marks} == marks
     assert json.loads(out.read_text())["defects"]["artifact"]["val"]["points"] == res["val"]["points"]
+
+
+def test_reduction_rule_and_check():
+    """Issue 15's selection: the lowest defect rate among Focus-N-Fix points changing less than DRaFT at the same
+    length; the check needs both halving and less outside change."""
+    from focusnfix.evaluation.pareto import reduction_check, select_lowest_defect
+
+    draft = [{"steps": 60, "defect": 0.10, "outside": 0.010}, {"steps": 120, "defect": 0.05, "outside": 0.012}]
+    fnf = [{"steps": 60, "defect": 0.20, "outside": 0.004}, {"steps": 120, "defect": 0.15, "outside": 0.005},
+           {"steps": 120, "defect": 0.04, "outside": 0.013}, {"steps": 30, "defect": 0.01, "outside": 0.001}]
+    pick = select_lowest_defect(draft, fnf)
+    assert pick is fnf[1]  # fnf[2] changes more than DRaFT at 120; fnf[3] has no DRaFT point at its length
+    assert select_lowest_defect(draft, [fnf[2]]) is None
+    base = {"defect": 0.40}
+    check = reduction_check(base, pick, draft[1])
+    assert check["met"] and abs(check["reduction"]["value"] - 0.625) < 1e-12 and abs(check["outside"]["ratio"] - 0.005 / 0.012) < 1e-12
+    assert reduction_check(base, {"defect": 0.20, "outside": 0.004}, draft[0])["met"]  # exactly half is half
+    assert not reduction_check(base, {"defect": 0.21, "outside": 0.004}, draft[0])["reduction"]["met"]
+    assert not reduction_check(base, {"defect": 0.10, "outside": 0.011}, draft[0])["outside"]["met"]

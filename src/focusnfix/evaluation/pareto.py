@@ -169,3 +169,29 @@ def describe_target(check: dict, tol: float = 0.015, outside_ratio: float = 1 / 
              else "outside change: DRaFT's is 0",
              f"alignment {a['margin'] * 100:+.1f} pts vs DRaFT ({'kept' if a['met'] else 'lower'})"]
     return ("MET: " if check["met"] else "NOT MET: ") + "; ".join(parts)
+
+
+REDUCTION_RULE = ("on the validation split: the Focus-N-Fix point with the lowest defect rate among those whose mean "
+                  "outside change is below DRaFT's at the same training length (ties: smaller outside change, fewer steps)")
+
+
+def select_lowest_defect(draft: Sequence[dict], fnf: Sequence[dict]) -> dict | None:
+    """The Focus-N-Fix point by :data:`REDUCTION_RULE` (None if no point changes less than DRaFT at its length)."""
+    by_steps = {p["steps"]: p for p in draft}
+    ok = [p for p in fnf if p["steps"] in by_steps and p["outside"] < by_steps[p["steps"]]["outside"]]
+    return min(ok, key=lambda p: (p["defect"], p["outside"], p["steps"])) if ok else None
+
+
+def reduction_check(base: dict, point: dict, draft: dict, at_least: float = 0.5) -> dict:
+    """Issue 15's bar: ``point`` lowers the base defect rate by at least ``at_least`` (relative) while its outside
+    change is below ``draft``'s (DRaFT at the same length). ``reduction`` = 1 - point / base."""
+    reduction = 1.0 - point["defect"] / base["defect"] if base["defect"] else math.nan
+    parts = {"reduction": {"met": reduction >= at_least - 1e-12, "value": reduction},
+             "outside": {"met": point["outside"] < draft["outside"], "ratio": _ratio(point["outside"], draft["outside"])}}
+    return {"met": all(v["met"] for v in parts.values()), **parts}
+
+
+def describe_reduction(check: dict, at_least: float = 0.5) -> str:
+    r, o = check["reduction"], check["outside"]
+    return (("MET: " if check["met"] else "NOT MET: ") + f"defect rate {-r['value'] * 100:+.0f} % vs base (bar: "
+            f"-{at_least * 100:g} %); outside change {o['ratio']:.2f}x DRaFT's at the same length (bar: < 1)")
