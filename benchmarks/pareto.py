@@ -175,17 +175,26 @@ def eval_run(defect: str, split: str, run: Path, lengths: list[int], seeds: list
     return out
 
 
+_BASE_TEMPLATES: dict[tuple, Path] = {}
+
+
 def base_template(defect: str, split: str, cfg, records, seeds: list[int], work: Path) -> Path:
     """The base model's images and masks M(I0) on one split, sampled once: every run's eval folder of that split
     starts as a copy of this in-progress eval (same settings, so the eval resumes past its base pass). Base images
-    depend only on (prompt, noise seed) and the frozen model, so the copy equals sampling them again."""
+    depend only on (prompt, noise seed) and the frozen model, so the copy equals sampling them again. Checked (one
+    model load) once per process and split."""
+    from focusnfix.config import to_dict
     from focusnfix.evaluation.runner import Evaluation
     from focusnfix.evaluation.workdir import WorkDir
 
-    ev = Evaluation(cfg, ["base"], records, seeds, work / defect / f"eval-{split}" / "_base", batch_size=8, progress=False)
-    with WorkDir(ev.out, ev.state()) as folder:  # a changed split or seed list starts it afresh (WorkDir's state check)
-        ev.generate(ev.specs[0], folder)
-    return folder.root
+    key = (defect, split, str(work.resolve()), tuple(seeds), tuple(r.prompt for r in records),
+           json.dumps(to_dict(cfg), sort_keys=True, default=str))
+    if key not in _BASE_TEMPLATES:
+        ev = Evaluation(cfg, ["base"], records, seeds, work / defect / f"eval-{split}" / "_base", batch_size=8, progress=False)
+        with WorkDir(ev.out, ev.state()) as folder:  # a changed split or seed list starts it afresh (WorkDir's state check)
+            ev.generate(ev.specs[0], folder)
+        _BASE_TEMPLATES[key] = folder.root
+    return _BASE_TEMPLATES[key]
 
 
 def read_eval(folder: Path, judge: str) -> dict[str, dict[str, "np.ndarray"]]:

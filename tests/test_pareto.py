@@ -150,7 +150,7 @@ def test_pareto_sweep_end_to_end_on_the_world(tmp_path):
 def test_reduction_rule_and_check():
     """Issue 15's selection: the lowest defect rate among Focus-N-Fix points changing less than DRaFT at the same
     length; the check needs both halving and less outside change."""
-    from focusnfix.evaluation.pareto import reduction_check, select_lowest_defect
+    from focusnfix.evaluation.pareto import describe_reduction, reduction_check, select_lowest_defect
 
     draft = [{"steps": 60, "defect": 0.10, "outside": 0.010}, {"steps": 120, "defect": 0.05, "outside": 0.012}]
     fnf = [{"steps": 60, "defect": 0.20, "outside": 0.004}, {"steps": 120, "defect": 0.15, "outside": 0.005},
@@ -164,3 +164,5 @@ def test_reduction_rule_and_check():
     assert reduction_check(base, {"defect": 0.20, "outside": 0.004}, draft[0])["met"]  # exactly half is half
     assert not reduction_check(base, {"defect": 0.21, "outside": 0.004}, draft[0])["reduction"]["met"]
     assert not reduction_check(base, {"defect": 0.10, "outside": 0.011}, draft[0])["outside"]["met"]
+    zero = reduction_check(base, {"defect": 0.10, "outside": 0.0}, {"outside": 0.0})  # DRaFT changed nothing outside
+    assert not zero["met"] and zero["outside"]["ratio"] is None and "vs DRaFT's 0" in describe_reduction(zero)

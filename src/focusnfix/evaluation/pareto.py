@@ -193,5 +193,6 @@ def reduction_check(base: dict, point: dict, draft: dict, at_least: float = 0.5)
 
 def describe_reduction(check: dict, at_least: float = 0.5) -> str:
     r, o = check["reduction"], check["outside"]
+    ratio = f"{o['ratio']:.2f}x DRaFT's" if o["ratio"] is not None else "vs DRaFT's 0"
     return (("MET: " if check["met"] else "NOT MET: ") + f"defect rate {-r['value'] * 100:+.0f} % vs base (bar: "
-            f"-{at_least * 100:g} %); outside change {o['ratio']:.2f}x DRaFT's at the same length (bar: < 1)")
+            f"-{at_least * 100:g} %); outside change {ratio} at the same length (bar: < 1)")
