@@ -27,7 +27,7 @@ $(CHROMIUM):
 	else echo "note: the browser tests need Debian's chromium: sudo apt-get install chromium"; fi
 
 demo: $(STAMP)
-	$(PY) -m focusnfix.demo --out runs/demo
+	$(PY) -m focusnfix.cli.demo --out runs/demo
 
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest

@@ -42,9 +42,9 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from focusnfix.cache import ReferenceCache, reference_fingerprint
+    from focusnfix.training.cache import ReferenceCache, reference_fingerprint
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer
+    from focusnfix.training.trainer import Trainer
 
     out = Path(tempfile.mkdtemp(prefix="cache-memory-"))
     overrides = [f"model.path={args.model}", "data.prompts=[a red circle, a blue square, a green triangle, a yellow dot]",

@@ -27,7 +27,7 @@ from _common import write_result  # noqa: E402
 
 def run(args, compiled: bool, batch_reference: bool, out: Path) -> dict:
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer
+    from focusnfix.training.trainer import Trainer
 
     overrides = [f"model.path={args.model}", "method=fnf", f"sampler.steps={args.sampler_steps}", f"sampler.k={args.k}",
                  f"train.batch_size={args.batch}", "train.reference_cache=off", "data.prompts=[a red circle, a blue square]",

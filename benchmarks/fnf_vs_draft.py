@@ -30,7 +30,7 @@ from _common import write_result  # noqa: E402
 
 def make_trainer(args, method: str, cache: str, out: Path, batch_reference: bool = True):
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer
+    from focusnfix.training.trainer import Trainer
 
     overrides = [f"model.path={args.model}", f"method={method}", f"sampler.steps={args.sampler_steps}", f"sampler.k={args.k}",
                  f"train.batch_size={args.batch}", f"train.reference_cache={cache}", "data.seed_pool=2",
@@ -57,7 +57,7 @@ def component_costs(trainer, repeats: int = 5) -> dict[str, float]:
     without and with backward; the mask of the batch (reward heatmap, threshold, dilation)."""
     import torch
 
-    from focusnfix.lora import adapters_disabled, adapters_per_row
+    from focusnfix.backbones.lora import adapters_disabled, adapters_per_row
 
     bb, cfg, method = trainer.backbone, trainer.cfg, trainer.method
     b = cfg.train.batch_size

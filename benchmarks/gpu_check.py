@@ -8,7 +8,7 @@ Parts (each timed; a failing part is recorded and the others still run; exit sta
 1. ``tests``: ``pytest -m cuda`` (the tests that take GPU paths; they skip without CUDA).
 2. ``sd15_step``: ``benchmarks/sd15_step.py``: one Focus-N-Fix step on an SD1.5-size UNet + VAE at
    512 px, K = 2, bf16 autocast, gradient checkpointing off and on: seconds per step, peak memory.
-3. ``demo``: ``make demo`` (``python -m focusnfix.demo``): trains Focus-N-Fix and DRaFT on the world
+3. ``demo``: ``make demo`` (``python -m focusnfix.cli.demo``): trains Focus-N-Fix and DRaFT on the world
    model and evaluates them, on the GPU.
 4. ``eval``: ``focusnfix eval`` of 50 images per method (base, and the demo's DRaFT and Focus-N-Fix
    LoRAs) with seconds per image and peak GPU memory; the same eval of 10 images, to show peak memory
@@ -68,7 +68,7 @@ def part_sd15(args, ctx) -> dict:
 
 
 def part_demo(args, ctx) -> dict:
-    from focusnfix.demo import main as demo
+    from focusnfix.cli.demo import main as demo
 
     out = ctx["work"] / "demo"
     argv = ["--out", str(out)] + (["--model", "tiny", "--steps", "1", "--seeds", "7"] if args.tiny else [])

@@ -42,7 +42,7 @@ def worker(variant: str, steps: int, threads: int) -> dict:
     import torch
 
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer
+    from focusnfix.training.trainer import Trainer
 
     torch.set_num_threads(threads)
     config, overrides = VARIANTS[variant]

@@ -3,7 +3,7 @@ Reward Guidance and SLD, with the same sampler settings, interleaved repeats.
 
     python benchmarks/inference.py [--model tiny|world|tiny-sd3|tiny-flux|PATH] [--steps 20] [--batch 4] [--repeats 5]
 
-``tiny-sd3`` / ``tiny-flux`` build the tiny flow-matching pipelines of ``focusnfix.tiny_flow`` (32 px);
+``tiny-sd3`` / ``tiny-flux`` build the tiny flow-matching pipelines of ``focusnfix.backbones.tiny_flow`` (32 px);
 SLD is UNet-only and is left out for them.
 
 A LoRA is first trained for a few steps (Focus-N-Fix) so unfused/fused timings use real adapters.
@@ -40,12 +40,12 @@ def main(argv=None) -> int:
 
     from focusnfix.backbones import load_backbone
     from focusnfix.config import load_config
-    from focusnfix.lora import load_lora_into
+    from focusnfix.backbones.lora import load_lora_into
     from focusnfix.methods.reward_guidance import RewardGuidance
     from focusnfix.methods.sld import SLDGuidance
     from focusnfix.rewards import ColorReward
     from focusnfix.sampling import generate
-    from focusnfix.trainer import train
+    from focusnfix.training.trainer import train
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="inf-bench-"))

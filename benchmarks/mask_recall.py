@@ -75,7 +75,7 @@ def mask_metrics(mask, defect) -> dict:
 # -- the measurement --------------------------------------------------------------------------------------
 def mask_of(heat, score, m):
     """M from a precomputed map and score with settings ``m``: rewards.compose.mask_from without the reward call."""
-    from focusnfix.masks import heatmap_to_mask
+    from focusnfix.rewards.masks import heatmap_to_mask
 
     mask = heatmap_to_mask(heat, m.threshold, m.quantile, m.dilate, m.blur, m.min_area)
     if m.skip_above is not None:
@@ -107,7 +107,7 @@ def measure(name: str, pool: dict) -> tuple[list[dict], dict]:
     import torch
 
     from focusnfix.config import load_config
-    from focusnfix.registry import build_reward
+    from focusnfix.rewards.registry import build_reward
     from focusnfix.rewards.compose import mask_from
 
     cfg = load_config(REWARDS[name][0])

@@ -90,7 +90,7 @@ def family(lam: float) -> str:
 def export_dir(run: Path, steps: int) -> Path:
     """The run's LoRA at ``steps`` (``train.export_lora_steps``: ``RUN/lora-step-NNNNNN/``); work folders of
     this script before that option hold it in ``RUN/steps/step-NNNNNN/``, still read."""
-    from focusnfix.trainer import export_name
+    from focusnfix.training.trainer import export_name
 
     legacy = run / "steps" / f"step-{steps:06d}"
     return legacy if (legacy / "pytorch_lora_weights.safetensors").is_file() else run / export_name(steps)
@@ -103,9 +103,9 @@ def config_of(defect: str, arch: str = "unet") -> Path:
 
 def train_run(defect: str, lam: float, seed: int, exports: list[int], work: Path, overrides: list[str], arch: str = "unet") -> Path:
     """Train one (λ, seed) run to max(exports), exporting a LoRA at every length; skip it when done."""
-    from focusnfix.checkpoint import latest_checkpoint
+    from focusnfix.runs.checkpoint import latest_checkpoint
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer, check_output_dir
+    from focusnfix.training.trainer import Trainer, check_output_dir
 
     out = work / defect / run_name(lam, seed)
     if (out / "bench.json").is_file() and all((export_dir(out, n) / "pytorch_lora_weights.safetensors").is_file() for n in exports):
@@ -149,7 +149,7 @@ def eval_run(defect: str, split: str, run: Path, lengths: list[int], seeds: list
     """One eval folder per (split, run): base + the run's LoRAs at ``lengths``; skipped when it has them."""
     from focusnfix.config import load_config
     from focusnfix.evaluation.runner import Evaluation
-    from focusnfix.prompt_sets import load_prompt_set
+    from focusnfix.prompts.sets import load_prompt_set
 
     out = work / defect / f"eval-{split}" / run.name
     records = load_prompt_set(f"world:{split}")[:prompts]
@@ -544,7 +544,7 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
 
 
 def main(argv=None) -> int:
-    from focusnfix.prompt_sets import WORLD_TEST_SEEDS, WORLD_VAL_SEEDS
+    from focusnfix.prompts.sets import WORLD_TEST_SEEDS, WORLD_VAL_SEEDS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--defects", nargs="+", default=list(DEFECTS), choices=list(DEFECTS))
@@ -605,7 +605,7 @@ def main(argv=None) -> int:
         print(f"\n### {title}\n\n{text}", flush=True)
     report = html_report(result, texts, plots, work / "pareto.html")
     result["report"], result["plots"] = str(report), [str(p) for p in plots]
-    from focusnfix.metrics_log import json_safe  # NaN / inf as None: strict JSON (e.g. the change inside an empty mask)
+    from focusnfix.runs.metrics_log import json_safe  # NaN / inf as None: strict JSON (e.g. the change inside an empty mask)
 
     write_result(out, json_safe(result))
     print(f"report: {report}")

@@ -34,7 +34,7 @@ def build_pipeline(small: bool, seed: int = 0):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from focusnfix.tiny import write_clip_tokenizer
+    from focusnfix.backbones.tiny import write_clip_tokenizer
 
     torch.manual_seed(seed)
     if small:
@@ -64,7 +64,7 @@ def run_variant(args, k: int, ckpt: bool, bf16: bool) -> dict:
 
     from focusnfix.backbones import SDBackbone
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer
+    from focusnfix.training.trainer import Trainer
 
     device = args.device
     if args.model:  # a real pipeline of any family; frozen weights in bf16 for the bf16 variants (the documented plan)

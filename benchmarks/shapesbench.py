@@ -65,7 +65,7 @@ def reward_evaluations(cfg) -> int:
 def train_runs(defect: str, seeds: list[int], work: Path, overrides: list[str], arch: str = "unet",
                methods: tuple[str, ...] = ("fnf", "draft")) -> dict[str, Path]:
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer
+    from focusnfix.training.trainer import Trainer
 
     runs = {}
     for seed in seeds:
@@ -86,7 +86,7 @@ def evaluate(defect: str, runs: dict[str, Path], args, work: Path) -> Path:
     from focusnfix.config import load_config
     from focusnfix.evaluation.runner import Evaluation
     from focusnfix.evaluation.world_metrics import world_metrics
-    from focusnfix.prompt_sets import load_prompt_set
+    from focusnfix.prompts.sets import load_prompt_set
     from focusnfix.report import render_report
 
     cfg = load_config(config_of(defect, args.arch), args.set)

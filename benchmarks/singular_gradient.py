@@ -41,7 +41,7 @@ def perturb_reference(noise: float, seed: int) -> None:
     import torch
 
     from focusnfix.methods import fnf
-    from focusnfix.objective import region_constraint
+    from focusnfix.methods.objective import region_constraint
 
     gen = torch.Generator().manual_seed(seed)
 
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     from focusnfix.evaluation.runner import Evaluation, method_means
     from focusnfix.evaluation.world_metrics import world_metrics
     from focusnfix.methods import fnf
-    from focusnfix.prompt_sets import WORLD_VAL_SEEDS, load_prompt_set
-    from focusnfix.trainer import Trainer
+    from focusnfix.prompts.sets import WORLD_VAL_SEEDS, load_prompt_set
+    from focusnfix.training.trainer import Trainer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     original = fnf.region_constraint

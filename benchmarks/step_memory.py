@@ -113,7 +113,7 @@ def instrument(trainer, meter):
 
 def build(args, variant: str, out: Path):
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer
+    from focusnfix.training.trainer import Trainer
 
     overrides = [f"model.path={args.model}", f"sampler.steps={args.sampler_steps}", f"sampler.k={args.k}",
                  f"sampler.guidance_scale={args.guidance}", f"train.batch_size={args.batch}", "lora.rank=4",

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/trl_alignprop.py [--sizes 8 16] [--steps 8] [--repeats 7] [--out benchmarks/results/trl_alignprop.json]
 
-Run it with OUR virtualenv's Python (it builds the tiny pipelines with ``focusnfix.tiny`` and runs
+Run it with OUR virtualenv's Python (it builds the tiny pipelines with ``focusnfix.backbones.tiny`` and runs
 our side with ``sys.executable``). TRL runs in its own virtualenv, ``benchmarks/.venv-trl`` by
 default, created on first use with::
 
@@ -100,7 +100,7 @@ def prepare_model(folder: str | Path, sample_size: int) -> Path:
     5 loads as well). :func:`check_same_model` verifies both environments then see the same model."""
     from safetensors.torch import load_file, save_file
 
-    from focusnfix.tiny import build_tiny_pipeline, write_clip_tokenizer
+    from focusnfix.backbones.tiny import build_tiny_pipeline, write_clip_tokenizer
 
     folder = Path(folder)
     build_tiny_pipeline(folder, sample_size=sample_size)

@@ -74,7 +74,7 @@ def setup_ours(args, tmp: str):
     """A focusnfix Trainer (method draft = DRaFT-K) with the shared reward; returns a step function."""
     from focusnfix.config import load_config
     from focusnfix.rewards import RewardOutput
-    from focusnfix.trainer import Trainer
+    from focusnfix.training.trainer import Trainer
 
     class Redness:
         name = "redness"

@@ -17,7 +17,7 @@ torch.set_num_threads(1)  # tiny models gain nothing from more threads; avoids o
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A saved tiny random SD pipeline folder (epsilon prediction, 32 px)."""
-    from focusnfix.tiny import build_tiny_pipeline
+    from focusnfix.backbones.tiny import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny-sd")
     build_tiny_pipeline(path)
@@ -27,7 +27,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_v_dir(tmp_path_factory):
     """A saved tiny random SD 2.x-style pipeline folder (v-prediction, linear projections)."""
-    from focusnfix.tiny import build_tiny_pipeline
+    from focusnfix.backbones.tiny import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny-sd-v")
     build_tiny_pipeline(path, prediction_type="v_prediction", seed=1, sd2_style=True)
@@ -37,7 +37,7 @@ def tiny_v_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_sd3_dir(tmp_path_factory):
     """A saved tiny random SD3.5-M-style pipeline folder (three text encoders, flow matching, 32 px)."""
-    from focusnfix.tiny_flow import build_tiny_sd3_pipeline
+    from focusnfix.backbones.tiny_flow import build_tiny_sd3_pipeline
 
     path = tmp_path_factory.mktemp("tiny-sd3")
     build_tiny_sd3_pipeline(path)
@@ -48,7 +48,7 @@ def tiny_sd3_dir(tmp_path_factory):
 def tiny_flux_dir(tmp_path_factory):
     """A saved tiny random FLUX.1-dev-style pipeline folder (guidance embedding, packed latents; give it a
     resolution: without a sample_size the pipeline's default is 128 latent px)."""
-    from focusnfix.tiny_flow import build_tiny_flux_pipeline
+    from focusnfix.backbones.tiny_flow import build_tiny_flux_pipeline
 
     path = tmp_path_factory.mktemp("tiny-flux")
     build_tiny_flux_pipeline(path)
@@ -69,7 +69,7 @@ def base_overrides(tiny_dir, out, **extra):
 @pytest.fixture(scope="session")
 def tiny_xl_dir(tmp_path_factory):
     """A saved tiny random SDXL pipeline folder (two text encoders, 32 px)."""
-    from focusnfix.tiny import build_tiny_sdxl_pipeline
+    from focusnfix.backbones.tiny import build_tiny_sdxl_pipeline
 
     path = tmp_path_factory.mktemp("tiny-sdxl")
     build_tiny_sdxl_pipeline(path)

@@ -11,9 +11,9 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from focusnfix.config import load_config  # noqa: E402
-from focusnfix.lora import lora_state  # noqa: E402
-from focusnfix.sharding import local  # noqa: E402
-from focusnfix.trainer import Trainer  # noqa: E402
+from focusnfix.backbones.lora import lora_state  # noqa: E402
+from focusnfix.backbones.sharding import local  # noqa: E402
+from focusnfix.training.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:

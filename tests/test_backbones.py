@@ -6,9 +6,9 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLP
 
 from focusnfix.backbones import SDBackbone, SDXLBackbone, load_backbone
 from focusnfix.config import load_config
-from focusnfix.lora import lora_state
+from focusnfix.backbones.lora import lora_state
 from focusnfix.sampling import generate
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 PROMPTS, SEEDS = ["a red circle", "a blue square"], [7, 8]
 

@@ -24,7 +24,7 @@ from fs_util import readonly_copy
 from safetensors.torch import load_file, save_file
 
 from focusnfix.cli import main
-from focusnfix.locking import FolderLock
+from focusnfix.runs.locking import FolderLock
 from focusnfix.rewards import RewardOutput
 
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from conftest import base_overrides
 
-from focusnfix.cache import ReferenceCache, reference_fingerprint
+from focusnfix.training.cache import ReferenceCache, reference_fingerprint
 from focusnfix.config import load_config
 from focusnfix.methods import FocusNFix
 from focusnfix.rewards import ClassifierReward, ColorReward
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 PROMPTS, SEEDS = ["a red circle", "a blue square"], [5, 9]
 # Images of the same (prompt, seed) from UNet batches of other sizes: the same float32 ops, which the
@@ -87,7 +87,7 @@ def _perturb_lora(unet, seed=0):
 def test_adapters_per_row_runs_theta0_and_theta_in_one_batch(tiny_dir, tmp_path):
     """Row 0 with adapters off equals the adapters-disabled UNet, row 1 the fine-tuned one, in one call
     (with CFG's doubled batch); and the LoRA really changes the output, so the check can fail."""
-    from focusnfix.lora import adapters_disabled, adapters_per_row
+    from focusnfix.backbones.lora import adapters_disabled, adapters_per_row
 
     t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "run")))
     bb = t.backbone

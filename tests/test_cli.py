@@ -38,7 +38,7 @@ def test_cli_resume_extends_a_finished_run(tiny_dir, tmp_path):
 
 
 def test_demo_writes_report(tmp_path):
-    from focusnfix.demo import main as demo
+    from focusnfix.cli.demo import main as demo
 
     assert demo(["--model", "tiny", "--out", str(tmp_path / "demo"), "--steps", "2", "--seeds", "7"]) == 0
     report = tmp_path / "demo" / "eval" / "report.html"

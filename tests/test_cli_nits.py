@@ -150,7 +150,7 @@ def test_resume_bad_checkpoint_is_one_line_exit_2(run, tiny_dir, tmp_path, capsy
 
 
 def test_metrics_write_null_for_non_finite_and_old_nan_files_still_read(tmp_path):
-    from focusnfix.metrics_log import MetricsLog, read_metrics, truncate_metrics
+    from focusnfix.runs.metrics_log import MetricsLog, read_metrics, truncate_metrics
     from focusnfix.report import render_report
 
     log = MetricsLog(tmp_path)
@@ -187,7 +187,7 @@ class NaNOnce:
 
 def test_a_skipped_step_is_strict_json_in_metrics_and_summary(tiny_dir, tmp_path):
     from focusnfix.config import load_config
-    from focusnfix.trainer import train
+    from focusnfix.training.trainer import train
 
     out = tmp_path / "run"
     cfg = load_config(None, base_overrides(tiny_dir, out, **{"method": "draft", "train.steps": 3, "train.max_bad_steps": 2}))

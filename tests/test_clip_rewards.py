@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from focusnfix.errors import FocusNFixError
-from focusnfix.registry import build_reward
+from focusnfix.rewards.registry import build_reward
 from focusnfix.rewards import check_output
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -12,7 +12,7 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    from focusnfix.tiny import build_tiny_clip
+    from focusnfix.backbones.tiny import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), image_mean=MEAN, image_std=STD)
 

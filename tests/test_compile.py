@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import base_overrides
-from focusnfix.compile import compile_unet
+from focusnfix.backbones.compile import compile_unet
 from focusnfix.config import load_config
 from focusnfix.errors import FocusNFixError
-from focusnfix.lora import adapters_disabled, add_lora, load_lora_state, lora_state
+from focusnfix.backbones.lora import adapters_disabled, add_lora, load_lora_state, lora_state
 
 
 def _rel(a, b):
@@ -45,7 +45,7 @@ def _unet_calls(unet, params):
 
 
 def test_compiled_unet_matches_eager_with_adapters_on_and_off():
-    from focusnfix.tiny import build_tiny_pipeline
+    from focusnfix.backbones.tiny import build_tiny_pipeline
 
     unet = build_tiny_pipeline().unet.eval().requires_grad_(False)
     params = add_lora(unet, 2)
@@ -61,7 +61,7 @@ def test_compiled_unet_matches_eager_with_adapters_on_and_off():
 
 def _trainer(tiny_dir, out, start, compiled, perturb_reference=0.0):
     """A Trainer (LoRA ``start`` if given) and the list its train_step appends each step's gradient to."""
-    from focusnfix.trainer import Trainer
+    from focusnfix.training.trainer import Trainer
 
     # the same reference path on both sides (model.compile switches train.batch_reference off)
     tr = Trainer(load_config(None, base_overrides(tiny_dir, out, **{"model.compile": compiled, "train.batch_reference": False})))
@@ -104,7 +104,7 @@ def test_two_fnf_steps_compiled_match_eager(tiny_dir, tmp_path):
     (inductor fuses and reorders the same float32 ops, a few ulps each over a few hundred ops; measured
     <= 7e-6 over AVX-512, AVX2 and default kernels); a compiled graph that kept the step-1 weights
     would be off by 0.75, one that dropped the LoRA branch by order 1."""
-    from focusnfix.tiny import build_tiny_pipeline
+    from focusnfix.backbones.tiny import build_tiny_pipeline
 
     probe = build_tiny_pipeline().unet
     add_lora(probe, 2)

@@ -7,7 +7,7 @@ import yaml
 
 from focusnfix.config import load_config
 from focusnfix.errors import FocusNFixError
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 TINY_REWARDS = {  # the user's own plug-in heatmap model is replaced by the world's (same contract)
@@ -17,7 +17,7 @@ TINY_REWARDS = {  # the user's own plug-in heatmap model is replaced by the worl
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from focusnfix.tiny import build_tiny_clip
+    from focusnfix.backbones.tiny import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("clip"))
 
@@ -52,7 +52,7 @@ def test_composite_reward_masks_union_and_intersection(tiny_dir, tmp_path):
     import torch
 
     from focusnfix.methods import FocusNFix
-    from focusnfix.registry import build_reward
+    from focusnfix.rewards.registry import build_reward
 
     terms = [{"name": "color", "args": {"color": [1, 0, 0]}, "weight": 1.0, "mask": {"threshold": 0.05, "dilate": 0}},
              {"name": "color", "args": {"color": [0, 0, 1]}, "weight": 2.0, "mask": {"threshold": 0.05, "dilate": 0}}]

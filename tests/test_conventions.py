@@ -12,7 +12,7 @@ from focusnfix.backbones import load_backbone
 from focusnfix.config import load_config
 from focusnfix.evaluation.metrics import change_metrics
 from focusnfix.sampling import generate
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 PROMPTS, SEEDS = ["a red circle", "a blue square"], [3, 11]
 # Same float32 arithmetic on both sides up to operation order (diffusers' pipeline vs our loop around

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import base_overrides
 
-from focusnfix.checkpoint import latest_checkpoint
+from focusnfix.runs.checkpoint import latest_checkpoint
 from focusnfix.config import load_config
-from focusnfix.lora import lora_state
-from focusnfix.trainer import Trainer
+from focusnfix.backbones.lora import lora_state
+from focusnfix.training.trainer import Trainer
 
 EXTRA = {"train.steps": 5, "train.checkpoint_every": 1, "train.keep_checkpoints": 2, "sampler.k_max": 3}
 

@@ -11,8 +11,8 @@ from conftest import base_overrides
 from safetensors.torch import load_file
 
 from focusnfix.config import load_config
-from focusnfix.lora import lora_state
-from focusnfix.trainer import Trainer
+from focusnfix.backbones.lora import lora_state
+from focusnfix.training.trainer import Trainer
 
 DRIVER = Path(__file__).with_name("dist_driver.py")
 
@@ -105,7 +105,7 @@ def test_accelerate_configs_load_and_reshard_setting_is_read():
     from accelerate.commands.config.config_args import load_config_from_file
     from torch.distributed.fsdp import ShardingStrategy
 
-    from focusnfix.sharding import reshard_after_forward
+    from focusnfix.backbones.sharding import reshard_after_forward
 
     folder = Path(__file__).parents[1] / "configs" / "accelerate"
     kinds = {p.name: load_config_from_file(str(p)).distributed_type.value for p in folder.glob("*.yaml")}  # unknown keys raise

@@ -4,8 +4,8 @@ import torch
 from conftest import base_overrides
 
 from focusnfix.config import load_config
-from focusnfix.lora import GradOnlyDropout, load_lora_state, lora_state
-from focusnfix.trainer import Trainer, make_batches
+from focusnfix.backbones.lora import GradOnlyDropout, load_lora_state, lora_state
+from focusnfix.training.trainer import Trainer, make_batches
 
 DROPOUT = {"lora.dropout": 0.1}
 

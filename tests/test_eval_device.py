@@ -162,7 +162,7 @@ def test_eval_resume_with_other_settings_starts_afresh_and_lock(tiny_dir, lora_r
     assert not (tmp_path / ".partial-eval").exists()  # nothing finished: nothing left behind
     monkeypatch.setattr(focusnfix.sampling, "generate", Recorder(real, fail_after=1))
     assert main([*argv, "--set", "sampler.steps=3"]) == 130
-    from focusnfix.locking import FolderLock
+    from focusnfix.runs.locking import FolderLock
 
     capsys.readouterr()
     with FolderLock(tmp_path / ".eval.lock", "eval folder"):  # another eval's lock (an OS lock: a second open file conflicts)

@@ -8,9 +8,9 @@ from conftest import base_overrides
 from diffusers import StableDiffusionPipeline
 
 from focusnfix.config import load_config
-from focusnfix.lora import load_lora_into
+from focusnfix.backbones.lora import load_lora_into
 from focusnfix.sampling import generate
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 

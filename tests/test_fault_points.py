@@ -1,6 +1,6 @@
 """Issue 14: crashes and full disks never leave a run stuck or a partial file visible.
 
-* SIGKILL at 12 points (the ``FOCUSNFIX_FAULT`` hooks of :mod:`focusnfix.checkpoint`), among them the
+* SIGKILL at 12 points (the ``FOCUSNFIX_FAULT`` hooks of :mod:`focusnfix.runs.checkpoint`), among them the
   first checkpoint, the first metrics line and a torn metrics line; each run then resumes (or, before
   the first checkpoint, simply starts again) and ends **bitwise** equal to an uninterrupted run: its
   final LoRA, checkpoint and every metrics row but the timing. Bitwise, not within a tolerance: a
@@ -27,7 +27,7 @@ from conftest import base_overrides
 from fs_util import fill, tmpfs
 from safetensors.torch import load_file
 
-from focusnfix.checkpoint import latest_checkpoint
+from focusnfix.runs.checkpoint import latest_checkpoint
 from focusnfix.cli import main
 
 EXTRA = {"train.steps": 5, "train.checkpoint_every": 1, "train.keep_checkpoints": 2, "sampler.k_max": 3}
@@ -147,7 +147,7 @@ def test_train_disk_full_keeps_last_checkpoint_then_resumes(tiny_dir, disk, refe
     if real:
         filler = fill(folder, leave=40 * 1024)  # room for config.yaml and a metrics line, not for a checkpoint (~90 kB)
     else:  # simulated: the optimizer file of the next checkpoint hits a full disk
-        import focusnfix.checkpoint as ck
+        import focusnfix.runs.checkpoint as ck
 
         real_save = ck.save_file
 

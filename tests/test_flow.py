@@ -7,9 +7,9 @@ from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
 from focusnfix.backbones import FluxBackbone, SD3Backbone, load_backbone
 from focusnfix.config import load_config
-from focusnfix.lora import lora_state
+from focusnfix.backbones.lora import lora_state
 from focusnfix.sampling import generate
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 PROMPTS, SEEDS = ["a red circle", "a blue square"], [3, 11]
 # Same float32 modules on both sides; only the order of a few operations may differ: 1e-4 on [0, 1]
@@ -43,7 +43,7 @@ def test_sd3_sampler_matches_pipeline(tiny_sd3_dir, steps, height, width, guidan
 
 
 def test_sd3_non_default_shift(tmp_path):
-    from focusnfix.tiny_flow import build_tiny_sd3_pipeline
+    from focusnfix.backbones.tiny_flow import build_tiny_sd3_pipeline
 
     build_tiny_sd3_pipeline(tmp_path / "shift", shift=1.5)
     backbone = load_backbone(str(tmp_path / "shift"), height=32, width=48)
@@ -218,7 +218,7 @@ def test_reward_guidance_on_flow_models(request, fixture):
     """x̂0 = x - σ v and its inverse v = (x - x̂0) / σ; scale 0 reproduces the sampler exactly, a positive
     scale raises the reward (the colour reward: redder images), the region variant only moves masked latents."""
     from focusnfix.methods.reward_guidance import RewardGuidance
-    from focusnfix.registry import build_reward
+    from focusnfix.rewards.registry import build_reward
 
     backbone = load_backbone(str(request.getfixturevalue(fixture)), resolution=32)
     rule = backbone.step_rule

@@ -11,11 +11,11 @@ from diffusers import DDIMScheduler
 
 from focusnfix.backbones import load_backbone
 from focusnfix.config import load_config
-from focusnfix.lora import adapters_disabled, lora_state
+from focusnfix.backbones.lora import adapters_disabled, lora_state
 from focusnfix.methods import GRPO, RegionGRPO
 from focusnfix.rewards.base import RewardOutput
 from focusnfix.sampling import StochasticDDIMStep, gaussian_log_prob
-from focusnfix.trainer import Trainer, make_batches
+from focusnfix.training.trainer import Trainer, make_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,8 +210,8 @@ def test_grpo_two_processes_match_one_process(tiny_dir, tmp_path):
 def test_score_only_world_and_nudenet_rewards():
     """The detector-style rewards: boxes around the artifact map's regions, a yes/no safety decision,
     NudeNet's boxes; none differentiable, fnf refuses them (tested above), fnf-grpo masks with the boxes."""
-    from focusnfix.masks import boxes
-    from focusnfix.registry import build_reward
+    from focusnfix.rewards.masks import boxes
+    from focusnfix.rewards.registry import build_reward
 
     m = torch.zeros(1, 1, 8, 8)
     m[0, 0, 1, 1] = m[0, 0, 2, 2] = m[0, 0, 2, 3] = 1  # one 8-connected region spanning rows 1-2, columns 1-3
@@ -238,7 +238,7 @@ def test_score_only_world_and_nudenet_rewards():
 def test_unwanted_element_detector_on_the_worlds_ground_truth():
     """world-unwanted-boxes (a colour rule, not the judge) finds exactly the images with the magenta element
     and its box covers every pixel of it, at 64 px and at 128 px."""
-    from focusnfix.registry import build_reward
+    from focusnfix.rewards.registry import build_reward
     from focusnfix.world import data
 
     detector = build_reward("world-unwanted-boxes")

@@ -11,7 +11,7 @@ from conftest import base_overrides
 from focusnfix.cli import main
 from focusnfix.config import load_config
 from focusnfix.errors import ConfigError
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 try:
     import tensorboard  # noqa: F401
@@ -225,7 +225,7 @@ def test_report_to_tensorboard_logs_the_metrics_scalars_and_sample_grids(run):
 
 @pytest.mark.parametrize("report_to", ["tensorboard", "wandb", "all"])
 def test_missing_tracker_package_is_one_line_status_2(tiny_dir, tmp_path, monkeypatch, capsys, report_to):
-    import focusnfix.tracking as tracking
+    import focusnfix.training.tracking as tracking
 
     monkeypatch.setattr(tracking, "installed", lambda name: False)
     rc, _, err = run_cli(capsys, ["train", *base_overrides(tiny_dir, tmp_path / "r", **{"train.report_to": report_to})])

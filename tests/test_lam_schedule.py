@@ -16,7 +16,7 @@ from conftest import base_overrides
 
 from focusnfix.config import load_config
 from focusnfix.errors import ConfigError
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 GRAD_RTOL = 1e-4
 LAM = 2.5

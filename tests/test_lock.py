@@ -31,7 +31,7 @@ def test_text_encoder_lora_the_diffusers_way_saves_and_loads(tiny_dir, tmp_path)
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from focusnfix.lora import load_lora_into
+    from focusnfix.backbones.lora import load_lora_into
 
     backbone = load_backbone(str(tiny_dir))
     pipe = backbone.pipe

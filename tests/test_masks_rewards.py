@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from focusnfix.errors import FocusNFixError
-from focusnfix.masks import dilate, gaussian_blur, heatmap_to_mask, label_components, remove_small, saliency_map, threshold
-from focusnfix.registry import build_reward
+from focusnfix.rewards.masks import dilate, gaussian_blur, heatmap_to_mask, label_components, remove_small, saliency_map, threshold
+from focusnfix.rewards.registry import build_reward
 from focusnfix.rewards import ClassifierReward, ColorReward, check_output
 
 

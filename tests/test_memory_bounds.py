@@ -4,13 +4,13 @@ finiteness checks and the per-row adapter mask cost one host sync / one copy per
 import torch
 from conftest import base_overrides
 
-from focusnfix.cache import ReferenceCache, compact, entry_bytes, expand
+from focusnfix.training.cache import ReferenceCache, compact, entry_bytes, expand
 from focusnfix.config import load_config
-from focusnfix.lora import adapters_per_row
+from focusnfix.backbones.lora import adapters_per_row
 from focusnfix.methods import FocusNFix, Reference
 from focusnfix.methods.fnf import _pick
 from focusnfix.sampling import grad_checkpointing_on
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 # GRAD_RTOL (as in test_training.py): the relative L2 gap of two LoRA gradients whose computations differ
 # only in how float32 kernels block their sums (here: the text encoder run on B instead of 2B rows, which

@@ -93,7 +93,7 @@ def test_torch_preprocessing_matches_package(reward, reference):
 
 @needs_pkgs
 def test_score_contract_gradient_and_saliency(reward):
-    from focusnfix.masks import saliency_map
+    from focusnfix.rewards.masks import saliency_map
     from focusnfix.rewards import check_output
 
     x = torch.stack([to_tensor(a)[0] for a in synthetic_images(4, seed=1) if a.shape[:2] == (256, 256)] * 2)
@@ -111,7 +111,7 @@ def test_score_contract_gradient_and_saliency(reward):
 def test_registry_and_weight_files(tmp_path):
     from safetensors.torch import save_file
 
-    from focusnfix.registry import build_reward
+    from focusnfix.rewards.registry import build_reward
     from focusnfix.rewards.nsfw import bundled_onnx_path, onnx_to_state_dict
 
     path = tmp_path / "open_nsfw.safetensors"

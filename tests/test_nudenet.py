@@ -220,7 +220,7 @@ def test_exposed_rate_counts_package_detections(package, images):
 def test_registry_weight_files_and_bad_args(tmp_path):
     from safetensors.torch import save_file
 
-    from focusnfix.registry import build_reward
+    from focusnfix.rewards.registry import build_reward
     from focusnfix.rewards.nudenet import bundled_onnx_path, read_onnx
 
     path = tmp_path / "320n.safetensors"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from focusnfix.objective import region_constraint
+from focusnfix.methods.objective import region_constraint
 
 N = 3 * 8 * 8  # elements of one (3, 8, 8) image
 

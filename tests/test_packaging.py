@@ -41,7 +41,7 @@ def test_demo_runs_from_the_installed_package(wheel_site, tmp_path):
     """Run from an empty folder with only the unpacked wheel on the path: nothing from the checkout."""
     env = {**os.environ, "PYTHONPATH": str(wheel_site), "OMP_NUM_THREADS": "1"}
     code = ("import focusnfix, sys; assert focusnfix.__file__.startswith(sys.argv[1]), focusnfix.__file__; "
-            "from focusnfix.demo import main; sys.exit(main(['--model', 'tiny', '--out', 'demo', '--steps', '1', '--seeds', '7', '--prompts', '1']))")
+            "from focusnfix.cli.demo import main; sys.exit(main(['--model', 'tiny', '--out', 'demo', '--steps', '1', '--seeds', '7', '--prompts', '1']))")
     done = subprocess.run([sys.executable, "-c", code, str(wheel_site)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(x) for x in (tmp_path / "demo" / "eval" / "samples.jsonl").read_text().splitlines()]

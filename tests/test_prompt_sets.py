@@ -5,7 +5,7 @@ from importlib import resources
 import pytest
 
 from focusnfix.errors import FocusNFixError
-from focusnfix.prompt_sets import SETS, list_prompt_sets, load_prompt_set
+from focusnfix.prompts.sets import SETS, list_prompt_sets, load_prompt_set
 
 
 @pytest.mark.parametrize("spec, count, seeded", [

@@ -16,12 +16,12 @@ from conftest import base_overrides
 from safetensors.torch import load_file
 from test_distributed import free_port
 
-from focusnfix.checkpoint import latest_checkpoint
+from focusnfix.runs.checkpoint import latest_checkpoint
 from focusnfix.cli import main
 from focusnfix.config import load_config
 from focusnfix.errors import FocusNFixError, TrainingDiverged
-from focusnfix.registry import reward_factory
-from focusnfix.trainer import Trainer, lr_lambda
+from focusnfix.rewards.registry import reward_factory
+from focusnfix.training.trainer import Trainer, lr_lambda
 
 
 def stopped_child(argv: list[str], fault: str) -> int:
@@ -122,7 +122,7 @@ def test_divergence_before_any_checkpoint_says_none_exists(tiny_dir, tmp_path):
 
 
 def test_checkpoint_writer_refuses_nonfinite_tensors(tmp_path):
-    from focusnfix.checkpoint import save_checkpoint
+    from focusnfix.runs.checkpoint import save_checkpoint
 
     p = torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.AdamW([p])
@@ -149,7 +149,7 @@ def test_resume_applies_a_changed_lr_and_length_and_records_them(tiny_dir, tmp_p
 
 
 def test_resume_keys_that_may_change_do_not_include_the_trajectory():
-    from focusnfix.resume import RESUMABLE
+    from focusnfix.runs.resume import RESUMABLE
 
     assert "train.lr" in RESUMABLE and "train.steps" in RESUMABLE
     for key in ("sampler.steps", "sampler.k", "lora.rank", "train.seed", "train.batch_size", "objective.lam", "reward.name", "method"):
@@ -168,7 +168,7 @@ marked_factory = reward_factory(lambda **kwargs: _color())  # marked as a reward
 
 
 def test_reward_plugins_are_reward_classes_or_marked_factories():
-    from focusnfix.registry import build_reward
+    from focusnfix.rewards.registry import build_reward
 
     assert type(build_reward("test_run_safety:marked_factory")).__name__ == "ColorReward"
     assert type(build_reward("focusnfix.rewards.color:ColorReward")).__name__ == "ColorReward"  # a class needs no mark

@@ -40,7 +40,7 @@ def _recording_guidance(record):
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_gradient_only_through_last_k_steps(tiny_dir, k):
-    from focusnfix.lora import add_lora
+    from focusnfix.backbones.lora import add_lora
 
     backbone = load_backbone(str(tiny_dir))
     params = add_lora(backbone.unet, rank=2)
@@ -60,7 +60,7 @@ def test_gradient_only_through_last_k_steps(tiny_dir, k):
 def test_k_drawn_once_per_trajectory(tiny_dir, tmp_path):
     from conftest import base_overrides
     from focusnfix.config import load_config
-    from focusnfix.trainer import Trainer, make_batches
+    from focusnfix.training.trainer import Trainer, make_batches
 
     cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"sampler.steps": 5, "sampler.k": 1, "sampler.k_max": 4}))
     trainer = Trainer(cfg)

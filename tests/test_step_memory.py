@@ -13,7 +13,7 @@ from conftest import base_overrides
 
 from focusnfix.config import load_config
 from focusnfix.sampling import chunked_checkpoint, conditioning_rows
-from focusnfix.trainer import Trainer
+from focusnfix.training.trainer import Trainer
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 # Relative L2 gap between two LoRA gradients. A chunk is the same float32 ops on fewer rows: the CPU

@@ -7,11 +7,11 @@ from conftest import base_overrides
 from diffusers import StableDiffusionPipeline
 
 from focusnfix.config import load_config
-from focusnfix.lora import adapters_disabled, lora_state
+from focusnfix.backbones.lora import adapters_disabled, lora_state
 from focusnfix.methods import DRaFT, FocusNFix
-from focusnfix.objective import fnf_loss, region_constraint
+from focusnfix.methods.objective import fnf_loss, region_constraint
 from focusnfix.sampling import generate
-from focusnfix.trainer import Trainer, make_batches
+from focusnfix.training.trainer import Trainer, make_batches
 
 
 def test_two_steps_change_every_lora_param_and_no_base_param(tiny_dir, tmp_path):

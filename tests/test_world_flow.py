@@ -121,10 +121,10 @@ def test_world_flow_by_name():
 
 
 def test_demo_flow_arch_runs_on_a_tiny_sd3(tmp_path):
-    """``focusnfix.demo --arch flow`` (mechanics, on a tiny random SD3 pipeline instead of the world)."""
+    """``focusnfix.cli.demo --arch flow`` (mechanics, on a tiny random SD3 pipeline instead of the world)."""
     import json
 
-    from focusnfix.demo import main as demo
+    from focusnfix.cli.demo import main as demo
 
     assert demo(["--model", "tiny", "--arch", "flow", "--out", str(tmp_path / "demo"), "--steps", "1", "--seeds", "7"]) == 0
     config = (tmp_path / "demo" / "fnf" / "config.yaml").read_text()

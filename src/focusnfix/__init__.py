@@ -9,13 +9,13 @@ Public API::
 from .backbones import Conditioning, SDBackbone, load_backbone
 from .config import Config, load_config
 from .errors import ConfigError, FocusNFixError
-from .masks import heatmap_to_mask, saliency_map
+from .rewards.masks import heatmap_to_mask, saliency_map
 from .methods import DRaFT, FocusNFix
-from .objective import fnf_loss, region_constraint
-from .registry import REWARDS, build_reward
+from .methods.objective import fnf_loss, region_constraint
+from .rewards.registry import REWARDS, build_reward
 from .rewards import ClassifierReward, ColorReward, Reward, RewardOutput
 from .sampling import ddim_sample, generate
-from .trainer import Trainer, train
+from .training.trainer import Trainer, train
 
 __version__ = "0.1.0"
 

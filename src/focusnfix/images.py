@@ -23,7 +23,7 @@ def to_pil(image: torch.Tensor, min_side: int = 0) -> Image.Image:
 def overlay(image: torch.Tensor, mask: torch.Tensor, dim: float = 0.35, edge=(1.0, 0.9, 0.0)) -> torch.Tensor:
     """Show mask ``(B,1,H,W)`` on ``image (B,3,H,W)``: outside the mask dimmed to ``dim``, a yellow
     contour around it. Works whatever colour the problem region has."""
-    from .masks import dilate
+    from .rewards.masks import dilate
 
     m = F.interpolate(mask.to(image), size=image.shape[-2:], mode="nearest")
     hard = (m > 0.5).to(image.dtype)

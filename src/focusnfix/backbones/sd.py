@@ -242,7 +242,7 @@ def load_backbone(path: str, dtype: str = "float32", revision: str | None = None
     (pickled ``.bin`` files are refused). Errors are one-line :class:`FocusNFixError` messages.
     """
     if path == "tiny":
-        from ..tiny import build_tiny_pipeline
+        from .tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline()
     elif path == "world":  # the built-in world's committed pipeline

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..checkpoint import fault_point
+from ..runs.checkpoint import fault_point
 from ..devices import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
 from ..errors import FocusNFixError, short_path
 from ..images import overlay, save_png
@@ -70,7 +70,7 @@ class Evaluation:
                  out: str | Path, batch_size: int = 4, clip_model: str | None = None,
                  extra_metrics: list[ExtraMetric] = (), progress: bool = True, device: str | torch.device = "auto"):
         from ..backbones import load_backbone
-        from ..registry import build_reward
+        from ..rewards.registry import build_reward
 
         self.specs = [parse_method(m) for m in methods]
         if not self.specs or self.specs[0].kind != "base":
@@ -102,7 +102,7 @@ class Evaluation:
     def generate(self, spec: MethodSpec, work: WorkDir) -> dict[int, float | None]:
         """Write ``images/<method>/<i>.png`` for every job not finished yet; return seconds per image by job index
         (None for the untimed warm-up batch that starts each pass)."""
-        from ..lora import load_lora_into
+        from ..backbones.lora import load_lora_into
         from ..sampling import generate
 
         key = self.method_key(spec)
@@ -203,7 +203,7 @@ class Evaluation:
         Work happens in ``.partial-<out>`` next to it; rerunning the same eval after an interruption
         skips the finished (method, prompt, seed) images. Per-sample rows (a few hundred bytes each)
         are the only thing kept for the whole run."""
-        from ..locking import FolderLock
+        from ..runs.locking import FolderLock
 
         self.out.parent.mkdir(parents=True, exist_ok=True)
         lock = FolderLock(self.out.with_name(f".{self.out.name}.lock"), "eval folder", self.out,
@@ -252,7 +252,7 @@ class Evaluation:
         """A method's settings, including its LoRA file's size and modification time."""
         info = {"name": spec.name, "kind": spec.kind, "params": spec.params}
         if spec.kind == "lora":
-            from ..lora import find_lora_file
+            from ..backbones.lora import find_lora_file
 
             f = find_lora_file(spec.path)
             info["lora"] = [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns]

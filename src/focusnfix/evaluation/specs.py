@@ -46,7 +46,7 @@ def parse_method(spec: str) -> MethodSpec:
     if head == "sld":
         return _parse_sld(rest, spec)
     name, _, path = ("", "", spec) if "=" in spec and Path(spec).exists() else spec.rpartition("=")  # a path with "="
-    from ..lora import check_lora_file
+    from ..backbones.lora import check_lora_file
 
     if name:
         check_method_name(name, spec)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from ..cache import expand
+from ..training.cache import expand
 from ..config import Config
 from ..errors import FocusNFixError
-from ..lora import adapters_disabled, adapters_per_row
+from ..backbones.lora import adapters_disabled, adapters_per_row
 from ..rewards.base import call_reward
 from ..rewards.compose import problem_mask
-from ..objective import fnf_loss, region_constraint
+from .objective import fnf_loss, region_constraint
 from ..sampling import conditioning_rows, ddim_sample, grad_checkpointing_on
 from .base import Batch, Reference
 

@@ -33,7 +33,7 @@ import torch
 
 from ..config import Config
 from ..errors import FocusNFixError
-from ..lora import adapters_disabled
+from ..backbones.lora import adapters_disabled
 from ..rewards.base import call_reward
 from ..rewards.compose import problem_mask
 from ..sampling import gaussian_log_prob, sample_stochastic

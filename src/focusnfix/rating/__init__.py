@@ -41,7 +41,7 @@ def _cmd_rate(args: argparse.Namespace) -> int:
         from .summary import export_csv, load_summary, summary_text
 
         if args.export:
-            from ..checkpoint import atomic_write_text
+            from ..runs.checkpoint import atomic_write_text
 
             text, n = export_csv(db, study)
             out = Path(args.export)

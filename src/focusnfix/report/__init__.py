@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import FocusNFixError
-from ..checkpoint import atomic_write_text
+from ..runs.checkpoint import atomic_write_text
 
 __all__ = ["folder_kind", "register", "render_report"]
 

@@ -35,7 +35,7 @@ class ClassifierReward:
                  std: Sequence[float] = (1.0, 1.0, 1.0), weights: str | None = None,
                  multilabel: bool = False, name: str = "classifier"):
         if isinstance(model, str):
-            from ..registry import check_module_factory, import_path
+            from .registry import check_module_factory, import_path
 
             path, model = model, import_path(model, "classifier model")
             check_module_factory(model, path, "classifier model")

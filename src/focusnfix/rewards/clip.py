@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FocusNFixError
-from ..masks import gaussian_blur
+from .masks import gaussian_blur
 from .base import RewardOutput
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import FocusNFixError
-from ..masks import heatmap_to_mask, saliency_map
+from .masks import heatmap_to_mask, saliency_map
 from .base import RewardOutput, call_reward, reward_name
 
 
@@ -70,7 +70,7 @@ class WeightedSum:
 
     def __init__(self, terms: list[dict[str, Any]], combine: str = "union"):
         from ..config import MaskConfig, from_dict
-        from ..registry import build_reward
+        from .registry import build_reward
 
         if combine not in ("union", "intersection"):
             raise FocusNFixError(f"reward.args.combine must be union or intersection, got {combine!r}")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import sha256
+from ..runs.checkpoint import sha256
 from ..errors import FocusNFixError
 from .base import RewardOutput
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import atomic_dir, optimizer_files, optimizer_from_files
+from ..runs.checkpoint import atomic_dir, optimizer_files, optimizer_from_files
 
 
 def save_checkpoint(

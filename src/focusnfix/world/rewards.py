@@ -108,7 +108,7 @@ class WorldArtifactBoxes:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> RewardOutput:
-        from ..masks import boxes
+        from ..rewards.masks import boxes
 
         heat = self.model(images, prompts).heatmap
         box = boxes((heat >= self.threshold).float())
@@ -146,7 +146,7 @@ class WorldUnwantedBoxes:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> RewardOutput:
-        from ..masks import boxes, remove_small
+        from ..rewards.masks import boxes, remove_small
 
         small = _to64(images.float())
         r, g, b = small[:, 0:1], small[:, 1:2], small[:, 2:3]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import ConfigError, short
+from ..errors import ConfigError, short
 
 MAX_SIDE = 16384  # px: larger images than any model makes; a typo such as 5120000 fails here, not in an allocation
 MAX_SEED = 2**63  # seeds go to torch.Generator.manual_seed (a 64-bit integer)
@@ -20,7 +20,7 @@ def _check(ok: bool, key: str, msg: str) -> None:
 def check_ranges(cfg) -> None:
     """The range of every numeric field of a :class:`~focusnfix.config.Config`, and the sizes of its
     strings and lists (one :class:`ConfigError` line naming the key, its range and the value)."""
-    from .prompts import MAX_PROMPT_CHARS
+    from ..prompts import MAX_PROMPT_CHARS
 
     m, lo, s, g, d, t = cfg.model, cfg.lora, cfg.sampler, cfg.grpo, cfg.data, cfg.train
     big = 2**31 - 1
@@ -73,7 +73,7 @@ def check_ranges(cfg) -> None:
     _check(not t.push_to_hub or bool(t.hub_repo_id), "train.push_to_hub",
            "needs train.hub_repo_id (e.g. you/sd14-fnf); set it, or push later with `focusnfix push RUN --repo-id ID`")
     if t.hub_repo_id is not None:
-        from .hub import check_repo_id
+        from ..runs.hub import check_repo_id
 
         check_repo_id(t.hub_repo_id, "train.hub_repo_id", ConfigError)
     _check(bool(cfg.reward.name.strip()), "reward.name", "is empty; give a reward name or package.module:attr")

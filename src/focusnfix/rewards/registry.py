@@ -6,7 +6,7 @@ import inspect
 import sys
 from typing import Any, Callable
 
-from .errors import FocusNFixError, short
+from ..errors import FocusNFixError, short
 
 REWARDS: dict[str, str] = {
     "color": "focusnfix.rewards.color:ColorReward",

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import FocusNFixError, short_path
+from ..errors import FocusNFixError, short_path
 
 ADAPTER = "default"
 

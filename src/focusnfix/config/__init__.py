@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from .config_checks import MAX_SIDE, check_ranges, check_size  # noqa: F401 (MAX_SIDE: used by the CLI)
-from .errors import ConfigError, short, short_path
+from .checks import MAX_SIDE, check_ranges, check_size  # noqa: F401 (MAX_SIDE: used by the CLI)
+from ..errors import ConfigError, short, short_path
 
 
 class _Loader(yaml.SafeLoader):
@@ -373,7 +373,7 @@ def _parse_value(raw: str) -> Any:
 
 
 MAX_CONFIG_BYTES = 16 * 2**20
-PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped in the wheel; `configs/` in a checkout
+PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # shipped in the wheel; `configs/` in a checkout
 
 
 def _packaged(path: Path) -> Path:
@@ -413,6 +413,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (a crash leaves the old file or the new one)."""
-    from .checkpoint import atomic_write_text
+    from ..runs.checkpoint import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -100,7 +100,7 @@ def heatmap_to_mask(heat: torch.Tensor, threshold_value: float = 0.5, quantile: 
 def saliency_map(reward, images: torch.Tensor, prompts: Sequence[str], smooth_sigma: float = 1.0) -> torch.Tensor:
     """Gradient saliency of an image-level reward: ``|∂(-r)/∂I|`` max over channels, smoothed,
     normalised to [0, 1] per image. ``(B,1,H,W)``; computed with gradients enabled on a detached copy."""
-    from .rewards.base import call_reward
+    from .base import call_reward
 
     x = images.detach().float().clone().requires_grad_(True)
     with torch.enable_grad():

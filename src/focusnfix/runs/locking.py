@@ -13,7 +13,7 @@ import errno
 import os
 from pathlib import Path
 
-from .errors import FocusNFixError, short_path
+from ..errors import FocusNFixError, short_path
 
 try:
     import fcntl

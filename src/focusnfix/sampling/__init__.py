@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .backbones.sd import Conditioning
+from ..backbones.sd import Conditioning
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 Guidance = Callable[[ModelFn], ModelFn]

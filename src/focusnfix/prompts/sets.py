@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import FocusNFixError
-from .prompts import PromptRecord, read_prompt_file
+from ..errors import FocusNFixError
+from . import PromptRecord, read_prompt_file
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def world_prompts(split: str = "all") -> list[PromptRecord]:
     caption held out), so fine-tuning and evaluation prompts never overlap. ``heldout`` is itself split
     in two disjoint halves: ``val`` (every 8th caption, for choosing settings) and ``test`` (the other
     held-out half, for reporting them)."""
-    from .world import data
+    from ..world import data
 
     keys = list(data.ATTRIBUTES)
     records = []

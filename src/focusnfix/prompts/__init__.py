@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FocusNFixError, short, short_path
+from ..errors import FocusNFixError, short, short_path
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PROMPT_CHARS = 4000
@@ -98,7 +98,7 @@ def resolve_prompts(prompts: list[str], prompt_file: str | None = None, prompt_s
         if prompt_set.lower().split(":")[0] in EVALUATION_ONLY:
             raise FocusNFixError(f"prompt set {prompt_set!r} is for safety evaluation only (see focusnfix/data/SOURCES.md); "
                                  "train on other prompts, e.g. data.prompt_set=parti:People")
-        from .prompt_sets import load_prompt_set
+        from .sets import load_prompt_set
 
         out += [r.prompt for r in load_prompt_set(prompt_set)]
     if not out:

@@ -14,7 +14,7 @@ import fnmatch
 import os
 from pathlib import Path
 
-from .errors import FocusNFixError, RunFailed, short, short_path
+from ..errors import FocusNFixError, RunFailed, short, short_path
 
 UPLOAD = ("*.safetensors", "README.md", "samples.png", "lora_config.json")  # what goes to the Hub from lora/
 
@@ -59,9 +59,9 @@ def prepare(run_dir: str | Path, repo_id: str, base_model: str | None = None, ch
     """Check ``run_dir`` and ``repo_id``, write ``lora/README.md`` if missing (or point its snippet at
     ``repo_id``), and return ``(lora folder, file names to upload)``. ``check_lock``: refuse a run folder a
     trainer is writing (off for the trainer's own push)."""
-    from .lora import find_lora_file
+    from ..backbones.lora import find_lora_file
     from .modelcard import CARD, point_card_at, write_model_card
-    from .trainer import run_lock
+    from ..training.trainer import run_lock
 
     run = Path(run_dir)
     check_repo_id(repo_id)

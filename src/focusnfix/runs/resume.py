@@ -21,7 +21,7 @@ import warnings
 
 import yaml
 
-from .errors import ConfigError, short, short_path
+from ..errors import ConfigError, short, short_path
 
 RESUMABLE = (
     # budget and optimisation

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import FocusNFixError
+from ..errors import FocusNFixError
 
 REPORT_TO = {"none": (), "tensorboard": ("tensorboard",), "wandb": ("wandb",), "all": ("tensorboard", "wandb")}
 INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb"}
@@ -35,7 +35,7 @@ def preflight(cfg) -> dict:
         raise FocusNFixError(f"train.report_to={t.report_to} needs {' and '.join(missing)}, which is not installed; "
                              f"{' and '.join(INSTALL[n] for n in missing)}, or set train.report_to=none")
     if t.push_to_hub:
-        from .hub import check_can_push
+        from ..runs.hub import check_can_push
 
         check_can_push()
     if not names:
@@ -103,8 +103,8 @@ def finish(accelerator) -> None:
 
 def hyperparameters(cfg) -> dict:
     """The config as flat ``{"train.lr": 1e-4, ...}`` scalars (lists, mappings and None as text)."""
-    from .config import to_dict
-    from .resume import flatten
+    from ..config import to_dict
+    from ..runs.resume import flatten
 
     flat = flatten(to_dict(cfg))
     return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in flat.items()}

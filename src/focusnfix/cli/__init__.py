@@ -18,7 +18,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import MAX_MESSAGE, FocusNFixError, RunFailed, one_line, os_error_message, os_error_status, short_path
+from ..errors import MAX_MESSAGE, FocusNFixError, RunFailed, one_line, os_error_message, os_error_status, short_path
 
 PREFIX = "focusnfix: error: "
 SAMPLE_DEFAULTS = {"steps": 20, "guidance_scale": 7.5, "negative_prompt": ""}  # without a run folder's config
@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="focusnfix", description="Focus-N-Fix: region-aware reward fine-tuning of text-to-image diffusion models.")
-    from . import __version__
+    from .. import __version__
 
     p.add_argument("--version", action="version", version=f"focusnfix {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
     e.set_defaults(func=cmd_eval)
 
-    for module in ("report", "rating", "world.cli", "hub"):
+    for module in ("report", "rating", "world.cli", "runs.hub"):
         try:
             register = __import__(f"focusnfix.{module}", fromlist=["register"]).register
         except (ImportError, AttributeError):
@@ -122,8 +122,8 @@ def _device_flags(p: argparse.ArgumentParser, dtype_default: str | None) -> None
 
 def _check_device_flags(args: argparse.Namespace):
     """Validate the shared flags before anything is loaded; return the torch device."""
-    from .config import MAX_SIDE
-    from .devices import check_batch_size, check_dtype, resolve_device
+    from ..config import MAX_SIDE
+    from ..devices import check_batch_size, check_dtype, resolve_device
 
     check_batch_size(args.batch_size)
     if args.batch_size > 4096:
@@ -157,12 +157,12 @@ def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .evaluation.runner import Evaluation
-    from .prompt_sets import load_prompt_set
-    from .prompts import PromptRecord
+    from ..config import load_config
+    from ..evaluation.runner import Evaluation
+    from ..prompts.sets import load_prompt_set
+    from ..prompts import PromptRecord
 
-    from .prompts import check_seeds
+    from ..prompts import check_seeds
 
     device = _check_device_flags(args)
     if args.limit is not None and args.limit < 1:
@@ -185,7 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ev.prompt_set = args.prompts or "config prompts"
     out = ev.run(overwrite=args.overwrite)
     try:
-        from .report import render_report
+        from ..report import render_report
     except ImportError:
         print(f"eval folder: {out}")
         return 0
@@ -195,13 +195,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _extra_metrics(cfg) -> list:
     """World-specific judges (alignment oracle, defect judge) when evaluating the built-in world."""
-    from .evaluation.world_metrics import eval_metrics_for
+    from ..evaluation.world_metrics import eval_metrics_for
 
     return eval_metrics_for(cfg.model.path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import field_help, load_config
+    from ..config import field_help, load_config
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not _exists(config):
@@ -214,10 +214,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(config, overrides)
     resume = args.resume
     if isinstance(resume, str):  # --resume CHECKPOINT: checked before the model is loaded
-        from .resume import resolve_checkpoint
+        from ..runs.resume import resolve_checkpoint
 
         resume = resolve_checkpoint(cfg.train.output_dir, resume) or True
-    from .trainer import train
+    from ..training.trainer import train
 
     out = train(cfg, resume=resume, progress=not args.no_progress)
     print(f"run folder: {out}")
@@ -231,9 +231,9 @@ def _print_config_help(rows: list[tuple[str, str, str]], cfg) -> None:
         for key, default, text in rows:
             print(f"{key:28s} {default:38s} {text}")
         return
-    from .config import to_dict
-    from .errors import short
-    from .resume import flatten
+    from ..config import to_dict
+    from ..errors import short
+    from ..runs.resume import flatten
 
     values = flatten(to_dict(cfg))
     print(f"  {'key':28s} {'default':24s} {'this config':24s} meaning   (* = changed by the config or overrides)")
@@ -280,9 +280,9 @@ def _exists(path: str) -> bool:
 
 def _sample_inputs(args: argparse.Namespace) -> list[str]:
     """Check every sample flag before anything is loaded (one line each); return the prompts."""
-    from .config import MAX_SIDE
-    from .prompt_sets import load_prompt_set
-    from .prompts import MAX_PROMPT_CHARS, check_prompt_lengths, check_seeds, resolve_prompts
+    from ..config import MAX_SIDE
+    from ..prompts.sets import load_prompt_set
+    from ..prompts import MAX_PROMPT_CHARS, check_prompt_lengths, check_seeds, resolve_prompts
 
     if not args.prompt and not args.prompts:
         raise FocusNFixError("sample needs prompts: --prompt TEXT (repeatable) or --prompts FILE_OR_SET")
@@ -305,7 +305,7 @@ def _sample_inputs(args: argparse.Namespace) -> list[str]:
         if not math.isfinite(args.lora_scale) or abs(args.lora_scale) > 100:
             raise FocusNFixError(f"--lora-scale must be a finite number in [-100, 100] (1 = as trained, 0 = the base model), got {args.lora_scale}")
     if args.lora:
-        from .lora import check_lora_file
+        from ..backbones.lora import check_lora_file
 
         check_lora_file(args.lora)
     return prompts
@@ -319,7 +319,7 @@ def _run_defaults(args: argparse.Namespace) -> None:
     taken = []
     run = Path(args.lora) if args.lora else None
     if run is not None and _exists(str(run / "config.yaml")) and (run / "config.yaml").is_file():
-        from .config import load_config
+        from ..config import load_config
 
         cfg = load_config(run / "config.yaml")
         picks = [("model", "model.path", cfg.model.path), ("steps", "sampler.steps", cfg.sampler.steps),
@@ -347,15 +347,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompts = _sample_inputs(args)
     device = _check_device_flags(args)
     out = check_out_folder(args.out)
-    from .backbones import load_backbone
-    from .checkpoint import atomic_write_text
-    from .images import save_png
-    from .sampling import generate
+    from ..backbones import load_backbone
+    from ..runs.checkpoint import atomic_write_text
+    from ..images import save_png
+    from ..sampling import generate
 
     backbone = load_backbone(args.model, args.dtype, resolution=args.resolution, device=device,
                              height=args.height, width=args.width)
     if args.lora:
-        from .lora import load_lora_into
+        from ..backbones.lora import load_lora_into
 
         load_lora_into(backbone.pipe, args.lora)
         scale = 1.0 if args.lora_scale is None else args.lora_scale
@@ -418,7 +418,7 @@ def _fail(status: int, message: str) -> int:
 
 def describe_error(e: BaseException) -> tuple[int, str]:
     """``(exit status, message)`` of any exception (the error contract in README)."""
-    from .errors import safetensors_os_error
+    from ..errors import safetensors_os_error
 
     if isinstance(e, FocusNFixError):
         return 2, str(e)
@@ -463,7 +463,7 @@ def _contained_output(debug: bool):
     if debug:
         yield
         return
-    package = str(Path(__file__).resolve().parent)
+    package = str(Path(__file__).resolve().parent.parent)
     levels = {name: logging.getLogger(name).level for name in _LIBRARIES}
 
     def show(message, category, filename, lineno, file=None, line=None):

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import TrainingDiverged, safetensors_os_error
+from ..errors import TrainingDiverged, safetensors_os_error
 
 MANIFEST = "manifest.json"
 
@@ -142,7 +142,7 @@ def sha256(path: Path) -> str:
 def optimizer_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """The optimizer state as (tensors for safetensors, JSON metadata). Sharded (FSDP) state is
     gathered into whole tensors, so every rank must call this."""
-    from .sharding import full
+    from ..backbones.sharding import full
 
     sd = opt.state_dict()
     tensors, scalars = {}, {}
@@ -157,7 +157,7 @@ def optimizer_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor]
 
 def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Inverse of :func:`optimizer_files`; per-parameter state is laid out like its (maybe sharded) parameter."""
-    from .sharding import shard_like
+    from ..backbones.sharding import shard_like
 
     params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}

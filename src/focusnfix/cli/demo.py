@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PACKAGED_CONFIGS
+from ..config import PACKAGED_CONFIGS
 
 SUMMARY = ("reward", "defect_artifact", "alignment", "inside_mae", "outside_mae")
 
@@ -41,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001], help="held-out noise seeds")
     args = p.parse_args(argv)
 
-    from .cli import _quiet_libraries
-    from .config import load_config
-    from .evaluation.runner import Evaluation, method_means
-    from .evaluation.world_metrics import eval_metrics_for
-    from .prompt_sets import load_prompt_set
-    from .prompts import PromptRecord
-    from .report import render_report
-    from .trainer import Trainer, check_output_dir
+    from . import _quiet_libraries
+    from ..config import load_config
+    from ..evaluation.runner import Evaluation, method_means
+    from ..evaluation.world_metrics import eval_metrics_for
+    from ..prompts.sets import load_prompt_set
+    from ..prompts import PromptRecord
+    from ..report import render_report
+    from ..training.trainer import Trainer, check_output_dir
 
     _quiet_libraries()
     out = Path(args.out)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     config = PACKAGED_CONFIGS / (world_config if args.model == "world" else "demo.yaml")
     model = []
     if args.model == "tiny" and args.arch == "flow":  # a tiny random SD3 pipeline instead of the tiny SD one
-        from .tiny_flow import build_tiny_sd3_pipeline
+        from ..backbones.tiny_flow import build_tiny_sd3_pipeline
 
         build_tiny_sd3_pipeline(out / "tiny-sd3")
         model = [f"model.path={out / 'tiny-sd3'}"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FocusNFixError
+from ..errors import FocusNFixError
 
 # Inductor settings used for the UNet; see the module docstring for why layout optimization is off.
 INDUCTOR_OPTIONS = {"layout_optimization": False}

@@ -17,22 +17,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import load_backbone
-from .checkpoint import (atomic_dir, atomic_write_text, checkpoint_step, fault_point, io_errors, latest_checkpoint,
+from ..backbones import load_backbone
+from ..runs.checkpoint import (atomic_dir, atomic_write_text, checkpoint_step, fault_point, io_errors, latest_checkpoint,
                          load_training_state, nonfinite_tensor, optimizer_files, prune_checkpoints, read_lora, save_checkpoint)
-from .config import Config, save_config, to_dict
-from .errors import FocusNFixError, RunFailed, TrainingDiverged, os_error_message, short_path
-from .locking import FolderLock
-from .metrics_log import MetricsLog, read_metrics, truncate_metrics
-from .images import save_preview_grid
-from .lora import LORA_FILE, add_lora, load_lora_state, lora_parameters, lora_state, save_lora
-from .hub import push_after_training
-from .modelcard import write_model_card
-from .methods import METHODS, Batch
-from .prompts import resolve_prompts
-from .registry import build_reward
-from .sampling import draw_k
-from .sharding import full, local
+from ..config import Config, save_config, to_dict
+from ..errors import FocusNFixError, RunFailed, TrainingDiverged, os_error_message, short_path
+from ..runs.locking import FolderLock
+from ..runs.metrics_log import MetricsLog, read_metrics, truncate_metrics
+from ..images import save_preview_grid
+from ..backbones.lora import LORA_FILE, add_lora, load_lora_state, lora_parameters, lora_state, save_lora
+from ..runs.hub import push_after_training
+from ..runs.modelcard import write_model_card
+from ..methods import METHODS, Batch
+from ..prompts import resolve_prompts
+from ..rewards.registry import build_reward
+from ..sampling import draw_k
+from ..backbones.sharding import full, local
 from . import tracking
 
 
@@ -141,7 +141,7 @@ class Trainer:
         if self.sharded:
             self.method.lockstep = self._any_rank
         if m.compile:  # after add_lora and sharding, so the compiled forward includes both
-            from .compile import compile_unet
+            from ..backbones.compile import compile_unet
 
             compile_unet(self.backbone.unet)
             self.method.batch_reference = False  # its per-row hooks are invisible to the compiled graph
@@ -163,7 +163,7 @@ class Trainer:
         plugin = getattr(acc.state, "fsdp_plugin", None)
         if not (self.cfg.train.fsdp or acc.distributed_type == DistributedType.FSDP) or acc.num_processes == 1:
             return False
-        from .sharding import reshard_after_forward, shard_unet
+        from ..backbones.sharding import reshard_after_forward, shard_unet
 
         if self.cfg.train.mixed_precision == "fp16":
             raise FocusNFixError("train.mixed_precision=fp16 is not supported with FSDP (its loss scaler does not handle sharded "
@@ -186,7 +186,7 @@ class Trainer:
         resume (:mod:`focusnfix.resume`) are applied, others refused, before anything is modified; then
         leftovers of a write interrupted by a crash (``.tmp-*`` folders) are removed and metrics rows
         after the checkpoint (and a torn last line) dropped."""
-        from .resume import config_changes, remove_newer_checkpoints
+        from ..runs.resume import config_changes, remove_newer_checkpoints
 
         ckpt = checkpoint if checkpoint is not None else latest_checkpoint(self.out / "checkpoints")
         if ckpt is None:
@@ -546,7 +546,7 @@ def train(cfg: Config, resume: bool | str | Path = False, reward=None, progress:
     """Train ``cfg`` and return the run folder (the Python API of ``focusnfix train``). ``resume``: True
     continues from the newest complete checkpoint, a path from that checkpoint folder of the run."""
     if isinstance(resume, (str, Path)):
-        from .resume import resolve_checkpoint
+        from ..runs.resume import resolve_checkpoint
 
         resume = resolve_checkpoint(cfg.train.output_dir, resume) or True
     check_output_dir(Path(cfg.train.output_dir), resume)

@@ -1,0 +1,1 @@
+"""Training: the loop and its wiring, distributed helpers, the reference cache, trackers."""
