@@ -9,6 +9,9 @@ instants (``meter.mark("end of forward")``: what the forward keeps for backward,
 included). Storages made before the meter started (weights, the optimizer's moments after the first
 step) are not counted: the numbers are what one step adds. Not counted: allocations inside kernels
 that never become tensors (oneDNN scratch buffers) and allocator slack, which RSS sees.
+
+:func:`instrument` tags a focusnfix trainer's pieces (UNet calls, VAE decode, reward and mask, backward,
+optimizer) with phases: ``step_memory.py`` and ``trl_worker.py --side ours --meter`` meter our step with it.
 """
 from __future__ import annotations
 
@@ -149,3 +152,65 @@ def meter_backward_and_optimizer(meter, forward, optimizer, state: dict):
 
     optimizer.step = metered_opt_step
     return metered_forward
+
+
+# -- our trainer's step, charged to components (step_memory.py; trl_worker.py --side ours --meter) ------------
+class _Proxy:
+    """``reward`` with its calls charged to a phase; every other attribute is the reward's."""
+
+    def __init__(self, reward, meter):
+        self._reward, self._meter = reward, meter
+
+    def __getattr__(self, name):
+        value = getattr(self._reward, name)
+        if name == "problem_mask" and callable(value):
+            return self._meter.wrap(value, "reward + mask (no grad)", "reward (grad)")
+        return value
+
+    def __call__(self, *args, **kwargs):
+        return self._meter.wrap(self._reward, "reward + mask (no grad)", "reward (grad)")(*args, **kwargs)
+
+
+def instrument(trainer, meter):
+    """Tag the trainer's pieces with phases; return a function that runs one metered step."""
+    bb, method = trainer.backbone, trainer.method
+    state = {"backward": False}
+    model_fn, decode = bb.model_fn, bb.decode
+
+    def unet(*args, **kwargs):
+        name = "UNet recompute (backward)" if state["backward"] else (
+            "UNet K steps (grad)" if torch.is_grad_enabled() else "UNet no grad (prefix, I0)")
+        with meter.phase(name):
+            return model_fn(*args, **kwargs)
+
+    def vae(*args, **kwargs):
+        name = "VAE recompute (backward)" if state["backward"] else (
+            "VAE decode (grad)" if torch.is_grad_enabled() else "VAE decode (no grad, I0)")
+        with meter.phase(name):
+            return decode(*args, **kwargs)
+
+    bb.model_fn, bb.decode = unet, vae
+    vae_decode = bb.vae.decode  # what a checkpointed decode recomputes in backward (outside ``bb.decode``)
+
+    def vae_inner(*args, **kwargs):
+        if not state["backward"]:
+            return vae_decode(*args, **kwargs)
+        with meter.phase("VAE recompute (backward)"):
+            return vae_decode(*args, **kwargs)
+
+    bb.vae.decode = vae_inner
+    method.reward = _Proxy(method.reward, meter)
+    loss = meter_backward_and_optimizer(meter, method.loss, trainer.optimizer, state)
+
+    def metered_loss(batch):
+        meter._stack[0] = "forward: sampler, constraint, other"
+        return loss(batch)
+
+    method.loss = metered_loss
+
+    def step():
+        with meter:
+            trainer.train_step()
+        state["backward"] = False
+
+    return step

@@ -47,70 +47,6 @@ VARIANTS = {  # name -> (config overrides, row chunks of a checkpointed call or 
 }
 
 
-class _Proxy:
-    """``reward`` with its calls charged to a phase; every other attribute is the reward's."""
-
-    def __init__(self, reward, meter):
-        self._reward, self._meter = reward, meter
-
-    def __getattr__(self, name):
-        value = getattr(self._reward, name)
-        if name == "problem_mask" and callable(value):
-            return self._meter.wrap(value, "reward + mask (no grad)", "reward (grad)")
-        return value
-
-    def __call__(self, *args, **kwargs):
-        return self._meter.wrap(self._reward, "reward + mask (no grad)", "reward (grad)")(*args, **kwargs)
-
-
-def instrument(trainer, meter):
-    """Tag the trainer's pieces with phases; return a function that runs one metered step."""
-    import torch
-    from _tensor_memory import meter_backward_and_optimizer
-
-    bb, method = trainer.backbone, trainer.method
-    state = {"backward": False}
-    model_fn, decode = bb.model_fn, bb.decode
-
-    def unet(*args, **kwargs):
-        name = "UNet recompute (backward)" if state["backward"] else (
-            "UNet K steps (grad)" if torch.is_grad_enabled() else "UNet no grad (prefix, I0)")
-        with meter.phase(name):
-            return model_fn(*args, **kwargs)
-
-    def vae(*args, **kwargs):
-        name = "VAE recompute (backward)" if state["backward"] else (
-            "VAE decode (grad)" if torch.is_grad_enabled() else "VAE decode (no grad, I0)")
-        with meter.phase(name):
-            return decode(*args, **kwargs)
-
-    bb.model_fn, bb.decode = unet, vae
-    vae_decode = bb.vae.decode  # what a checkpointed decode recomputes in backward (outside ``bb.decode``)
-
-    def vae_inner(*args, **kwargs):
-        if not state["backward"]:
-            return vae_decode(*args, **kwargs)
-        with meter.phase("VAE recompute (backward)"):
-            return vae_decode(*args, **kwargs)
-
-    bb.vae.decode = vae_inner
-    method.reward = _Proxy(method.reward, meter)
-    loss = meter_backward_and_optimizer(meter, method.loss, trainer.optimizer, state)
-
-    def metered_loss(batch):
-        meter._stack[0] = "forward: sampler, constraint, other"
-        return loss(batch)
-
-    method.loss = metered_loss
-
-    def step():
-        with meter:
-            trainer.train_step()
-        state["backward"] = False
-
-    return step
-
-
 def build(args, variant: str, out: Path):
     from focusnfix.config import load_config
     from focusnfix.training.trainer import Trainer
@@ -128,7 +64,7 @@ def build(args, variant: str, out: Path):
 def run_one(args, variant: str) -> dict:
     import torch
 
-    from _tensor_memory import TensorMeter
+    from _tensor_memory import TensorMeter, instrument
     from trl_worker import RSSSampler, rss_bytes
 
     torch.set_num_threads(1)

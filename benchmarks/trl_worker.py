@@ -171,7 +171,7 @@ def setup_trl(args, tmp: str):
 
 
 def instrument_trl(step, meter):
-    """Charge TRL's step to components as ``step_memory.instrument`` does ours (UNet calls, VAE decode,
+    """Charge TRL's step to components as ``_tensor_memory.instrument`` does ours (UNet calls, VAE decode,
     reward; end of forward = rewards computed; backward; optimizer)."""
     import torch
     from _tensor_memory import meter_backward_and_optimizer
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
         tensor = None
         if args.meter:
             sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-            from _tensor_memory import TensorMeter
+            from _tensor_memory import TensorMeter, instrument
 
             meter = TensorMeter()
             if os.environ.get("METER_DESCRIBE"):
@@ -267,8 +267,6 @@ def main(argv=None) -> int:
             if args.side == "trl":
                 instrument_trl(step, meter)()
             else:
-                from step_memory import instrument
-
                 instrument(step.trainer, meter)()
             tensor = meter.report()
             if meter.describe is not None:

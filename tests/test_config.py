@@ -1,5 +1,6 @@
 """Config loading: YAML 1.2 booleans, dotted overrides into mappings, saved config reloads."""
-from focusnfix.config import load_config, save_config
+from focusnfix.config import load_config
+from focusnfix.runs.run_config import save_config
 
 
 def test_yes_no_on_off_stay_strings_and_booleans_accept_words(tmp_path):

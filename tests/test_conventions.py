@@ -117,5 +117,5 @@ def test_bad_height_is_a_one_line_error(tiny_dir):
 
     with pytest.raises(FocusNFixError, match="sampler.height"):
         load_backbone(str(tiny_dir), height=30)
-    with pytest.raises(ConfigError, match="sampler.width must be > 0"):
+    with pytest.raises(ConfigError, match=r"sampler.width must be in \[1, 16384\] px"):
         load_config(None, base_overrides(tiny_dir, "unused", **{"sampler.width": -8}))

@@ -221,8 +221,7 @@ def test_reward_guidance_on_flow_models(request, fixture):
     from focusnfix.rewards.registry import build_reward
 
     backbone = load_backbone(str(request.getfixturevalue(fixture)), resolution=32)
-    rule = backbone.step_rule
-    rule.timesteps(4, backbone.device)
+    rule = backbone.step_rule(4, backbone.device)
     x, v = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
     assert torch.allclose(rule.output_for(rule.x0(v, 1, None, x), 1, None, x), v, atol=1e-5)
     reward = build_reward("color")

@@ -2,6 +2,7 @@
 log-probabilities, the reductions lam = 0 / M = 1, what the region term does, resume, bad input, DDP."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ from diffusers import DDIMScheduler
 
 from focusnfix.backbones import load_backbone
 from focusnfix.config import load_config
+from focusnfix.errors import ConfigError
 from focusnfix.backbones.lora import adapters_disabled, lora_state
 from focusnfix.methods import GRPO, RegionGRPO
+from focusnfix.methods.grpo import kl_weight
 from focusnfix.rewards.base import RewardOutput
 from focusnfix.sampling import StochasticDDIMStep, gaussian_log_prob
 from focusnfix.training.trainer import Trainer, make_batches
@@ -48,13 +51,13 @@ def test_stochastic_step_matches_diffusers_ddim_with_eta(tiny_dir, eta):
     Both sides evaluate the same float32 formula (ours through the same step with zero noise, then adds
     sigma_t eps): equal to rounding, 1e-5 on latents of unit scale."""
     backbone = load_backbone(str(tiny_dir))
-    rule = StochasticDDIMStep(backbone.scheduler, eta)
+    rule = StochasticDDIMStep(backbone.scheduler, eta, 5, backbone.device)
     ref = DDIMScheduler.from_config(backbone.scheduler.config)
     ref.set_timesteps(5)
     cond = backbone.encode(["a red circle", "a blue square"], "", 3.0)
     x = backbone.initial_noise([1, 2])
     gen = torch.Generator().manual_seed(0)
-    for i, t in enumerate(rule.timesteps(5, x.device)):
+    for i, t in enumerate(rule.timesteps):
         out = backbone.model_fn(x, t, cond)
         eps = torch.randn(x.shape, generator=gen)
         ours = rule(out, i, t, x, noise=eps)
@@ -74,7 +77,7 @@ def _loss_and_grad(trainer, method, batch):
 def test_lambda_zero_and_all_ones_mask_is_plain_grpo(tiny_dir, tmp_path, monkeypatch):
     """Same rollout, same loss and gradient to 1e-6 (the masked mean sum(M lp) / sum(M) with M = 1 and
     the plain mean differ only in summation order)."""
-    t = _grpo(tiny_dir, tmp_path / "run", **{"objective.lam": 0.0})
+    t = _grpo(tiny_dir, tmp_path / "run", **{"grpo.kl_weight": 0.0})
     batch = make_batches(t.cfg, t.prompts, 0)[0]
     plain_loss, plain_grad, _ = _loss_and_grad(t, GRPO(t.backbone, t.reward, t.cfg), batch)
     region = RegionGRPO(t.backbone, t.reward, t.cfg)
@@ -83,6 +86,23 @@ def test_lambda_zero_and_all_ones_mask_is_plain_grpo(tiny_dir, tmp_path, monkeyp
     assert logs["mask_frac"] == 1.0 and plain_grad.norm() > 0
     assert abs(loss - plain_loss).item() <= 1e-6 * max(1.0, abs(plain_loss).item())
     assert (grad - plain_grad).abs().max().item() <= 1e-6 * plain_grad.abs().max().item() + 1e-12
+
+
+def test_kl_weight_and_its_former_key(tiny_dir, tmp_path):
+    """grpo.kl_weight weighs fnf-grpo's KL outside the mask; a config that sets only objective.lam (the key
+    before it) keeps that value, with one warning naming the new key; neither set: 1.0, as before."""
+    def cfg(**extra):
+        return load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"method": "fnf-grpo", **extra}))
+
+    with pytest.warns(FutureWarning, match=r"set grpo\.kl_weight=0\.3 instead") as caught:
+        old = cfg(**{"objective.lam": 0.3})
+    assert len(caught) == 1 and kl_weight(old) == 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kl_weight(cfg(**{"grpo.kl_weight": 0.3, "objective.lam": 2.0})) == 0.3
+        assert kl_weight(cfg()) == 1.0
+    with pytest.raises(ConfigError, match="grpo.kl_weight"):
+        cfg(**{"grpo.kl_weight": -1})
 
 
 def test_group_mask_scope_is_the_union_of_the_groups_masks(tiny_dir, tmp_path, monkeypatch):
@@ -121,8 +141,7 @@ def _outside_change(trainer, method, batch) -> float:
     """Mean |mu_theta - mu_ref| outside the rollout's mask, over all steps of a fixed batch."""
     with torch.no_grad():
         roll = method.rollout(batch)
-        rule = method.rule()
-        rule.timesteps(trainer.cfg.sampler.steps, roll["xs"][0].device)
+        rule = method.rule(roll["xs"][0].device)
         total = 0.0
         for i, t in enumerate(roll["timesteps"]):
             x = roll["xs"][i]
@@ -135,11 +154,11 @@ def _outside_change(trainer, method, batch) -> float:
 
 
 def test_region_term_keeps_outside_transitions_closer_to_the_frozen_model(tiny_dir, tmp_path):
-    """Plain GRPO vs region-aware GRPO (lam = 10) from the same start, 4 steps each; then on one fixed
+    """Plain GRPO vs region-aware GRPO (grpo.kl_weight = 10) from the same start, 4 steps each; then on one fixed
     batch (masks from the red-colour heatmap) the outside-mask transition means have moved less."""
     changes = {}
     for method in ("grpo", "fnf-grpo"):
-        t = _grpo(tiny_dir, tmp_path / method, **{"method": method, "objective.lam": 10.0, "train.steps": 4})
+        t = _grpo(tiny_dir, tmp_path / method, **{"method": method, "grpo.kl_weight": 10.0, "train.steps": 4})
         for _ in range(4):
             t.train_step()
         probe = RegionGRPO(t.backbone, t.reward, t.cfg)  # the same masks for both
@@ -181,7 +200,7 @@ def test_score_only_reward_trains_with_grpo_and_is_refused_by_fnf(tiny_dir, tmp_
     capsys.readouterr()
     for argv, expected in (
         (["train", *base_overrides(tiny_dir, tmp_path / "c1", **{"reward.name": "test_grpo:ScoreOnly"})], "method=fnf-grpo or grpo"),
-        (["train", *base_overrides(tiny_dir, tmp_path / "c2", **{"method": "grpo", "grpo.group_size": 1})], "grpo.group_size must be >= 2"),
+        (["train", *base_overrides(tiny_dir, tmp_path / "c2", **{"method": "grpo", "grpo.group_size": 1})], "grpo.group_size must be in [2, 4096]"),
         (["train", *base_overrides(tiny_dir, tmp_path / "c3", **{"method": "grpo", "grpo.eta": 0})], "grpo.eta must be in (0, 1]"),
     ):
         assert main(argv) == 2
@@ -263,15 +282,13 @@ def test_flow_sde_policy_and_grpo_on_flow_models(tiny_sd3_dir, tiny_flux_dir, tm
     from focusnfix.sampling import FlowSDEStep
 
     backbone = load_backbone(str(tiny_sd3_dir))
-    ode, sde = backbone.step_rule, backbone.stochastic_rule(0.0)
+    ode, sde = backbone.step_rule(5, backbone.device), backbone.stochastic_rule(0.0, 5, backbone.device)
     assert isinstance(sde, FlowSDEStep)
-    ts = ode.timesteps(5, backbone.device)
-    sde.timesteps(5, backbone.device)
+    ts = ode.timesteps
     x, v = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8)
     for i, t in enumerate(ts):
         assert torch.allclose(sde.mean(v, i, t, x), ode(v, i, t, x), atol=1e-6) and sde.std(i, t) == 0
-    noisy = backbone.stochastic_rule(0.7)
-    noisy.timesteps(5, backbone.device)
+    noisy = backbone.stochastic_rule(0.7, 5, backbone.device)
     assert all(noisy.std(i, t) > 0 for i, t in enumerate(ts[:-1]))  # the last step ends at sigma = 0
     for path, extra in ((tiny_sd3_dir, {"sampler.guidance_scale": 3.0}), (tiny_flux_dir, {"model.resolution": 32, "sampler.guidance_scale": 3.5})):
         t = _grpo(path, tmp_path / path.name, **{"method": "fnf-grpo", "grpo.eta": 0.7, **extra})

@@ -157,3 +157,26 @@ def test_no_file_over_400_lines(folder):
 
 def test_trainer_reads_in_one_sitting():
     assert len((PKG / "training" / "trainer.py").read_text(encoding="utf-8").splitlines()) <= 300
+
+
+@pytest.mark.parametrize("old", sorted(__import__("focusnfix")._MOVED))
+def test_old_module_paths_import_with_a_warning(old):
+    """Paths from before the layered layout keep working for one release, with a DeprecationWarning."""
+    import importlib
+    import sys
+
+    import focusnfix
+
+    sys.modules.pop(f"focusnfix.{old}", None)
+    with pytest.warns(DeprecationWarning, match=f"focusnfix.{old} moved to"):
+        module = importlib.import_module(f"focusnfix.{old}")
+    new = importlib.import_module(f"focusnfix.{focusnfix._MOVED[old]}")
+    public = [k for k in vars(new) if not k.startswith("_")]
+    assert public and all(getattr(module, k) is getattr(new, k) for k in public)
+
+
+def test_ddim_sample_alias_warns():
+    import focusnfix
+
+    with pytest.warns(DeprecationWarning, match="ddim_sample"):
+        assert focusnfix.ddim_sample is focusnfix.sample

@@ -111,11 +111,11 @@ class _PreviousFocusNFix(FocusNFix):
             return self._stack(entries), self.trained_images(prompts, seeds, k)
         ref_prompts, ref_seeds = _pick(missing, prompts, seeds)
         active = torch.tensor([0.0] * len(missing) + [1.0] * len(prompts))
-        from focusnfix.sampling import ddim_sample
+        from focusnfix.sampling import sample
 
         with torch.no_grad(), adapters_per_row(self.backbone.unet, active):
             cond = self.backbone.encode(ref_prompts + prompts, s.negative_prompt, s.guidance_scale)
-            x = ddim_sample(self.backbone, cond, self.backbone.initial_noise(ref_seeds + seeds), s.steps, last=split)
+            x = sample(self.backbone, cond, self.backbone.initial_noise(ref_seeds + seeds), s.steps, last=split)
         fresh = self._compute_reference(ref_prompts, ref_seeds, latents=x[: len(missing)], first=split)
         self._store(entries, missing, prompts, seeds, fresh)
         return self._stack(entries), self.trained_images(prompts, seeds, k, latents=x[len(missing):], first=split)

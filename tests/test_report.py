@@ -388,3 +388,13 @@ def test_run_sample_sheets_are_labelled(tmp_path):
     assert block.count("class='rowhead'") == 4  # 2 prompts x 2 seeds, in the grid's row order
     assert block.index("a red apple") < block.index("a blue &lt;cup&gt;")
     assert "final (step 20)" in sheet
+
+
+def test_run_page_names_the_weight_the_method_used():
+    """fnf shows lambda; fnf-grpo its KL weight (grpo.kl_weight, else the former key objective.lam); DRaFT none."""
+    from focusnfix.report.run_folder import _weight
+
+    assert _weight({"objective": {"lam": 0.2}}, "fnf") == ("lambda", 0.2)
+    assert _weight({"objective": {"lam": 1.0}, "grpo": {"kl_weight": 0.1}}, "fnf-grpo") == ("KL weight", 0.1)
+    assert _weight({"objective": {"lam": 0.3}, "grpo": {"kl_weight": None}}, "fnf-grpo") == ("KL weight", 0.3)
+    assert _weight({"objective": {"lam": 1.0}}, "draft")[1] is None

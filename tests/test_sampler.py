@@ -4,7 +4,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from focusnfix.backbones import load_backbone
-from focusnfix.sampling import ddim_sample, draw_k, generate, predicted_x0
+from focusnfix.sampling import draw_k, generate, predicted_x0, sample
 
 
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
@@ -50,7 +50,7 @@ def test_gradient_only_through_last_k_steps(tiny_dir, k):
     cond = backbone.encode(["a red circle"], guidance_scale=3.0)
     noise = backbone.initial_noise([0]).requires_grad_(True)
     record: list[bool] = []
-    latents = ddim_sample(backbone, cond, noise, steps=5, k=k, guidance=_recording_guidance(record))
+    latents = sample(backbone, cond, noise, steps=5, k=k, guidance=_recording_guidance(record))
     assert record == [False] * (5 - k) + [True] * k
     backbone.decode(latents).mean().backward()
     assert noise.grad is None  # the T-K prefix ran under no_grad: x_T is cut from the graph
@@ -89,7 +89,7 @@ def test_k_drawn_once_per_trajectory(tiny_dir, tmp_path):
 def test_k_validation():
     assert draw_k(2, None) == 2 and draw_k(2, 2) == 2
     with pytest.raises(ValueError, match="K"):
-        ddim_sample(None, None, torch.zeros(1), steps=3, k=4)
+        sample(None, None, torch.zeros(1), steps=3, k=4)
 
 
 def test_predicted_x0_inverts_noising(tiny_v_dir):

@@ -246,3 +246,24 @@ def test_attention_implementations_agree(tiny_dir, tmp_path):
     a = _step_gradient(tiny_dir, tmp_path / "a", **{"model.attention": "sdpa"})
     b = _step_gradient(tiny_dir, tmp_path / "b", **{"model.attention": "eager"})
     assert a.norm() > 0 and _relative_gap(a, b) <= GRAD_RTOL, _relative_gap(a, b)  # measured <= 2.8e-6
+
+
+def test_methods_come_from_one_catalogue(tiny_dir, tmp_path):
+    """config/methods.py names each training method once: the class the trainer builds (given what it needs when
+    built), the names config validation accepts, the `method` help and the model card's sentence."""
+    from focusnfix.config import field_help
+    from focusnfix.config.methods import METHODS as CATALOGUE
+    from focusnfix.errors import ConfigError
+    from focusnfix.methods import METHODS
+    from focusnfix.runs.modelcard import METHODS as CARDS
+
+    assert list(METHODS) == list(CATALOGUE) == list(CARDS) == ["fnf", "draft", "grpo", "fnf-grpo"]
+    assert METHODS["fnf"] is FocusNFix and METHODS["draft"] is DRaFT
+    with pytest.raises(ConfigError, match=r"^method must be fnf, draft, grpo or fnf-grpo, got 'x'$"):
+        load_config(None, base_overrides(tiny_dir, tmp_path / "x", method="x"))
+    help_text = {key: text for key, _, text in field_help()}["method"]
+    assert all(name in help_text for name in CATALOGUE) and "grpo.kl_weight" in help_text
+    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "d", method="draft", **{"data.seed_pool": 2}))
+    draft = Trainer(cfg)
+    assert isinstance(draft.method, DRaFT) and draft.method.cache is None  # no reference: no cache built
+    assert draft.method.lockstep is None and draft.method.batch_reference is True

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import torch
 
-from .sd import Conditioning, SDBackbone
+from ..sampling import Conditioning, FlowEulerStep, FlowSDEStep
+from .sd import SDBackbone
 
 # attention projections of the image stream and of the text (context) stream of the joint blocks
 FLOW_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -40,18 +41,15 @@ class FlowBackbone(SDBackbone):
     def size_multiple(self) -> int:
         return self.vae_scale_factor * self.unet.config.patch_size
 
-    @property
-    def step_rule(self):
-        """Euler on the flow ODE over ``self.scheduler``'s sigmas (:class:`~focusnfix.sampling.FlowEulerStep`)."""
-        from ..sampling import FlowEulerStep
+    def step_rule(self, steps: int, device: torch.device) -> FlowEulerStep:
+        """Euler on the flow ODE over the sigmas of the family's schedule for T = ``steps`` steps on ``device``
+        (:class:`~focusnfix.sampling.FlowEulerStep`)."""
+        return FlowEulerStep(self.scheduler, self.schedule(steps), device)
 
-        return FlowEulerStep(self.scheduler, self.schedule)
-
-    def stochastic_rule(self, noise_level: float):
-        """The policy of GRPO: the marginal-preserving SDE of Flow-GRPO (:class:`~focusnfix.sampling.FlowSDEStep`)."""
-        from ..sampling import FlowSDEStep
-
-        return FlowSDEStep(self.scheduler, self.schedule, noise_level)
+    def stochastic_rule(self, noise_level: float, steps: int, device: torch.device) -> FlowSDEStep:
+        """The policy of GRPO for T = ``steps`` steps on ``device``: the marginal-preserving SDE of Flow-GRPO
+        (:class:`~focusnfix.sampling.FlowSDEStep`)."""
+        return FlowSDEStep(self.scheduler, self.schedule(steps), noise_level, device)
 
     def schedule(self, steps: int) -> dict:
         """``set_timesteps`` keywords as the family's pipeline passes them (default: T steps, with the
@@ -101,6 +99,3 @@ class FlowBackbone(SDBackbone):
         finally:
             for module in encoders:
                 module.to("cpu")
-
-    def _timestep(self, t: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        return t.expand(batch).to(dtype)

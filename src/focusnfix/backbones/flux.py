@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..errors import FocusNFixError
+from ..sampling import Conditioning
 from .flow import FlowBackbone
-from .sd import Conditioning
 
 
 class FluxBackbone(FlowBackbone):

@@ -5,37 +5,16 @@ sampler reproduces ``StableDiffusionPipeline.__call__`` exactly for the same inp
 """
 from __future__ import annotations
 
-import os
-import re
-import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import FocusNFixError
+from ..sampling import Conditioning, DDIMStep, StochasticDDIMStep, row_chunks
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class Conditioning:
-    """Text conditioning c. ``embeds`` is ``(2B, L, D)`` = [negative; positive] under CFG, else ``(B, L, D)``.
-
-    ``added`` holds extra UNet inputs in the same batch order (SDXL: pooled ``text_embeds`` and
-    ``time_ids``), or None.
-    """
-
-    embeds: torch.Tensor
-    guidance_scale: float
-    added: dict[str, torch.Tensor] | None = None
-
-    @property
-    def cfg(self) -> bool:
-        return self.guidance_scale > 1.0
+__all__ = ["Conditioning", "SDBackbone", "ddim_scheduler"]  # Conditioning: re-exported from focusnfix.sampling
 
 
 class SDBackbone:
@@ -85,12 +64,10 @@ class SDBackbone:
     def make_scheduler(config):
         return ddim_scheduler(config)
 
-    @property
-    def step_rule(self):
-        """The sampler's step rule for this family: DDIM (eta = 0) on ``self.scheduler``."""
-        from ..sampling import DDIMStep
-
-        return DDIMStep(self.scheduler)
+    def step_rule(self, steps: int, device: torch.device) -> DDIMStep:
+        """The sampler's step rule for this family and T = ``steps`` steps on ``device``: DDIM (eta = 0) on a
+        copy of ``self.scheduler`` set for that schedule."""
+        return DDIMStep(self.scheduler, steps, device)
 
     def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """An image-space mask ``(B,1,H,W)`` on the sampler's latent grid (max-pooled: a latent cell counts
@@ -99,11 +76,10 @@ class SDBackbone:
 
         return F.adaptive_max_pool2d(mask.float(), tuple(self.latent_shape(1)[-2:]))
 
-    def stochastic_rule(self, eta: float):
-        """The policy of GRPO: DDIM with ``eta`` > 0 (:class:`~focusnfix.sampling.StochasticDDIMStep`)."""
-        from ..sampling import StochasticDDIMStep
-
-        return StochasticDDIMStep(self.scheduler, eta)
+    def stochastic_rule(self, eta: float, steps: int, device: torch.device) -> StochasticDDIMStep:
+        """The policy of GRPO for T = ``steps`` steps on ``device``: DDIM with ``eta`` > 0
+        (:class:`~focusnfix.sampling.StochasticDDIMStep`)."""
+        return StochasticDDIMStep(self.scheduler, eta, steps, device)
 
     @property
     def resolution(self) -> int | tuple[int, int]:
@@ -201,10 +177,7 @@ class SDBackbone:
         else:  # SD3 and FLUX VAEs also shift: z / scaling + shift
             z = z / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
         if grad_checkpointing and torch.is_grad_enabled():
-            n = z.shape[0]
-            chunks = max(1, min(int(chunks), n))
-            bounds = [round(i * n / chunks) for i in range(chunks + 1)]
-            img = torch.cat([checkpoint(run, z[a:b], use_reentrant=False) for a, b in zip(bounds, bounds[1:])])
+            img = torch.cat([checkpoint(run, z[a:b], use_reentrant=False) for a, b in row_chunks(z.shape[0], chunks)])
         else:
             img = run(z)
         return (img.float() / 2 + 0.5).clamp(0, 1)
@@ -225,110 +198,3 @@ def ddim_scheduler(config):
 def _negatives(negative_prompt: str, n: int) -> list[str] | None:
     """None for an empty negative prompt, as the pipelines' own default (SDXL then uses zeros)."""
     return [negative_prompt] * n if negative_prompt else None
-
-
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def load_backbone(path: str, dtype: str = "float32", revision: str | None = None, resolution: int | None = None,
-                  device: str | torch.device | None = None, attention: str = "default",
-                  height: int | None = None, width: int | None = None) -> SDBackbone:
-    """Load an SD 1.x/2.x or SDXL pipeline from a local folder, a hub id, ``tiny`` (random, 32 px),
-    ``world`` (the built-in world's trained 64 px model) or ``world-flow`` (its SD3-format flow model).
-
-    Images are ``height`` x ``width`` px; each defaults to ``resolution``, else the model's own size.
-
-    The family is read from the pipeline's ``model_index.json``. Weights must be safetensors
-    (pickled ``.bin`` files are refused). Errors are one-line :class:`FocusNFixError` messages.
-    """
-    if path == "tiny":
-        from .tiny import build_tiny_pipeline
-
-        pipe = build_tiny_pipeline()
-    elif path == "world":  # the built-in world's committed pipeline
-        from ..world import pipeline_path
-
-        pipe = _from_pretrained(str(pipeline_path()), DTYPES[dtype], None)
-    elif path == "world-flow":  # the built-in world's committed flow-matching (SD3-format) pipeline
-        from ..world import flow_pipeline_path
-
-        pipe = _from_pretrained(str(flow_pipeline_path()), DTYPES[dtype], None)
-    else:
-        pipe = _from_pretrained(path, DTYPES[dtype], revision)
-    from . import FAMILIES
-
-    backbone = FAMILIES[type(pipe).__name__](pipe, resolution=resolution, height=height, width=width)
-    backbone.set_attention(attention)
-    if device is not None:
-        backbone.to(device)
-    return backbone
-
-
-def _pipeline_class(path: str, local: bool, revision: str | None):
-    import diffusers
-
-    from . import FAMILIES
-
-    try:
-        name = diffusers.DiffusionPipeline.load_config(path, revision=revision, local_files_only=local)["_class_name"]
-    except (OSError, ValueError, KeyError) as e:
-        raise FocusNFixError(f"could not read the pipeline config of {path!r}: {str(e).strip().splitlines()[0]}") from None
-    if name not in FAMILIES:
-        raise FocusNFixError(f"model {path!r} is a {name}; supported pipelines: {', '.join(FAMILIES)}")
-    return getattr(diffusers, name)
-
-
-def _check_components(folder: Path) -> None:
-    """Every component ``model_index.json`` lists (with a class) has its folder: a clear error instead
-    of diffusers' "no file named config.json"."""
-    import json
-
-    index = json.loads((folder / "model_index.json").read_text())
-    unused = {"safety_checker", "feature_extractor", "image_encoder"}  # not loaded (safety checker passed as None)
-    missing = [name for name, value in index.items() if not name.startswith("_") and name not in unused
-               and isinstance(value, list) and value[0] is not None and not (folder / name).is_dir()]
-    if missing:
-        raise FocusNFixError(f"model folder {str(folder)!r} lacks {', '.join(m + '/' for m in missing)} (listed in its "
-                             "model_index.json); copy or download the complete pipeline")
-
-
-def _absent_components(folder: Path, cls) -> dict:
-    """Required components a local folder lists as null (an SD3 folder saved without T5: ``text_encoder_3``,
-    ``tokenizer_3``), passed as None, diffusers' documented way to load a pipeline without them."""
-    import inspect
-    import json
-
-    index = json.loads((folder / "model_index.json").read_text())
-    params = inspect.signature(cls.__init__).parameters
-    return {name: None for name, value in index.items() if name in params and name not in cls._optional_components
-            and isinstance(value, list) and value[0] is None}
-
-
-def _from_pretrained(path: str, dtype: torch.dtype, revision: str | None):
-    local = Path(path).expanduser()
-    if local.exists():
-        if not (local / "model_index.json").is_file():
-            raise FocusNFixError(f"model.path {path!r} is not a diffusers pipeline folder (no model_index.json)")
-    elif not _HUB_ID.match(path):
-        raise FocusNFixError(f"model.path {path!r} does not exist; give a diffusers folder or a hub id like org/name")
-    elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise FocusNFixError(
-            f"model.path {path!r} is not a local folder and the hub is offline (HF_HUB_OFFLINE is set); "
-            "download it first or give a local folder"
-        )
-    source = str(local) if local.exists() else path
-    cls = _pipeline_class(source, local.exists(), revision)
-    if local.exists():
-        _check_components(local)
-    try:
-        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype -> dtype; keep both working
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
-                if cls.__name__ == "StableDiffusionPipeline" else {}
-            if local.exists():
-                extra = {**_absent_components(local, cls), **extra}
-            return cls.from_pretrained(source, torch_dtype=dtype, revision=revision, use_safetensors=True,
-                                       local_files_only=local.exists(), **extra)
-    except (OSError, ValueError, EnvironmentError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FocusNFixError(f"could not load model {path!r}: {first}") from e

@@ -10,8 +10,9 @@ from typing import Sequence
 
 import torch
 
+from ..sampling import Conditioning
 from .flow import FlowBackbone
-from .sd import Conditioning, _negatives
+from .sd import _negatives
 
 
 class SD3Backbone(FlowBackbone):

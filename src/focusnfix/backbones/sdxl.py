@@ -10,7 +10,8 @@ from typing import Sequence
 
 import torch
 
-from .sd import Conditioning, SDBackbone, _negatives
+from ..sampling import Conditioning
+from .sd import SDBackbone, _negatives
 
 
 class SDXLBackbone(SDBackbone):

@@ -2,7 +2,7 @@
 ``FluxPipeline`` with the real diffusers / transformers classes at tiny sizes (tests, smoke runs).
 
 The T5 tokenizer is a character-level Unigram model built with ``tokenizers`` (no download); the CLIP
-tokenizers are those of :mod:`focusnfix.tiny`.
+tokenizers are those of :mod:`focusnfix.backbones.tiny`.
 """
 from __future__ import annotations
 

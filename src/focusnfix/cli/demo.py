@@ -1,6 +1,6 @@
 """`make demo`: Focus-N-Fix vs DRaFT on the built-in world, evaluated by independent judges.
 
-    python -m focusnfix.demo [--out runs/demo] [--steps N] [--arch unet|flow]
+    python -m focusnfix.cli.demo [--out runs/demo] [--steps N] [--arch unet|flow]
 
 1. Fine-tunes the world's trained 64 px model (docs/world.md) against its localized *artifact*
    with the artifact reward (a heatmap model): Focus-N-Fix (λ > 0) and DRaFT (λ = 0), same budget.
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001], help="held-out noise seeds")
     args = p.parse_args(argv)
 
-    from . import _quiet_libraries
+    from .main import _quiet_libraries
     from ..config import load_config
     from ..evaluation.runner import Evaluation, method_means
     from ..evaluation.world_metrics import eval_metrics_for

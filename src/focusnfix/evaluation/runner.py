@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..runs.checkpoint import fault_point
+from ..runs.files import read_jsonl
 from ..devices import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
 from ..errors import FocusNFixError, short_path
 from ..images import overlay, save_png
@@ -32,6 +33,7 @@ from ..prompts import PromptRecord
 from ..rewards.base import call_reward
 from .metrics import change_metrics
 from .specs import MethodSpec, build_guidance, parse_method
+from .stats import mean_of
 from .workdir import WorkDir
 
 __all__ = ["Evaluation", "MethodSpec", "parse_method", "method_means", "METRICS"]
@@ -281,9 +283,6 @@ class Evaluation:
 
 def method_means(eval_dir: str | Path, metrics: list[str]) -> dict[str, dict[str, float]]:
     """Per method (in eval order), the mean of each metric over the samples that have a finite value."""
-    from ..report.eval_tables import mean_of
-    from ..report.page import read_jsonl
-
     rows = read_jsonl(Path(eval_dir) / "samples.jsonl")
     out: dict[str, dict[str, float]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):

@@ -165,6 +165,20 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     return out
 
 
+def finite(value: Any) -> bool:
+    """True for a real, finite number."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def mean_of(rows: list[dict[str, Any]], metric: str) -> tuple[float | None, int, int]:
+    """(mean over finite values, number of finite values, number flagged ∞); mean = inf if all ∞."""
+    vals = [float(r[metric]) for r in rows if finite(r.get(metric))]
+    n_inf = sum(1 for r in rows if r.get(f"{metric}_inf"))
+    if vals:
+        return sum(vals) / len(vals), len(vals), n_inf
+    return (math.inf if n_inf else None), 0, n_inf
+
+
 def sample_key(row: dict[str, Any]) -> Any:
     """The identity of a sample across methods: its index ``i``, else (prompt, seed)."""
     return row["i"] if row.get("i") is not None else (row.get("prompt"), row.get("seed"))

@@ -1,9 +1,12 @@
-"""Methods. Trainable ones expose ``loss(batch) -> (loss, logs)``; the trainer never branches on names."""
-from .base import Batch, Reference
+"""Methods. Trainable ones follow :class:`~focusnfix.methods.base.Method` (``loss(batch) -> (loss, logs)``,
+``preview``); the trainer never branches on names: it builds them from :mod:`focusnfix.config.methods`."""
+from ..config.methods import METHODS as CATALOGUE
+from ..config.names import import_path
+from .base import Batch, Method, MethodContext, Reference
 from .draft import DRaFT
 from .fnf import FocusNFix
 from .grpo import GRPO, RegionGRPO
 
-METHODS = {"fnf": FocusNFix, "draft": DRaFT, "grpo": GRPO, "fnf-grpo": RegionGRPO}
+METHODS = {name: import_path(entry.path, "method") for name, entry in CATALOGUE.items()}  # name -> class
 
-__all__ = ["Batch", "Reference", "DRaFT", "FocusNFix", "GRPO", "RegionGRPO", "METHODS"]
+__all__ = ["Batch", "Method", "MethodContext", "Reference", "DRaFT", "FocusNFix", "GRPO", "RegionGRPO", "METHODS"]

@@ -7,6 +7,7 @@ from .fnf import FocusNFix
 class DRaFT(FocusNFix):
     """Plain reward fine-tuning: L = -r(Î, c). ``objective.lam`` is ignored (λ = 0)."""
 
-    def __init__(self, backbone, reward, cfg):
-        super().__init__(backbone, reward, cfg)
-        self.lam = 0.0
+    @staticmethod
+    def weight(cfg) -> float:
+        """λ = 0: no region constraint, so no reference pass (and no reference cache)."""
+        return 0.0

@@ -8,31 +8,37 @@ from __future__ import annotations
 
 import torch
 
-from ..training.cache import expand
 from ..config import Config
 from ..errors import FocusNFixError
 from ..backbones.lora import adapters_disabled, adapters_per_row
 from ..rewards.base import call_reward
 from ..rewards.compose import problem_mask
 from .objective import fnf_loss, region_constraint
-from ..sampling import conditioning_rows, ddim_sample, grad_checkpointing_on
-from .base import Batch, Reference
+from ..sampling import conditioning_rows, grad_checkpointing_on, sample
+from .base import Batch, MethodContext, Reference, expand
 
 
 class FocusNFix:
     """Region-constrained DRaFT-K. ``lam`` is λ; the trainer calls :meth:`loss` per micro-batch."""
 
-    def __init__(self, backbone, reward, cfg: Config):
+    def __init__(self, backbone, reward, cfg: Config, context: MethodContext | None = None):
         if not getattr(reward, "differentiable", True):
             raise FocusNFixError(f"reward {getattr(reward, 'name', type(reward).__name__)!r} has no gradient "
                                  "(differentiable = False); Focus-N-Fix and DRaFT backpropagate through it: use "
                                  "method=fnf-grpo or grpo")
+        ctx = context or MethodContext()
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
-        self.lam = cfg.objective.lam
-        self.cache = None  # a focusnfix.cache.ReferenceCache, attached by the trainer
-        self.batch_reference = cfg.train.batch_reference
+        self.lam = self.weight(cfg)
+        # the run's reference cache (focusnfix.training.cache.ReferenceCache), built only when Î0 is needed
+        self.cache = ctx.make_cache() if ctx.make_cache is not None and self.needs_reference else None
+        self.batch_reference = cfg.train.batch_reference if ctx.batch_reference is None else ctx.batch_reference
         self.checkpoint_chunks = cfg.sampler.checkpoint_chunks  # row chunks of a checkpointed call (sampling.chunked_checkpoint)
-        self.lockstep = None  # sharded training: bool -> "true on any rank?" (a collective), set by the trainer
+        self.lockstep = ctx.lockstep  # sharded training: bool -> "true on any rank?" (a collective)
+
+    @staticmethod
+    def weight(cfg: Config) -> float:
+        """λ, the weight of the region constraint: ``objective.lam``."""
+        return cfg.objective.lam
 
     @property
     def needs_reference(self) -> bool:
@@ -83,7 +89,7 @@ class FocusNFix:
         active = torch.tensor([0.0] * len(missing) + [1.0] * len(prompts), device=device)  # θ0 rows, then θ rows
         with torch.no_grad(), adapters_per_row(self.backbone.unet, active):
             both = conditioning_rows(cond, missing + list(range(len(prompts))))
-            x = ddim_sample(self.backbone, both, self.backbone.initial_noise(ref_seeds + seeds), s.steps, last=split)
+            x = sample(self.backbone, both, self.backbone.initial_noise(ref_seeds + seeds), s.steps, last=split)
         fresh = self._compute_reference(ref_prompts, ref_seeds, latents=x[: len(missing)], first=split,
                                         cond=conditioning_rows(cond, missing))
         self._store(entries, missing, prompts, seeds, fresh)
@@ -118,7 +124,7 @@ class FocusNFix:
         with torch.no_grad(), adapters_disabled(self.backbone.unet):
             cond = self.encode(prompts) if cond is None else cond
             x = self.backbone.initial_noise(seeds) if latents is None else latents
-            images = self.backbone.decode(ddim_sample(self.backbone, cond, x, s.steps, first=first))
+            images = self.backbone.decode(sample(self.backbone, cond, x, s.steps, first=first))
         mask, heat = self.mask(images, prompts)
         return Reference(images=images, mask=mask, heatmap=heat)
 
@@ -130,8 +136,9 @@ class FocusNFix:
         s = self.cfg.sampler
         cond = self.encode(prompts) if cond is None else cond
         x = self.backbone.initial_noise(seeds) if latents is None else latents
-        latents = ddim_sample(self.backbone, cond, x, s.steps, k=k, grad_checkpointing=grad_checkpointing_on(s.grad_checkpointing, k),
-                              first=first, chunks=self.checkpoint_chunks)
+        latents = sample(self.backbone, cond, x, s.steps, k=k,
+                         grad_checkpointing=grad_checkpointing_on(s.grad_checkpointing, k),
+                         first=first, chunks=self.checkpoint_chunks)
         return self.backbone.decode(latents, grad_checkpointing=s.vae_checkpointing, chunks=self.checkpoint_chunks)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -15,7 +15,7 @@ with lp the mean per-element log-probability (plain GRPO: over all elements). **
 
     lp   = sum(M * lp_elem) / sum(M)                                   (the push acts inside M only)
     L_kl = mean over (1 - M) of ||mu_theta - mu_ref||^2 / (2 sigma_t^2)   (hold the rest to theta_0)
-    L    = L_pg + lam * L_kl,
+    L    = L_pg + lam * L_kl,                                          (lam: grpo.kl_weight)
 
 mu_ref being the frozen model's (adapters off) mean at the same x_t. This KL is the exact per-element
 KL between the two Gaussian transitions (equal variances). lam = 0 and M = 1 reduce to plain GRPO.
@@ -37,7 +37,7 @@ from ..backbones.lora import adapters_disabled
 from ..rewards.base import call_reward
 from ..rewards.compose import problem_mask
 from ..sampling import gaussian_log_prob, sample_stochastic
-from .base import Batch
+from .base import Batch, MethodContext
 
 
 class GRPO:
@@ -46,16 +46,16 @@ class GRPO:
     needs_reference = False
     region = False
 
-    def __init__(self, backbone, reward, cfg: Config):
+    def __init__(self, backbone, reward, cfg: Config, context: MethodContext | None = None):
+        """``context`` is not used: no deterministic reference (so no reference cache), no collective in the loss."""
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
         self.g = cfg.grpo
-        self.lam = cfg.objective.lam if self.region else 0.0
-        self.cache = None  # the trainer's reference cache is not used (no deterministic reference)
-        self.lockstep = None
+        self.lam = kl_weight(cfg) if self.region else 0.0  # the weight of the KL outside the mask
 
-    def rule(self):
-        """The stochastic policy: eta-DDIM (UNet families) or the Flow-GRPO SDE (flow families)."""
-        return self.backbone.stochastic_rule(self.g.eta)
+    def rule(self, device: torch.device):
+        """The stochastic policy for the run's T steps on ``device``: eta-DDIM (UNet families) or the Flow-GRPO
+        SDE (flow families)."""
+        return self.backbone.stochastic_rule(self.g.eta, self.cfg.sampler.steps, device)
 
     # -- rollout: G samples per prompt, rewards, advantages, masks -----------------------------
     def expand(self, batch: Batch) -> tuple[list[str], list[int]]:
@@ -68,8 +68,9 @@ class GRPO:
         s = self.cfg.sampler
         prompts, seeds = self.expand(batch)
         cond = self.backbone.encode(prompts, s.negative_prompt, s.guidance_scale)
-        timesteps, xs, log_probs, stds = sample_stochastic(self.backbone, cond, self.backbone.initial_noise(seeds), s.steps,
-                                                           self.rule(), seeds)
+        noise = self.backbone.initial_noise(seeds)
+        timesteps, xs, log_probs, stds = sample_stochastic(self.backbone, cond, noise, s.steps, self.rule(noise.device),
+                                                           seeds)
         images = self.backbone.decode(xs[-1])
         out = call_reward(self.reward, images, prompts)
         score = out.score.detach().float()
@@ -114,8 +115,7 @@ class GRPO:
     # -- the loss ------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         roll = self.rollout(batch)
-        rule, cond, mask, adv = self.rule(), roll["cond"], roll["mask"], roll["adv"]
-        rule.timesteps(self.cfg.sampler.steps, roll["xs"][0].device)
+        rule, cond, mask, adv = self.rule(roll["xs"][0].device), roll["cond"], roll["mask"], roll["adv"]
         steps = self.train_steps(batch)
         total, kl_total = 0.0, 0.0
         for i in steps:
@@ -166,9 +166,14 @@ class GRPO:
 
 
 class RegionGRPO(GRPO):
-    """``method=fnf-grpo``: region-aware GRPO (see the module docstring); ``objective.lam`` weighs the KL."""
+    """``method=fnf-grpo``: region-aware GRPO (see the module docstring); ``grpo.kl_weight`` weighs the KL."""
 
     region = True
+
+
+def kl_weight(cfg: Config) -> float:
+    """fnf-grpo's weight of the KL outside the mask: ``grpo.kl_weight``; unset, ``objective.lam`` (its old key)."""
+    return cfg.grpo.kl_weight if cfg.grpo.kl_weight is not None else cfg.objective.lam
 
 
 def _region_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -34,8 +34,7 @@ class RewardGuidance:
             raise ValueError(f"reward guidance window must satisfy 0 <= start <= end <= 1, got [{start}, {end}]")
         self.backbone, self.reward, self.prompts = backbone, reward, list(prompts)
         self.scale, self.first, self.last = float(scale), int(start * steps), int(end * steps)
-        self.rule = backbone.step_rule  # x̂0 and its inverse at step i: DDIM (eps / v) or flow (velocity)
-        self.rule.timesteps(steps, backbone.device)
+        self.rule = backbone.step_rule(steps, backbone.device)  # x̂0 and its inverse at step i: DDIM or flow
         self.latent_mask = None
         if mask is not None:
             self.latent_mask = backbone.latent_mask(mask.to(backbone.device))

@@ -64,7 +64,7 @@ def sld_config(preset: str = "medium", **overrides) -> SLDConfig:
 
 
 class SLDGuidance:
-    """``guidance(model_fn) -> model_fn`` for :func:`focusnfix.sampling.ddim_sample` (SD 1.x / 2.x backbones)."""
+    """``guidance(model_fn) -> model_fn`` for :func:`focusnfix.sampling.sample` (SD 1.x / 2.x backbones)."""
 
     def __init__(self, backbone, preset: str | SLDConfig = "medium", concept: str = DEFAULT_CONCEPT):
         if backbone.denoiser != "unet":

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..config.names import import_path
 from ..errors import FocusNFixError
-from . import PromptRecord, read_prompt_file
+from .files import PromptRecord, read_prompt_file
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ WORLD_SPLITS = ("all", "train", "heldout", "val", "test")
 # Noise seeds that go with the world's validation and test captions (docs/world.md, "Validation and test").
 WORLD_VAL_SEEDS = (1000, 1001)
 WORLD_TEST_SEEDS = tuple(range(2000, 2008))
+# The world's grammar lives in a higher layer (focusnfix.world), reached by name when a world set is loaded.
+WORLD_GRAMMAR = {"attributes": "focusnfix.world.data:ATTRIBUTES", "caption": "focusnfix.world.data:caption"}
 
 
 def list_prompt_sets() -> dict[str, str]:
@@ -59,15 +62,15 @@ def world_prompts(split: str = "all") -> list[PromptRecord]:
     caption held out), so fine-tuning and evaluation prompts never overlap. ``heldout`` is itself split
     in two disjoint halves: ``val`` (every 8th caption, for choosing settings) and ``test`` (the other
     held-out half, for reporting them)."""
-    from ..world import data
-
-    keys = list(data.ATTRIBUTES)
+    attributes = import_path(WORLD_GRAMMAR["attributes"], "world grammar")
+    caption = import_path(WORLD_GRAMMAR["caption"], "world grammar")
+    keys = list(attributes)
     records = []
-    for i, values in enumerate(itertools.product(*data.ATTRIBUTES.values())):
+    for i, values in enumerate(itertools.product(*attributes.values())):
         attrs = dict(zip(keys, values))
         if split == "all" or (split != "train") == (i % 4 == 0) and (
                 split in ("train", "heldout") or (split == "val") == (i % 8 == 0)):
-            records.append(PromptRecord(data.caption(attrs), attrs.get("shape")))
+            records.append(PromptRecord(caption(attrs), attrs.get("shape")))
     return records
 
 

@@ -1,4 +1,4 @@
-"""Rating tasks from an eval folder, read through the report's reader (:func:`report.eval_folder.load_eval`).
+"""Rating tasks from an eval folder, read through the eval folder reader (:func:`evaluation.folder.load_eval`).
 
 One task per (sample, method) with method != the reference: the reference (base) image and the method's
 image of the same (prompt, seed). Task ids are opaque (a hash of the sample and method), so neither a
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FocusNFixError
+from ..evaluation.folder import load_eval
 from ..evaluation.stats import sample_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -78,8 +79,6 @@ def inside(root: Path, rel: Any) -> Path | None:
 
 def load_study(folder: str | Path, methods: list[str] | None = None) -> Study:
     """The rating tasks of an eval folder; ``methods`` restricts the rated methods."""
-    from ..report.eval_folder import load_eval
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FocusNFixError(f"eval folder {str(folder)!r} does not exist or is not a folder")

@@ -12,25 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import FocusNFixError
+from ..evaluation.folder import load_eval
 from ..evaluation.stats import sample_key
+from ..rating.storage import DB_NAME
 from .eval_tables import (Metric, alignment_metric, category_section, finite, has_values, headline_metrics,
                           headline_table, paired, short_label, summary_table)
-from .page import esc, fmt, image, meta_list, page, read_json, read_jsonl, table, url
+from .page import esc, fmt, image, meta_list, page, read_jsonl, table, url
 from .plots import Point, Series, color, legend, line_chart, scatter_chart
+from .ratings import ratings_section
 
 MAX_ROWS = 64  # sample-grid rows shown; the rest are counted in a note
-
-
-def load_eval(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """eval.json and samples.jsonl, checked enough to render."""
-    meta = read_json(folder / "eval.json")
-    if not isinstance(meta, dict):
-        raise FocusNFixError(f"{folder / 'eval.json'} must hold a JSON object")
-    if not (folder / "samples.jsonl").is_file():
-        raise FocusNFixError(f"eval folder {folder} has eval.json but no samples.jsonl")
-    rows = [r for r in read_jsonl(folder / "samples.jsonl") if isinstance(r, dict)]
-    return meta, rows
 
 
 def _methods(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
@@ -220,11 +211,7 @@ def render_eval(folder: Path, title: str | None = None) -> str:
     setup += _method_specs(meta, methods) + f"<p class='small'>Data: {files}</p>"
     sections = [("summary", "Summary", summary_table(rows, methods, reference, list(metrics.values()))),
                 ("setup", "Setup", setup)]
-    from ..rating.storage import DB_NAME  # a `focusnfix rate` study of this folder: its summary
-
-    if (folder / DB_NAME).is_file():
-        from ..rating.summary import ratings_section
-
+    if (folder / DB_NAME).is_file():  # a `focusnfix rate` study of this folder: its summary
         sections.append(("ratings", "Human ratings", ratings_section(folder / DB_NAME)))
     align = alignment_metric(rows, metrics)
     if align is not None:

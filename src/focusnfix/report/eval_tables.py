@@ -7,12 +7,11 @@ of paired differences.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluation.stats import category_table, paired_stats, paired_values
+from ..evaluation.stats import category_table, finite, mean_of, paired_stats, paired_values
 from .page import esc, fmt, fmt_ci, fmt_p, table
 
 ALIGNMENT_METRICS = ("alignment", "clip_score")
@@ -48,23 +47,9 @@ class Metric:
         return f"{esc(self.label)} {'↑' if self.higher_is_better else '↓'}" if self.scored else esc(self.label)
 
 
-def finite(value: Any) -> bool:
-    """True for a real, finite number."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def has_values(rows: list[dict[str, Any]], metric: str) -> bool:
     """Whether any row has a number (or an ∞ flag) for ``metric``."""
     return any(finite(r.get(metric)) or r.get(f"{metric}_inf") for r in rows)
-
-
-def mean_of(rows: list[dict[str, Any]], metric: str) -> tuple[float | None, int, int]:
-    """(mean over finite values, number of finite values, number flagged ∞); mean = inf if all ∞."""
-    vals = [float(r[metric]) for r in rows if finite(r.get(metric))]
-    n_inf = sum(1 for r in rows if r.get(f"{metric}_inf"))
-    if vals:
-        return sum(vals) / len(vals), len(vals), n_inf
-    return (math.inf if n_inf else None), 0, n_inf
 
 
 def paired(rows: list[dict[str, Any]], metric: str, method: str, reference: str) -> dict[str, Any]:

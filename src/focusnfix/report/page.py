@@ -6,14 +6,13 @@ Images are referenced by paths relative to the report's folder, so the folder ca
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import FocusNFixError
+from ..runs.files import read_json, read_jsonl  # noqa: F401  (re-exported: the report's readers)
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em 2em;color:#1d1d1f;max-width:1600px}
@@ -132,30 +131,3 @@ def page(title: str, sections: Sequence[tuple[str, str, str]], intro: str = "", 
             f"<nav>{nav}</nav>\n{top}{body}\n<p class='note'>Written by focusnfix report from the files in this "
             f"folder only; images are linked by relative path, so the folder can be copied as a whole.</p>"
             f"</body></html>\n")
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; a broken file is a one-line FocusNFixError."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise FocusNFixError(f"cannot read {path}: {e}") from None
-
-
-def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[dict[str, Any]]:
-    """Parse a JSON-lines file (blank lines skipped); a broken line is a one-line FocusNFixError, except
-    with ``torn_tail_ok`` a broken last line (an appended log such as metrics.jsonl, torn by a crash)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise FocusNFixError(f"cannot read {path}: {e}") from None
-    rows = []
-    for k, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError as e:
-                if torn_tail_ok and k == len(lines):
-                    break
-                raise FocusNFixError(f"{path}:{k}: not valid JSON ({e})") from None
-    return rows

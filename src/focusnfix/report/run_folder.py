@@ -189,6 +189,15 @@ def _samples(folder: Path, cfg: dict[str, Any], last_step: Any) -> str:
             f"<div class='charts'>{''.join(figs)}</div>")
 
 
+def _weight(cfg: dict, method) -> tuple[str, object]:
+    """The constraint's weight as the run used it: lambda (fnf), the KL weight (fnf-grpo, ``grpo.kl_weight`` or its
+    former key ``objective.lam``), none for DRaFT and plain GRPO."""
+    if method == "fnf-grpo":
+        kl = _get(cfg, "grpo.kl_weight")
+        return "KL weight", kl if kl is not None else _get(cfg, "objective.lam")
+    return "lambda", _get(cfg, "objective.lam") if method in ("fnf", None) else None
+
+
 def render_run(folder: Path, title: str | None = None) -> str:
     """The whole report page for a training run folder, as HTML."""
     cfg, cfg_text = _config(folder)
@@ -197,7 +206,7 @@ def render_run(folder: Path, title: str | None = None) -> str:
     method = (summary or {}).get("method") if isinstance(summary, dict) else None
     title = title or f"focusnfix run: {folder.resolve().name}"
     intro = meta_list([("method", method or cfg.get("method")), ("model", _get(cfg, "model.path")),
-                       ("reward", _get(cfg, "reward.name")), ("lambda", _get(cfg, "objective.lam")),
+                       ("reward", _get(cfg, "reward.name")), _weight(cfg, method or cfg.get("method")),
                        ("logged steps", len(records) or None)])
     last_step = (summary or {}).get("steps") if isinstance(summary, dict) else None
     if last_step is None and records:

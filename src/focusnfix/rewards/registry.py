@@ -1,11 +1,11 @@
 """Name -> factory tables. Any table also accepts ``package.module:attr`` import paths."""
 from __future__ import annotations
 
-import importlib
 import inspect
 import sys
 from typing import Any, Callable
 
+from ..config.names import import_path, resolve  # noqa: F401 (re-exported: plug-ins import them from here)
 from ..errors import FocusNFixError, short
 
 REWARDS: dict[str, str] = {
@@ -24,36 +24,6 @@ REWARDS: dict[str, str] = {
     "clip-zeroshot": "focusnfix.rewards.clip:CLIPZeroShotReward",
     "sum": "focusnfix.rewards.compose:WeightedSum",
 }
-
-
-def import_path(path: str, what: str = "object") -> Any:
-    """Import ``package.module:attr`` (attr may be dotted); one-line error when it fails."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise FocusNFixError(f"{what} path {short(path)} must look like package.module:attr")
-    if module_name.split(".")[0] in sys.stdlib_module_names:  # a plug-in is a reward package, never os/subprocess/...
-        raise FocusNFixError(f"{what} {short(path)} names a standard-library module; plug-ins come from your own package")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as e:
-        raise FocusNFixError(f"cannot import module {short(module_name)} for {what} {short(path)}: {e}") from None
-    except Exception as e:  # the module itself failed while importing
-        raise FocusNFixError(f"importing module {short(module_name)} for {what} {short(path)} failed: "
-                             f"{type(e).__name__}: {e}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise FocusNFixError(f"module {short(module_name)} has no attribute {short(attr)} (from {what} {short(path)})")
-        obj = getattr(obj, part)
-    return obj
-
-
-def resolve(table: dict[str, str], name: str, what: str) -> Callable[..., Any]:
-    """The factory for ``name``: a registered name or an import path with ``:``."""
-    if ":" in name:
-        return import_path(name, what)
-    if name not in table:
-        raise FocusNFixError(f"unknown {what} {short(name)}; valid names: {', '.join(sorted(table))}, or package.module:attr")
-    return import_path(table[name], what)
 
 
 def reward_factory(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -79,7 +49,7 @@ def check_reward_plugin(obj: Any, name: str) -> None:
     elif inspect.isfunction(obj) and getattr(obj, "__focusnfix_reward_factory__", False):
         return
     raise FocusNFixError(f"reward {short(name)} is not a reward class (instances called as reward(images, prompts)) "
-                         "or a function marked @focusnfix.registry.reward_factory; refusing to call it")
+                         "or a function marked @focusnfix.rewards.registry.reward_factory; refusing to call it")
 
 
 def check_module_factory(obj: Any, name: str, what: str) -> None:

@@ -9,28 +9,14 @@ lookup (``HF_TOKEN``, then ``huggingface-cli login``'s file); it is never writte
 """
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import os
 from pathlib import Path
 
+from ..config.names import check_repo_id
 from ..errors import FocusNFixError, RunFailed, short, short_path
 
 UPLOAD = ("*.safetensors", "README.md", "samples.png", "lora_config.json")  # what goes to the Hub from lora/
-
-
-def check_repo_id(repo_id, key: str = "--repo-id", error: type = FocusNFixError) -> str:
-    """``repo_id`` if it is a Hub model id (``owner/name`` or ``name``), else one line naming ``key``."""
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        if not isinstance(repo_id, str):
-            raise ValueError(repo_id)
-        validate_repo_id(repo_id)
-    except ValueError:  # HFValidationError
-        raise error(f"{key} {short(repo_id)} is not a Hub repo id; use owner/name (letters, digits, '-', '_', '.'; "
-                    "at most 96 characters each)") from None
-    return repo_id
 
 
 def token_from_env(var: str | None) -> str | None:
@@ -60,8 +46,8 @@ def prepare(run_dir: str | Path, repo_id: str, base_model: str | None = None, ch
     ``repo_id``), and return ``(lora folder, file names to upload)``. ``check_lock``: refuse a run folder a
     trainer is writing (off for the trainer's own push)."""
     from ..backbones.lora import find_lora_file
+    from .folder import run_lock
     from .modelcard import CARD, point_card_at, write_model_card
-    from ..training.trainer import run_lock
 
     run = Path(run_dir)
     check_repo_id(repo_id)
@@ -146,27 +132,3 @@ def push_after_training(run_dir: Path, repo_id: str, private: bool) -> str:
         raise type(e)(f"the run in {short_path(run_dir, 50)} is complete but the push failed: {e}; retry with "
                       f"`focusnfix push {run_dir} --repo-id {repo_id}`") from e
 
-
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``push RUN_DIR --repo-id NAME [--private] [--token-env VAR] [--dry-run] [--base-model ID]``."""
-    p = subparsers.add_parser("push", help="upload a run's LoRA and model card to the Hugging Face Hub", description=(
-        "Upload RUN_DIR/lora (the .safetensors weights, README.md model card, samples.png, lora_config.json) to a Hub "
-        "model repo, created if missing, as one commit. Writes the model card first if lora/ has none. The token comes "
-        "from --token-env VAR, else HF_TOKEN, else `huggingface-cli login`."))
-    p.add_argument("run_dir", help="a finished run folder (train.output_dir)")
-    p.add_argument("--repo-id", required=True, help="Hub model repo, e.g. you/sd14-fnf")
-    p.add_argument("--private", action="store_true", help="create the repo private (an existing public repo is refused)")
-    p.add_argument("--token-env", metavar="VAR", help="read the token from this environment variable")
-    p.add_argument("--dry-run", action="store_true", help="check, write the model card if missing, list the files; "
-                   "upload nothing")
-    p.add_argument("--base-model", metavar="ID", help="Hub id of the base model for the card's metadata when "
-                   "model.path was a local folder")
-    p.set_defaults(func=_cmd_push)
-    return p
-
-
-def _cmd_push(args: argparse.Namespace) -> int:
-    token = token_from_env(args.token_env)
-    print(push(args.run_dir, args.repo_id, private=args.private, token=token, dry_run=args.dry_run,
-               base_model=args.base_model))
-    return 0

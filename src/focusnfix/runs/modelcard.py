@@ -12,23 +12,14 @@ from pathlib import Path
 
 import yaml
 
+from ..config.methods import METHODS as CATALOGUE
 from .checkpoint import atomic_write_text
 from .metrics_log import read_metrics
 
 CARD = "README.md"
 SAMPLE = "samples.png"  # the run's latest sample grid, copied beside the weights
 TAGS = ["focusnfix", "lora", "diffusers", "text-to-image"]
-METHODS = {  # config `method` -> (name, tag, one sentence)
-    "fnf": ("Focus-N-Fix", "focus-n-fix", "region-aware reward fine-tuning: the reward r(Î, c) rises inside the problem "
-            "mask M(Î0) of the frozen model's image Î0, while λ·‖(1 − M(Î0)) ⊙ (Î − Î0)‖_F keeps the rest of the image as the "
-            "base model drew it (gradient through the last K denoising steps, DRaFT-K)."),
-    "draft": ("DRaFT", "draft", "direct reward fine-tuning (DRaFT-K): the reward's gradient flows through the last K "
-              "denoising steps and the VAE decoder; no region constraint (Focus-N-Fix with λ = 0)."),
-    "grpo": ("GRPO", "grpo", "policy-gradient reward fine-tuning (GRPO): advantages normalised within groups of samples "
-             "of one prompt, clipped importance ratios; the reward needs no gradient."),
-    "fnf-grpo": ("region-aware GRPO", "focus-n-fix", "region-aware GRPO: the policy gradient acts inside the problem mask "
-                 "M(Î0), a KL term to the frozen model outside it, weighted by λ."),
-}
+METHODS = {name: (e.title, e.tag, e.sentence) for name, e in CATALOGUE.items()}  # method -> (name, tag, sentence)
 # licenses of the bases our shipped configs use (Hub license ids); any other base: "see the base model's license"
 LICENSES = {
     "CompVis/stable-diffusion-v1-4": ("creativeml-openrail-m", None),
@@ -204,17 +195,19 @@ def latest_sample(run_dir: str | Path) -> Path | None:
 
 def _method_rows(cfg: dict) -> list[tuple[str, str]]:
     s, g, o, mask = (cfg.get(k, {}) for k in ("sampler", "grpo", "objective", "mask"))
-    method = cfg.get("method")
+    entry = CATALOGUE.get(cfg.get("method"))
+    sections = entry.sections if entry is not None else ()  # what the method reads: which rows apply
     k = f"{s.get('k')}" + (f" to {s['k_max']} (drawn per trajectory)" if s.get("k_max") else "")
     rows = []
-    if method in ("fnf", "fnf-grpo"):
-        rows.append(("λ (region constraint)", f"{o.get('lam')} ({o.get('norm', 'fro')} norm)"))
+    if "mask" in sections:  # fnf: objective.lam; fnf-grpo: grpo.kl_weight (unset: objective.lam, its old key)
+        lam = o.get("lam") if "objective" in sections or g.get("kl_weight") is None else g.get("kl_weight")
+        rows.append(("λ (region constraint)", f"{lam} ({o.get('norm', 'fro')} norm)"))
         source = MASK_SOURCES.get(mask.get("source"), str(mask.get("source")))
         cut = f"quantile {mask['quantile']}" if mask.get("quantile") else f"threshold {mask.get('threshold')}"
         rows.append(("mask M(Î0)", f"{source}, {cut}, dilated {mask.get('dilate')} px"))
     else:
         rows.append(("λ (region constraint)", "0 (none)"))
-    if method in ("fnf", "draft"):
+    if "grpo" not in sections:
         rows.append(("K (steps with gradient)", k))
     else:
         rows.append(("GRPO", f"group size {g.get('group_size')}, eta {g.get('eta')}, clip {g.get('clip_range')}, "

@@ -21,7 +21,12 @@ import warnings
 
 import yaml
 
-from ..errors import ConfigError, short, short_path
+from ..backbones.lora import load_lora_state
+from ..errors import ConfigError, FocusNFixError, short, short_path
+from .checkpoint import checkpoint_step, load_training_state, nonfinite_tensor, read_lora
+from .export import drop_exports_after
+from .folder import remove_leftovers
+from .metrics_log import truncate_metrics
 
 RESUMABLE = (
     # budget and optimisation
@@ -124,3 +129,33 @@ def remove_newer_checkpoints(root: str | Path, ckpt: Path) -> list[Path]:
         (c / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(c, ignore_errors=True)
     return newer
+
+
+def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler) -> int:
+    """Load checkpoint ``ckpt`` into the LoRA of ``unet`` (checked to fit before the optimizer), the optimizer, the
+    LR schedule and the fp16 loss scaler; return its step. A checkpoint beyond ``train.steps`` (``steps``) or
+    with non-finite LoRA weights is refused with one line before anything is loaded."""
+    step = checkpoint_step(ckpt)
+    if step > steps:
+        raise FocusNFixError(f"train.steps={steps} is below the checkpoint's step {step}; give train.steps >= {step}")
+    lora = read_lora(ckpt)
+    if nonfinite_tensor(lora) is not None:
+        raise FocusNFixError(f"checkpoint {short_path(ckpt)} holds non-finite LoRA weights; delete it to resume from "
+                             "an older one")
+    load_lora_state(unet, lora)
+    state = load_training_state(ckpt, optimizer, scheduler)
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    return state["step"]
+
+
+def tidy_after_restore(out: Path, step: int, checkpoint: Path | None, changed: dict[str, list]) -> None:
+    """The run folder ``out`` once step ``step`` is restored (main process): leftovers of a write interrupted by a
+    crash removed; with ``changed`` config keys, the LoRA exports after ``step`` (their trajectory is replaced);
+    with a given ``checkpoint``, the newer checkpoints; and the metrics rows after ``step`` (and a torn last line)."""
+    remove_leftovers(out)
+    if changed:
+        drop_exports_after(out, step)
+    if checkpoint is not None:  # before the rows: a crash in between leaves checkpoint the newest
+        remove_newer_checkpoints(out / "checkpoints", checkpoint)
+    truncate_metrics(out / "metrics.jsonl", step)

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..methods.base import compact, expand  # noqa: F401 (expand re-exported: compact's inverse)
+
 FORMAT_VERSION = 1
 
 
@@ -86,30 +88,6 @@ def reference_fingerprint(backbone, reward, cfg) -> str:
 def entry_bytes(entry: dict[str, torch.Tensor]) -> int:
     """Host bytes an entry holds."""
     return sum(t.numel() * t.element_size() for t in entry.values())
-
-
-def compact(entry: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The stored form of a reference: CPU tensors, ``images`` as they are (float32; see below), ``mask``
-    as uint8 when every value is 0 or 1 (lossless), else unchanged (a soft mask from ``mask.blur``).
-
-    Î0 stays float32: the constraint's gradient is λ (Î − Î0) / ‖Î − Î0‖, and early in training
-    ‖Î − Î0‖ is as small as the LoRA's effect (exactly 0 at step 0), while float16 would move every
-    pixel of Î0 by up to 2**-12 (bfloat16: 2**-9): over 3·H·W pixels ‖δ‖ ~ 1.4e-4·sqrt(3·H·W) (0.016 at
-    64 px, 0.13 at 512 px), which would turn the constraint's gradient direction by ~‖δ‖ / ‖Î − Î0‖,
-    i.e. change it completely while ‖Î − Î0‖ is below that."""
-    out = {}
-    for key in ("images", "mask"):
-        value = entry[key].detach().cpu().contiguous()
-        if key == "mask" and value.is_floating_point() and bool(((value == 0) | (value == 1)).all()):
-            value = value.to(torch.uint8)
-        out[key] = value
-    return out
-
-
-def expand(entry: dict[str, torch.Tensor], device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A stored entry as the loss reads it: float tensors on ``device`` (an old file's ``heatmap`` is dropped)."""
-    return {key: entry[key].to(device, dtype if not entry[key].is_floating_point() else entry[key].dtype)
-            for key in ("images", "mask")}
 
 
 class ReferenceCache:

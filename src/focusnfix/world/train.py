@@ -119,6 +119,21 @@ def _run(name, stage, modules, opt, step_fn, out, resume, extra_state=None) -> d
     return log
 
 
+def optimizer_ema_step(loss: torch.Tensor, model, ema, opt, ema_decay: float, step: int) -> float:
+    """One update of ``model`` (backward, gradient norm clipped to 1, ``opt.step``) and of its EMA copy
+    ``ema`` (decay ``min(ema_decay, (1 + step) / (10 + step))``); returns the loss as a float. Shared by the
+    UNet and the flow transformer stages."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    d = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1 - d)
+    return loss.item()
+
+
 def _autocast(cfg: GenTrainConfig):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
 
@@ -261,15 +276,7 @@ def train_unet(cfg: GenTrainConfig, out: str | Path, resume: bool = False) -> di
             pred = unet(zt, t, cond).sample
         w = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 for epsilon prediction
         loss = (w * ((pred.float() - eps) ** 2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        d = min(cfg.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - d)
-        return loss.item()
+        return optimizer_ema_step(loss, unet, ema, opt, cfg.ema, step)
 
     log = _run("unet", cfg.unet, {"unet": unet, "ema": ema}, opt, step_fn, out, resume)
     pipe = assemble_pipeline(vae, te, tok, ema)

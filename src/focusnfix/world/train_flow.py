@@ -24,7 +24,7 @@ from .flow import (
 )
 from .model import save_pipeline
 from .tokenizer import MAX_LENGTH
-from .train import StageConfig, _autocast, _run, encode_latents
+from .train import StageConfig, _autocast, _run, encode_latents, optimizer_ema_step
 
 
 @dataclass
@@ -114,15 +114,7 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, base: str | Path, resume: 
             v = transformer(hidden_states=x, encoder_hidden_states=pool["embeds"][cond],
                             pooled_projections=pool["pooled"][cond], timestep=sigma * 1000).sample
         loss = ((v.float() - (eps - x0)) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        d = min(cfg.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), transformer.parameters()):
-                pe.lerp_(p, 1 - d)
-        return loss.item()
+        return optimizer_ema_step(loss, transformer, ema, opt, cfg.ema, step)
 
     log = _run("transformer", cfg.stage, {"transformer": transformer, "ema": ema}, opt, step_fn, out, resume)
     save_pipeline(pipe, out / "pipeline")
