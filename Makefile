@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(PY) -m focusnfix.cli.demo --out runs/demo
 
 test: $(STAMP) $(CHROMIUM)
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 # The suite under the CPU kernels of other x86-64 machines (numeric tolerances must hold on all of them):

@@ -76,12 +76,14 @@ def html_report(result: dict, texts: dict[str, str], plots: list[Path], path: Pa
     parts = ["<!doctype html><meta charset='utf-8'><title>pareto sweep</title>",
              "<style>body{font-family:sans-serif;max-width:1250px;margin:auto}pre{background:#f6f6f6;padding:8px;"
              "overflow-x:auto}</style><h1>Operating-point sweep: DRaFT vs Focus-N-Fix</h1>",
-             f"<p>{html.escape(__doc__.split(chr(10) + chr(10))[0])}</p><pre>{html.escape(json.dumps(result['settings']))}</pre>"]
+             f"<p>{html.escape(__doc__.split(chr(10) + chr(10))[0])}</p>"
+             f"<pre>{html.escape(json.dumps(result['settings']))}</pre>"]
     for title, text in texts.items():
         parts.append(f"<h2>{html.escape(title)}</h2><pre>{html.escape(text)}</pre>")
     for p in plots:
         data = base64.b64encode(p.read_bytes()).decode()
-        parts.append(f"<h3>{html.escape(p.name)}</h3><img alt='{html.escape(p.name)}' src='data:image/png;base64,{data}'>")
+        parts.append(f"<h3>{html.escape(p.name)}</h3><img alt='{html.escape(p.name)}' "
+                     f"src='data:image/png;base64,{data}'>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
     return path
@@ -91,27 +93,33 @@ def html_report(result: dict, texts: dict[str, str], plots: list[Path], path: Pa
 def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tuple[dict, dict[str, str], list[Path]]:
     judge = DEFECTS[defect][1]
     lams = [0.0, *args.defect_lambdas.get(defect, args.lambdas)]
-    curve = sorted({n for n in range(args.curve_every, max(args.lengths) + 1, args.curve_every)} if args.curve_every else set())
+    curve = sorted({n for n in range(args.curve_every, max(args.lengths) + 1, args.curve_every)}
+                   if args.curve_every else set())
     exports = sorted(set(args.lengths) | set(curve))
-    runs = {run_name(lam, s): train_run(defect, lam, s, exports, work, args.set, args.arch) for lam in lams for s in args.seeds}
+    runs = {run_name(lam, s): train_run(defect, lam, s, exports, work, args.set, args.arch)
+            for lam in lams for s in args.seeds}
     out, texts, plots = {"runs": {}}, {}, []
     for name, run in runs.items():
         out["runs"][name] = {"train_s": json.loads((run / "bench.json").read_text())["train_s"],
                              "steps_s": {n: step_seconds(run).get(n) for n in exports}}
-    val = {name: eval_run(defect, "val", run, exports, args.eval_seeds, args.prompts, work, args.set, judges, args.arch) for name, run in runs.items()}
+    val = {name: eval_run(defect, "val", run, exports, args.eval_seeds, args.prompts, work, args.set, judges, args.arch)
+           for name, run in runs.items()}
     val_points = collect(val, runs, judge, args.lengths)
     curve_points = collect(val, runs, judge, exports)
     chosen = choose(val_points)
     out["val"] = {"points": val_points, "curve_points": curve_points, **chosen}
     texts[f"{defect}: val points"] = points_table(val_points)
     texts[f"{defect}: equal-defect (val)"] = equal_defect_table(chosen["equal_defect"])
-    texts[f"{defect}: selection (val)"] = (f"rule: {chosen['rule']}\nrecommended: {label(chosen['recommended'])} ({chosen['why']})\n"
-                                           f"DRaFT best: {label(chosen['draft_best'])}\ntarget (val): {chosen.get('target_text', 'n/a')}\n"
+    texts[f"{defect}: selection (val)"] = (f"rule: {chosen['rule']}\nrecommended: {label(chosen['recommended'])} "
+                                           f"({chosen['why']})\n"
+                                           f"DRaFT best: {label(chosen['draft_best'])}\n"
+                                           f"target (val): {chosen.get('target_text', 'n/a')}\n"
                                            f"lowest defect rate changing less than DRaFT ({chosen['reduction_rule']}): "
                                            f"{chosen.get('reduction_text', 'none')}")
     for x, lower, xl in (("outside", True, "mean |change| outside M(I0), lower is better"),
                          ("alignment", False, "alignment-oracle accuracy, higher is better")):
-        plots.append(pareto_plot(val_points, x, lower, f"{defect}, val: defect rate vs {x}", xl, plots_dir / f"{defect}-val-{x}.png"))
+        plots.append(pareto_plot(val_points, x, lower, f"{defect}, val: defect rate vs {x}", xl,
+                                 plots_dir / f"{defect}-val-{x}.png"))
     plots.append(curves_plot(curve_points, defect, plots_dir / f"{defect}-proxy-gold.png"))
     if "test" in args.eval_split:
         picked = {(p["family"], p["steps"]) for p in val_points if p["method"] == "draft" or args.test_points == "all"}
@@ -121,28 +129,34 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
         for name, run in runs.items():
             lengths = sorted(n for f, n in picked if f == name.rsplit("-s", 1)[0])
             if lengths:
-                test_evals[name] = eval_run(defect, "test", run, lengths, args.test_seeds, args.prompts, work, args.set, judges, args.arch)
+                test_evals[name] = eval_run(defect, "test", run, lengths, args.test_seeds, args.prompts, work, args.set,
+                                            judges, args.arch)
         test_points = [p for p in collect(test_evals, runs, judge, args.lengths)
                        if p["method"] == "base" or (p["family"], p["steps"]) in picked]
         out["test"] = {"points": test_points, "picked_on_val": sorted(picked)}
         texts[f"{defect}: test points (chosen on val)"] = points_table(test_points)
-        texts[f"{defect}: equal-defect (pairs matched on val, numbers on test)"] = equal_defect_table(chosen["equal_defect"], test_points)
-        rec = chosen["recommended"] and next((p for p in test_points if (p["family"], p["steps"]) == (chosen["recommended"]["family"],
-                                                                                                     chosen["recommended"]["steps"])), None)
+        texts[f"{defect}: equal-defect (pairs matched on val, numbers on test)"] = equal_defect_table(
+            chosen["equal_defect"], test_points)
+        rec = chosen["recommended"] and next((p for p in test_points
+                                              if (p["family"], p["steps"]) == (chosen["recommended"]["family"],
+                                                                               chosen["recommended"]["steps"])), None)
         if rec is not None:
             from focusnfix.evaluation.pareto import best_point, describe_target, target_check
 
             best = best_point([p for p in test_points if p["method"] == "draft"])
             out["test"]["target"] = target_check(best, rec, TOL)
-            texts[f"{defect}: target (test)"] = f"{label(rec)} vs DRaFT best on test {label(best)}: {describe_target(out['test']['target'], TOL)}"
+            texts[f"{defect}: target (test)"] = (f"{label(rec)} vs DRaFT best on test {label(best)}: "
+                                                 f"{describe_target(out['test']['target'], TOL)}")
         reduction = reduction_text(test_points, chosen["lowest_defect"])
         if reduction:
             out["test"]["reduction"] = reduction[0]
             texts[f"{defect}: halving (test, point chosen on val)"] = reduction[1]
-        for x, lower, xl in (("outside", True, "mean |change| outside M(I0)"), ("alignment", False, "alignment-oracle accuracy")):
+        for x, lower, xl in (("outside", True, "mean |change| outside M(I0)"),
+                             ("alignment", False, "alignment-oracle accuracy")):
             plots.append(pareto_plot(test_points, x, lower, f"{defect}, test (chosen on val): defect rate vs {x}", xl,
                                      plots_dir / f"{defect}-test-{x}.png"))
-    out["eval_s"] = sum(json.loads(f.read_text())["runtime"]["wall_s"] for f in (work / defect).glob("eval-*/*/eval.json"))
+    out["eval_s"] = sum(json.loads(f.read_text())["runtime"]["wall_s"]
+                        for f in (work / defect).glob("eval-*/*/eval.json"))
     return out, texts, plots
 
 
@@ -151,22 +165,31 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--defects", nargs="+", default=list(DEFECTS), choices=list(DEFECTS))
-    p.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.2, 0.45, 1.0, 2.0], help="Focus-N-Fix λ (DRaFT, λ = 0, always runs)")
+    p.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.2, 0.45, 1.0, 2.0],
+                   help="Focus-N-Fix λ (DRaFT, λ = 0, always runs)")
     p.add_argument("--defect-lambdas", action="append", default=[], metavar="DEFECT=L1,L2,...",
                    help="a λ grid for one defect instead of --lambdas, e.g. unwanted=0.1,0.2,0.45 (repeatable)")
-    p.add_argument("--lengths", type=int, nargs="+", default=[30, 60, 120, 240], help="training lengths (steps) of the grid")
+    p.add_argument("--lengths", type=int, nargs="+", default=[30, 60, 120, 240],
+                   help="training lengths (steps) of the grid")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--eval-split", nargs="+", default=["val", "test"], choices=["val", "test"],
                    help="val: choose (always run); test: report the chosen points")
-    p.add_argument("--eval-seeds", type=int, nargs="+", default=list(WORLD_VAL_SEEDS), help="noise seeds of the val split")
-    p.add_argument("--test-seeds", type=int, nargs="+", default=list(WORLD_TEST_SEEDS), help="noise seeds of the test split")
-    p.add_argument("--test-points", default="chosen", choices=["chosen", "all"], help="Focus-N-Fix points evaluated on test")
+    p.add_argument("--eval-seeds", type=int, nargs="+", default=list(WORLD_VAL_SEEDS),
+                   help="noise seeds of the val split")
+    p.add_argument("--test-seeds", type=int, nargs="+", default=list(WORLD_TEST_SEEDS),
+                   help="noise seeds of the test split")
+    p.add_argument("--test-points", default="chosen", choices=["chosen", "all"],
+                   help="Focus-N-Fix points evaluated on test")
     p.add_argument("--prompts", type=int, default=27, help="captions of each split used (max 27)")
-    p.add_argument("--curve-every", type=int, default=0, help="also export/evaluate (val) every N steps for the proxy-gold curves")
-    p.add_argument("--set", action="append", default=[], metavar="key=value", help="config override (training and eval)")
-    p.add_argument("--arch", default="unet", choices=["unet", "flow"], help="the UNet world or the flow (SD3-format) world")
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="also export/evaluate (val) every N steps for the proxy-gold curves")
+    p.add_argument("--set", action="append", default=[], metavar="key=value",
+                   help="config override (training and eval)")
+    p.add_argument("--arch", default="unet", choices=["unet", "flow"],
+                   help="the UNet world or the flow (SD3-format) world")
     p.add_argument("--work", default=None, help="default runs/pareto (runs/pareto-flow with --arch flow)")
-    p.add_argument("--out", default=None, help="default benchmarks/results/pareto.json (pareto-flow.json with --arch flow)")
+    p.add_argument("--out", default=None,
+                   help="default benchmarks/results/pareto.json (pareto-flow.json with --arch flow)")
     args = p.parse_args(argv)
     suffix = "-flow" if args.arch == "flow" else ""
     args.work = args.work or f"runs/pareto{suffix}"
@@ -200,15 +223,18 @@ def main(argv=None) -> int:
     train_s = sum(r["train_s"] for d in result["defects"].values() for r in d["runs"].values())
     evals = list(work.glob("*/eval-*/*/eval.json"))
     eval_s = sum(json.loads(f.read_text())["runtime"]["wall_s"] for f in evals)
-    result["wall_clock"] = {"this_invocation_s": time.perf_counter() - t0, "recorded_train_s": train_s, "recorded_eval_s": eval_s}
-    texts["wall-clock"] = (f"this invocation {result['wall_clock']['this_invocation_s']:.0f} s; recorded over the sweep: training "
+    result["wall_clock"] = {"this_invocation_s": time.perf_counter() - t0, "recorded_train_s": train_s,
+                            "recorded_eval_s": eval_s}
+    texts["wall-clock"] = (f"this invocation {result['wall_clock']['this_invocation_s']:.0f} s; "
+                           f"recorded over the sweep: training "
                            f"{train_s:.0f} s ({len([r for d in result['defects'].values() for r in d['runs']])} runs), "
                            f"evaluation {eval_s:.0f} s ({len(evals)} eval folders)")
     for title, text in texts.items():
         print(f"\n### {title}\n\n{text}", flush=True)
     report = html_report(result, texts, plots, work / "pareto.html")
     result["report"], result["plots"] = str(report), [str(p) for p in plots]
-    from focusnfix.runs.metrics_log import json_safe  # NaN / inf as None: strict JSON (e.g. the change inside an empty mask)
+    # NaN / inf as None: strict JSON (e.g. the change inside an empty mask)
+    from focusnfix.runs.metrics_log import json_safe
 
     write_result(out, json_safe(result))
     print(f"report: {report}")

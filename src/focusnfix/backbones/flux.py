@@ -42,7 +42,8 @@ class FluxBackbone(FlowBackbone):
             raise FocusNFixError("FLUX.1 is guidance-distilled: negative prompts (true CFG) are not supported; "
                                  "leave sampler.negative_prompt empty")
         with torch.no_grad():
-            embeds, pooled, text_ids = self.pipe.encode_prompt(list(prompts), None, device=self.device, num_images_per_prompt=1)
+            embeds, pooled, text_ids = self.pipe.encode_prompt(list(prompts), None, device=self.device,
+                                                               num_images_per_prompt=1)
         guidance = torch.full((len(prompts),), float(guidance_scale), device=self.device, dtype=torch.float32)
         # Conditioning.guidance_scale 1: no CFG batch; the distilled guidance travels in ``added``
         return Conditioning(embeds=embeds, guidance_scale=1.0,
@@ -78,5 +79,6 @@ class FluxBackbone(FlowBackbone):
         guidance = a["guidance"].to(x.device) if self.unet.config.guidance_embeds else None
         timestep = t.expand(x.shape[0]).to(x.dtype)
         return self.unet(hidden_states=x, timestep=timestep / 1000, guidance=guidance,
-                         pooled_projections=a["pooled_projections"].to(x.dtype), encoder_hidden_states=cond.embeds.to(x.dtype),
+                         pooled_projections=a["pooled_projections"].to(x.dtype),
+                         encoder_hidden_states=cond.embeds.to(x.dtype),
                          txt_ids=a["txt_ids"], img_ids=img_ids, return_dict=False)[0]

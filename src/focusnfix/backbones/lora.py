@@ -17,18 +17,21 @@ from ..errors import FocusNFixError, short_path
 ADAPTER = "default"
 
 
-def add_lora(unet, rank: int, alpha: float | None = None, targets: list[str] | tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+def add_lora(unet, rank: int, alpha: float | None = None,
+             targets: list[str] | tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
              dropout: float = 0.0) -> list[torch.nn.Parameter]:
     """Add a LoRA adapter (B initialised to zero, so θ = θ0 at the start); return its parameters (float32).
 
     ``dropout`` > 0 drops LoRA inputs in gradient-carrying calls only (:class:`GradOnlyDropout`)."""
     from peft import LoraConfig
 
-    names = {n.rsplit(".", 1)[-1] for n, _ in unet.named_modules()} | {".".join(n.split(".")[-2:]) for n, _ in unet.named_modules()}
+    names = ({n.rsplit(".", 1)[-1] for n, _ in unet.named_modules()}
+             | {".".join(n.split(".")[-2:]) for n, _ in unet.named_modules()})
     missing = [t for t in targets if t not in names]
     if missing:
         raise FocusNFixError(f"lora.targets {missing} match no module of the denoiser; the attention projections are "
-                             "to_q, to_k, to_v, to_out.0 (SD3/FLUX also add_q_proj, add_k_proj, add_v_proj, to_add_out)")
+                             "to_q, to_k, to_v, to_out.0 (SD3/FLUX also add_q_proj, add_k_proj, add_v_proj, "
+                             "to_add_out)")
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(targets),
                         lora_dropout=dropout, init_lora_weights="gaussian")
     unet.add_adapter(config, adapter_name=ADAPTER)
@@ -137,7 +140,8 @@ def load_lora_state(unet, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for n, p in params.items():
             if p.shape != state[n].shape:
-                raise FocusNFixError(f"LoRA tensor {n} has shape {tuple(state[n].shape)}, model expects {tuple(p.shape)}")
+                raise FocusNFixError(f"LoRA tensor {n} has shape {tuple(state[n].shape)}, "
+                                     f"model expects {tuple(p.shape)}")
             p.copy_(shard_like(p, state[n]))
 
 
@@ -187,7 +191,8 @@ def find_lora_file(path: str | Path) -> Path:
             raise FocusNFixError(f"LoRA file {str(path)!r} is not a .safetensors file (pickled weights are refused)")
         return path
     if not path.is_dir():
-        raise FocusNFixError(f"LoRA {str(path)!r} does not exist; give a run folder, a LoRA folder or a .safetensors file")
+        raise FocusNFixError(f"LoRA {str(path)!r} does not exist; "
+                             "give a run folder, a LoRA folder or a .safetensors file")
     folder = path / "lora" if (path / "lora").is_dir() else path
     if (folder / LORA_FILE).is_file():
         return folder / LORA_FILE
@@ -195,9 +200,11 @@ def find_lora_file(path: str | Path) -> Path:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise FocusNFixError(f"{str(path)!r} is neither a run folder with lora/ nor a LoRA folder (no {LORA_FILE} or other .safetensors file in it)")
+        raise FocusNFixError(f"{str(path)!r} is neither a run folder with lora/ nor a LoRA folder "
+                             f"(no {LORA_FILE} or other .safetensors file in it)")
     names = ", ".join(f.name for f in found[:4])
-    raise FocusNFixError(f"LoRA folder {str(folder)!r} holds several .safetensors files ({names}); give the file itself")
+    raise FocusNFixError(f"LoRA folder {str(folder)!r} holds several .safetensors files ({names}); "
+                         "give the file itself")
 
 
 def check_lora_file(path: str | Path) -> Path:
@@ -211,13 +218,15 @@ def check_lora_file(path: str | Path) -> Path:
             for key in f.keys():
                 t = f.get_tensor(key)
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise FocusNFixError(f"LoRA {short_path(weights)} holds NaN/Inf weights (from a diverged run): use an "
+                    raise FocusNFixError(f"LoRA {short_path(weights)} holds NaN/Inf weights "
+                                         "(from a diverged run): use an "
                                          "earlier checkpoint's lora.safetensors or retrain with a lower train.lr")
     except FocusNFixError:
         raise
     except Exception as e:  # safetensors' own error types: a header or size that does not add up
         detail = " ".join(str(e).split())[:100] or type(e).__name__
-        raise FocusNFixError(f"LoRA {short_path(weights)} cannot be loaded ({detail}); is the file truncated?") from None
+        raise FocusNFixError(f"LoRA {short_path(weights)} cannot be loaded ({detail}); "
+                             "is the file truncated?") from None
     return weights
 
 
@@ -245,5 +254,6 @@ def load_lora_into(pipe, folder: str | Path) -> None:
         diffusers.utils.logging.set_verbosity(level)
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
     if not any("lora_" in n for n, _ in denoiser.named_parameters()):
-        raise FocusNFixError(f"LoRA {str(folder)!r} holds no {type(denoiser).__name__} LoRA tensors that match this model; "
+        raise FocusNFixError(f"LoRA {str(folder)!r} holds no {type(denoiser).__name__} LoRA tensors "
+                             "that match this model; "
                              "was it trained for another model family?")

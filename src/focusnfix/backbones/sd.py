@@ -126,7 +126,8 @@ class SDBackbone:
         """Encode prompts (and the negative prompt for CFG) with the pipeline's ``encode_prompt``."""
         cfg = guidance_scale > 1.0
         with torch.no_grad():
-            pos, neg = self.pipe.encode_prompt(list(prompts), self.device, 1, cfg, negative_prompt=_negatives(negative_prompt, len(prompts)))
+            pos, neg = self.pipe.encode_prompt(list(prompts), self.device, 1, cfg,
+                                               negative_prompt=_negatives(negative_prompt, len(prompts)))
         embeds = torch.cat([neg, pos]) if cfg else pos
         return Conditioning(embeds=embeds, guidance_scale=guidance_scale)
 
@@ -148,7 +149,8 @@ class SDBackbone:
         x_in = torch.cat([x, x]) if cond.cfg else x
         x_in = self.scheduler.scale_model_input(x_in, t)
         added = {k: v.to(x_in.dtype) for k, v in cond.added.items()} if cond.added else None
-        out = self.unet(x_in, t, encoder_hidden_states=cond.embeds.to(x_in.dtype), added_cond_kwargs=added, return_dict=False)[0]
+        out = self.unet(x_in, t, encoder_hidden_states=cond.embeds.to(x_in.dtype), added_cond_kwargs=added,
+                        return_dict=False)[0]
         if cond.cfg:
             uncond, text = out.chunk(2)
             out = uncond + cond.guidance_scale * (text - uncond)

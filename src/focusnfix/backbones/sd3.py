@@ -34,7 +34,8 @@ class SD3Backbone(FlowBackbone):
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The velocity v with CFG applied: ``v_u + w (v_c - v_u)``."""
         x_in = torch.cat([x, x]) if cond.cfg else x
-        out = self.unet(hidden_states=x_in, timestep=t.expand(x_in.shape[0]), encoder_hidden_states=cond.embeds.to(x_in.dtype),
+        out = self.unet(hidden_states=x_in, timestep=t.expand(x_in.shape[0]),
+                        encoder_hidden_states=cond.embeds.to(x_in.dtype),
                         pooled_projections=cond.added["pooled_projections"].to(x_in.dtype), return_dict=False)[0]
         if cond.cfg:
             uncond, text = out.chunk(2)

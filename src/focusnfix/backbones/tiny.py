@@ -117,7 +117,8 @@ def _build(folder, sample_size, prediction_type, max_length, sd2_style):
     return pipe
 
 
-def build_tiny_sdxl_pipeline(folder: str | Path | None = None, sample_size: int = 8, seed: int = 0, max_length: int = 16):
+def build_tiny_sdxl_pipeline(folder: str | Path | None = None, sample_size: int = 8, seed: int = 0,
+                             max_length: int = 16):
     """A tiny random ``StableDiffusionXLPipeline`` (two text encoders, text_time conditioning)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -141,7 +142,8 @@ def _build_xl(folder, sample_size, max_length):
         layers_per_block=1, norm_num_groups=8, sample_size=sample_size * 4, scaling_factor=0.13025, force_upcast=True,
     )
     tok_dir = write_clip_tokenizer(tempfile.mkdtemp(prefix="focusnfix-tok-"), max_length=max_length)
-    tokenizers = [CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=max_length) for _ in range(2)]
+    tokenizers = [CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=max_length)
+                  for _ in range(2)]
     common = dict(vocab_size=len(tokenizers[0]), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=max_length, hidden_act="gelu",
                   bos_token_id=tokenizers[0].bos_token_id, eos_token_id=tokenizers[0].eos_token_id,
@@ -177,5 +179,6 @@ def build_tiny_clip(folder: str | Path, seed: int = 0, image_mean=(0.5, 0.4, 0.3
             projection_dim=16,
         )
         CLIPModel(cfg).save_pretrained(folder, safe_serialization=True)
-    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(image_mean), "image_std": list(image_std)}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(image_mean),
+                                                                 "image_std": list(image_std)}))
     return folder

@@ -25,7 +25,8 @@ def t5_tokenizer(max_length: int = 32):
     vocab += [(c, -3.0) for c in chars] + [("\u2581" + c, -2.5) for c in chars]
     tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
     return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
                            model_max_length=max_length)
 
@@ -34,7 +35,8 @@ def _t5_encoder(vocab_size: int, d_model: int):
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1))
 
 
 def _clip(with_projection: bool, max_length: int, hidden: int = 32, projection: int = 32):
@@ -42,7 +44,8 @@ def _clip(with_projection: bool, max_length: int, hidden: int = 32, projection: 
 
     folder = write_clip_tokenizer(tempfile.mkdtemp(prefix="focusnfix-tok-"), max_length=max_length)
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                            num_hidden_layers=2,
                             num_attention_heads=4, max_position_embeddings=max_length, hidden_act="gelu",
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id, projection_dim=projection)
@@ -52,10 +55,11 @@ def _clip(with_projection: bool, max_length: int, hidden: int = 32, projection: 
 def _vae(latent_channels: int, scaling: float, shift: float):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(16, 32, 32),
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         block_out_channels=(16, 32, 32),
                          down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                         layers_per_block=1, norm_num_groups=8, sample_size=32, scaling_factor=scaling, shift_factor=shift,
-                         use_quant_conv=False, use_post_quant_conv=False)
+                         layers_per_block=1, norm_num_groups=8, sample_size=32, scaling_factor=scaling,
+                         shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False)
 
 
 def build_tiny_sd3_pipeline(folder: str | Path | None = None, seed: int = 0, shift: float = 3.0, max_length: int = 16):
@@ -76,13 +80,15 @@ def build_tiny_sd3_pipeline(folder: str | Path | None = None, seed: int = 0, shi
         vae = _vae(16, scaling=1.5305, shift=0.0609)  # SD3's VAE constants
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
         pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=enc1,
-                                        tokenizer=tok1, text_encoder_2=enc2, tokenizer_2=tok2, text_encoder_3=enc3, tokenizer_3=tok3)
+                                        tokenizer=tok1, text_encoder_2=enc2, tokenizer_2=tok2, text_encoder_3=enc3,
+                                        tokenizer_3=tok3)
     if folder is not None:
         pipe.save_pretrained(folder)
     return pipe
 
 
-def build_tiny_flux_pipeline(folder: str | Path | None = None, seed: int = 0, guidance_embeds: bool = True, max_length: int = 16):
+def build_tiny_flux_pipeline(folder: str | Path | None = None, seed: int = 0, guidance_embeds: bool = True,
+                             max_length: int = 16):
     """A tiny ``FluxPipeline`` (FLUX.1-dev layout: double and single blocks, guidance embedding, dynamic
     shift), 32 px by default (VAE factor 4, 2x2 packing)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -93,11 +99,13 @@ def build_tiny_flux_pipeline(folder: str | Path | None = None, seed: int = 0, gu
         tok2 = t5_tokenizer(max_length)
         enc2 = _t5_encoder(len(tok2), d_model=32)
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2,
             joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8))
         vae = _vae(4, scaling=0.3611, shift=0.1159)  # FLUX's VAE constants
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
-                                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+                                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                    max_image_seq_len=4096)
         pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=enc1, tokenizer=tok1,
                             text_encoder_2=enc2, tokenizer_2=tok2)
     if folder is not None:
