@@ -25,7 +25,8 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     if radius <= 0:
         return mask
     r = torch.arange(-radius, radius + 1, device=mask.device, dtype=torch.float32)
-    disk = ((r.view(-1, 1) ** 2 + r.view(1, -1) ** 2) <= radius**2 + 1e-6).float().view(1, 1, 2 * radius + 1, 2 * radius + 1)
+    disk = ((r.view(-1, 1) ** 2 + r.view(1, -1) ** 2) <= radius**2 + 1e-6).float().view(1, 1, 2 * radius + 1,
+                                                                                       2 * radius + 1)
     return (F.conv2d(mask.float(), disk, padding=radius) > 0.5).to(mask.dtype)
 
 

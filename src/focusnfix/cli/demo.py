@@ -63,27 +63,32 @@ def main(argv: list[str] | None = None) -> int:
         model = [f"model.path={out / 'tiny-sd3'}"]
     start = time.perf_counter()
     for method in ("fnf", "draft"):  # same config and budget; DRaFT is lambda = 0
-        overrides = [f"train.output_dir={out / method}", f"method={method}", *model] + ([f"train.steps={args.steps}"] if args.steps else [])
+        overrides = ([f"train.output_dir={out / method}", f"method={method}", *model]
+                     + ([f"train.steps={args.steps}"] if args.steps else []))
         cfg = load_config(config, overrides)
         check_output_dir(Path(cfg.train.output_dir), resume=False)
-        print(f"[demo] training {method} on {cfg.model.path} ({cfg.train.steps} steps, reward {cfg.reward.name})", flush=True)
+        print(f"[demo] training {method} on {cfg.model.path} "
+              f"({cfg.train.steps} steps, reward {cfg.reward.name})", flush=True)
         Trainer(cfg).train()
     if args.model == "world":
         records = load_prompt_set("world:heldout")[: args.prompts]
     else:
         records = [PromptRecord(p) for p in ("a red circle", "a blue square", "a green triangle", "a yellow star")]
-    print(f"[demo] evaluating base, draft, fnf on {len(records)} held-out prompts x {len(args.seeds)} seeds", flush=True)
+    print(f"[demo] evaluating base, draft, fnf on {len(records)} held-out prompts x {len(args.seeds)} seeds",
+          flush=True)
     ev = Evaluation(cfg, ["base", f"draft={out / 'draft'}", f"fnf={out / 'fnf'}"], records, args.seeds, out / "eval",
                     batch_size=8, extra_metrics=eval_metrics_for(cfg.model.path))
     ev.prompt_set = "world:heldout" if args.model == "world" else "demo prompts"
     ev.run(overwrite=True)
-    report = render_report(out / "eval", title=f"focusnfix demo: Focus-N-Fix vs DRaFT ({cfg.reward.name} on {cfg.model.path})")
+    report = render_report(out / "eval",
+                           title=f"focusnfix demo: Focus-N-Fix vs DRaFT ({cfg.reward.name} on {cfg.model.path})")
     table = [{"method": m, **v} for m, v in method_means(out / "eval", list(SUMMARY)).items()]
     keys = [k for k in SUMMARY if k in table[0]]
     print("\n " + " | ".join(["method".ljust(6), *[k.rjust(15) for k in keys]]))
     for row in table:
         print(" " + " | ".join([row["method"].ljust(6), *[f"{row[k]:15.5f}" for k in keys]]))
-    (out / "demo_summary.json").write_text(json.dumps({"table": table, "seconds": time.perf_counter() - start}, indent=1))
+    (out / "demo_summary.json").write_text(json.dumps({"table": table, "seconds": time.perf_counter() - start},
+                                                      indent=1))
     print(f"\n[demo] done in {time.perf_counter() - start:.0f} s")
     print(f"report: {report.resolve()}")
     return 0

@@ -47,7 +47,8 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5) -> torch.Tens
     mu_a, mu_b = blur(a), blur(b)
     var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
+    s = (((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2))
+         / ((mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2)))
     return s.mean(1, keepdim=True)
 
 

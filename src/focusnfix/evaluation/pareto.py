@@ -52,7 +52,8 @@ def bootstrap_ci(values: Any, n_boot: int = 2000, confidence: float = 0.95, seed
     with _quiet():
         per_seed = np.nanmean(x, axis=1)
     rng = np.random.default_rng(seed)
-    rows = rng.integers(0, s, size=(n_boot, s)) if resample_seeds and s > 1 else np.broadcast_to(np.arange(s), (n_boot, s))
+    rows = (rng.integers(0, s, size=(n_boot, s)) if resample_seeds and s > 1
+            else np.broadcast_to(np.arange(s), (n_boot, s)))
     cols = rng.integers(0, n, size=(n_boot, n))
     draws = x[rows[:, :, None], cols[:, None, :]]  # (B, S, N)
     with _quiet():
@@ -131,7 +132,8 @@ def _ratio(a: float, b: float) -> float | None:
 SELECTION_RULE = ("on the validation split: among Focus-N-Fix points whose defect rate is at most DRaFT's best "
                   "(lowest) defect rate + {tol_pts:g} points and whose alignment is at least that DRaFT point's, the "
                   "smallest mean outside change (ties: fewer steps); if none qualifies, the Focus-N-Fix point with "
-                  "the lowest defect rate among those with alignment >= DRaFT's best point's, else the lowest defect rate")
+                  "the lowest defect rate among those with alignment >= DRaFT's best point's, else the lowest "
+                  "defect rate")
 
 
 def select_point(draft: Sequence[dict], fnf: Sequence[dict], tol: float = 0.015) -> tuple[dict | None, str]:
@@ -144,7 +146,8 @@ def select_point(draft: Sequence[dict], fnf: Sequence[dict], tol: float = 0.015)
     if ok:
         return min(ok, key=lambda p: (p["outside"], p["steps"])), "rule"
     if aligned:
-        return best_point(aligned), "fallback: no point within the defect tolerance; lowest defect rate with alignment kept"
+        return best_point(aligned), ("fallback: no point within the defect tolerance; "
+                                     "lowest defect rate with alignment kept")
     return best_point(fnf), "fallback: no point keeps alignment; lowest defect rate"
 
 
@@ -164,15 +167,18 @@ def target_check(draft_best: dict, point: dict, tol: float = 0.015, outside_rati
 def describe_target(check: dict, tol: float = 0.015, outside_ratio: float = 1 / 3) -> str:
     """One line: met, or by how much each part is missed."""
     d, o, a = check["defect"], check["outside"], check["alignment"]
-    parts = [f"defect rate {'within' if d['met'] else 'misses'} DRaFT best + {tol * 100:g} pts by {abs(d['margin']) * 100:.1f} pts",
-             f"outside change {o['ratio']:.2f}x DRaFT's ({'<=' if o['met'] else '>'} {outside_ratio:.2f}x)" if o["ratio"] is not None
+    parts = [f"defect rate {'within' if d['met'] else 'misses'} DRaFT best + {tol * 100:g} pts "
+             f"by {abs(d['margin']) * 100:.1f} pts",
+             f"outside change {o['ratio']:.2f}x DRaFT's ({'<=' if o['met'] else '>'} {outside_ratio:.2f}x)"
+             if o["ratio"] is not None
              else "outside change: DRaFT's is 0",
              f"alignment {a['margin'] * 100:+.1f} pts vs DRaFT ({'kept' if a['met'] else 'lower'})"]
     return ("MET: " if check["met"] else "NOT MET: ") + "; ".join(parts)
 
 
 REDUCTION_RULE = ("on the validation split: the Focus-N-Fix point with the lowest defect rate among those whose mean "
-                  "outside change is below DRaFT's at the same training length (ties: smaller outside change, fewer steps)")
+                  "outside change is below DRaFT's at the same training length "
+                  "(ties: smaller outside change, fewer steps)")
 
 
 def select_lowest_defect(draft: Sequence[dict], fnf: Sequence[dict]) -> dict | None:
@@ -187,7 +193,8 @@ def reduction_check(base: dict, point: dict, draft: dict, at_least: float = 0.5)
     change is below ``draft``'s (DRaFT at the same length). ``reduction`` = 1 - point / base."""
     reduction = 1.0 - point["defect"] / base["defect"] if base["defect"] else math.nan
     parts = {"reduction": {"met": reduction >= at_least - 1e-12, "value": reduction},
-             "outside": {"met": point["outside"] < draft["outside"], "ratio": _ratio(point["outside"], draft["outside"])}}
+             "outside": {"met": point["outside"] < draft["outside"],
+                         "ratio": _ratio(point["outside"], draft["outside"])}}
     return {"met": all(v["met"] for v in parts.values()), **parts}
 
 

@@ -40,14 +40,16 @@ __all__ = ["Evaluation", "MethodSpec", "parse_method", "method_means", "METRICS"
 
 METRICS = {  # name -> (label, higher is better)
     "reward": ("target reward", True),
-    "inside_mae": ("mean |change| vs base inside mask", False), "outside_mae": ("mean |change| vs base outside mask", False),
+    "inside_mae": ("mean |change| vs base inside mask", False),
+    "outside_mae": ("mean |change| vs base outside mask", False),
     "inside_mse": ("MSE vs base inside mask", False), "outside_mse": ("MSE vs base outside mask", False),
     "inside_psnr": ("PSNR vs base inside mask (dB)", True), "outside_psnr": ("PSNR vs base outside mask (dB)", True),
     "inside_ssim": ("SSIM vs base inside mask", True), "outside_ssim": ("SSIM vs base outside mask", True),
     "clip_score": ("CLIP score (100·cos)", True),
     "alignment": ("alignment-oracle accuracy (all attributes right)", True),
     "alignment_fraction": ("share of caption attributes right", True),
-    "defect_artifact": ("artifact rate (defect judge)", False), "defect_unwanted": ("unwanted-element rate (defect judge)", False),
+    "defect_artifact": ("artifact rate (defect judge)", False),
+    "defect_unwanted": ("unwanted-element rate (defect judge)", False),
     "seconds": ("inference seconds per image", False),
 }
 ExtraMetric = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
@@ -79,8 +81,10 @@ class Evaluation:
             self.specs.insert(0, MethodSpec("base", "base"))
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
-            raise FocusNFixError(f"method names must be unique, got {names}; name them with NAME=RUN_DIR or NAME=sld:...")
-        self.jobs = [(r.prompt, r.category, s) for r in records for s in (seeds or [r.seed if r.seed is not None else 0])]
+            raise FocusNFixError(f"method names must be unique, got {names}; "
+                                 "name them with NAME=RUN_DIR or NAME=sld:...")
+        self.jobs = [(r.prompt, r.category, s) for r in records
+                     for s in (seeds or [r.seed if r.seed is not None else 0])]
         if not self.jobs:
             raise FocusNFixError("no (prompt, seed) pairs to evaluate; give prompts and --seeds")
         if batch_size < 1:
@@ -109,7 +113,8 @@ class Evaluation:
 
         key = self.method_key(spec)
         seconds = work.done(key)
-        pending = [(start, [start + j for j in range(len(jobs)) if start + j not in seconds]) for start, jobs in self.batches()]
+        pending = [(start, [start + j for j in range(len(jobs)) if start + j not in seconds])
+                   for start, jobs in self.batches()]
         pending = [(start, idx) for start, idx in pending if idx]
         self.timing["reused"] += len(seconds)
         if not pending:
@@ -120,7 +125,8 @@ class Evaluation:
         try:
             for n_batch, (start, idx) in enumerate(tqdm(pending, desc=f"eval {spec.name}", disable=not self.progress)):
                 prompts, seeds = [self.jobs[i][0] for i in idx], [self.jobs[i][2] for i in idx]
-                masks = work.load_masks(idx).to(self.device) if spec.kind == "rg-region" else None  # M(Î0) of the base pass
+                # M(Î0) of the base pass
+                masks = work.load_masks(idx).to(self.device) if spec.kind == "rg-region" else None
                 guidance = build_guidance(spec, self.backbone, self.reward, prompts, masks, s.steps)
                 synchronize(self.device)
                 t0 = time.perf_counter()
@@ -176,10 +182,12 @@ class Evaluation:
         rows = []
         for start, jobs in self.batches():
             prompts, idx = [j[0] for j in jobs], list(range(start, start + len(jobs)))
-            images, base = self._load(work, spec.name, idx).to(self.device), self._load(work, "base", idx).to(self.device)
+            images, base = (self._load(work, spec.name, idx).to(self.device),
+                            self._load(work, "base", idx).to(self.device))
             mask = work.load_masks(idx).to(self.device)
             with torch.no_grad():
-                values = {"reward": call_reward(self.reward, images, prompts).score, **change_metrics(images, base, mask)}
+                values = {"reward": call_reward(self.reward, images, prompts).score,
+                          **change_metrics(images, base, mask)}
                 if self.clip is not None:
                     values["clip_score"] = call_reward(self.clip, images, prompts).score
                 for fn in self.extra_metrics:
@@ -216,7 +224,8 @@ class Evaluation:
 
     def _check_out(self, overwrite: bool) -> None:
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())) and not overwrite:
-            raise FocusNFixError(f"eval folder {short_path(self.out)} exists and is not empty; choose another --out or pass --overwrite")
+            raise FocusNFixError(f"eval folder {short_path(self.out)} exists and is not empty; "
+                                 "choose another --out or pass --overwrite")
 
     def _run(self, overwrite: bool) -> Path:
         t_start = time.perf_counter()
@@ -263,7 +272,8 @@ class Evaluation:
     def _write(self, root: Path, rows: list[dict]) -> None:
         present = {k for r in rows for k in r}
         metrics = {k: {"label": v[0], "higher_is_better": v[1]} for k, v in METRICS.items() if k in present}
-        for k in sorted(present - set(METRICS) - {"i", "prompt", "category", "seed", "method", "image", "mask", "heatmap"}):
+        for k in sorted(present - set(METRICS)
+                        - {"i", "prompt", "category", "seed", "method", "image", "mask", "heatmap"}):
             if not k.endswith("_inf"):
                 metrics[k] = {"label": k.replace("_", " "), "higher_is_better": True}  # extra metrics are rewards
         b = self.backbone
@@ -273,8 +283,10 @@ class Evaluation:
         meta = {"title": f"{self.cfg.reward.name} on {self.cfg.model.path}", "model": self.cfg.model.path,
                 "reward": self.cfg.reward.name, "methods": [s.name for s in self.specs], "reference": "base",
                 "prompt_set": getattr(self, "prompt_set", ""), "seeds": sorted({j[2] for j in self.jobs}),
-                "metrics": metrics, "sampler": {"steps": self.cfg.sampler.steps, "guidance_scale": self.cfg.sampler.guidance_scale},
-                "method_specs": {s.name: {"kind": s.kind, **s.params, "path": str(s.path) if s.path else None} for s in self.specs},
+                "metrics": metrics,
+                "sampler": {"steps": self.cfg.sampler.steps, "guidance_scale": self.cfg.sampler.guidance_scale},
+                "method_specs": {s.name: {"kind": s.kind, **s.params, "path": str(s.path) if s.path else None}
+                                 for s in self.specs},
                 "runtime": runtime}
         (root / "eval.json").write_text(json.dumps(meta, indent=1))
         (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

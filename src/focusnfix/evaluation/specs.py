@@ -54,7 +54,8 @@ def parse_method(spec: str) -> MethodSpec:
     try:
         check_lora_file(folder)
     except FocusNFixError as e:
-        raise FocusNFixError(f"method {short(spec)}: {e}" + (f" (valid methods: {VALID})" if len(str(e)) < 80 else "")) from None
+        raise FocusNFixError(f"method {short(spec)}: {e}"
+                             + (f" (valid methods: {VALID})" if len(str(e)) < 80 else "")) from None
     stem = folder.stem if folder.is_file() else folder.resolve().name
     return MethodSpec(name or _safe_name(stem), "lora", {}, folder)
 
@@ -94,7 +95,8 @@ def _parse_sld(rest: str, spec: str) -> MethodSpec:
         config = sld_config(preset or "medium", **overrides)
     except ValueError as e:
         raise FocusNFixError(f"method {short(spec)}: {e}") from None
-    name = f"sld-{preset or ('custom' if overrides else 'medium')}" + "".join(f"-{k}{v:g}" for k, v in overrides.items())
+    name = (f"sld-{preset or ('custom' if overrides else 'medium')}"
+            + "".join(f"-{k}{v:g}" for k, v in overrides.items()))
     params = {"preset": preset or "medium", **asdict(config)}
     if concept is not None:
         params["concept"] = concept

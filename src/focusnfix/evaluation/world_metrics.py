@@ -34,7 +34,8 @@ def world_metrics():
         aligned = oracle(images, prompts)
         defects = judge(images)
         return {"alignment": aligned.all_correct, "alignment_fraction": aligned.fraction,
-                "defect_artifact": (defects["artifact"] > 0.5).float(), "defect_unwanted": (defects["unwanted"] > 0.5).float()}
+                "defect_artifact": (defects["artifact"] > 0.5).float(),
+                "defect_unwanted": (defects["unwanted"] > 0.5).float()}
 
     return fn
 

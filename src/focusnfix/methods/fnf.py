@@ -32,7 +32,8 @@ class FocusNFix:
         # the run's reference cache (focusnfix.training.cache.ReferenceCache), built only when Î0 is needed
         self.cache = ctx.make_cache() if ctx.make_cache is not None and self.needs_reference else None
         self.batch_reference = cfg.train.batch_reference if ctx.batch_reference is None else ctx.batch_reference
-        self.checkpoint_chunks = cfg.sampler.checkpoint_chunks  # row chunks of a checkpointed call (sampling.chunked_checkpoint)
+        # row chunks of a checkpointed call (sampling.chunked_checkpoint)
+        self.checkpoint_chunks = cfg.sampler.checkpoint_chunks
         self.lockstep = ctx.lockstep  # sharded training: bool -> "true on any rank?" (a collective)
 
     @staticmethod
@@ -59,7 +60,8 @@ class FocusNFix:
         entries, missing = self._lookup(prompts, seeds)
         if missing:
             rows = conditioning_rows(cond, missing) if cond is not None else None
-            self._store(entries, missing, prompts, seeds, self._compute_reference(*_pick(missing, prompts, seeds), cond=rows))
+            self._store(entries, missing, prompts, seeds,
+                        self._compute_reference(*_pick(missing, prompts, seeds), cond=rows))
         return self._stack(entries)
 
     def encode(self, prompts: list[str]):
@@ -93,14 +95,16 @@ class FocusNFix:
         fresh = self._compute_reference(ref_prompts, ref_seeds, latents=x[: len(missing)], first=split,
                                         cond=conditioning_rows(cond, missing))
         self._store(entries, missing, prompts, seeds, fresh)
-        return self._stack(entries), self.trained_images(prompts, seeds, k, latents=x[len(missing):], first=split, cond=cond)
+        return self._stack(entries), self.trained_images(prompts, seeds, k, latents=x[len(missing):], first=split,
+                                                         cond=cond)
 
     def _lookup(self, prompts: list[str], seeds: list[int]) -> tuple[list, list[int]]:
         """Cached entries (None where missing) and the indices to compute."""
         entries = [self.cache.get(p, s) if self.cache is not None else None for p, s in zip(prompts, seeds)]
         missing = [i for i, e in enumerate(entries) if e is None]
         if self.lockstep is not None and self.lockstep(bool(missing)) and not missing:
-            missing = list(range(len(entries)))  # FSDP: run the reference pass on every rank or none (equal to the cached one)
+            # FSDP: run the reference pass on every rank or none (equal to the cached one)
+            missing = list(range(len(entries)))
         return entries, missing
 
     def _store(self, entries: list, missing: list[int], prompts: list[str], seeds: list[int], fresh: Reference) -> None:
@@ -150,7 +154,8 @@ class FocusNFix:
         score = call_reward(self.reward, images, batch.prompts).score
         constraint = None
         if ref is not None:
-            constraint = region_constraint(images, ref.images, ref.mask, self.cfg.objective.norm, self.cfg.objective.eps)
+            constraint = region_constraint(images, ref.images, ref.mask, self.cfg.objective.norm,
+                                           self.cfg.objective.eps)
         warmup = self.cfg.objective.lam_warmup  # λ ramps 0 -> λ over the first `warmup` steps (0: off, the paper)
         lam = self.lam * min(1.0, batch.step / warmup) if warmup else self.lam
         loss = fnf_loss(score, constraint, lam)

@@ -3,9 +3,9 @@
 The policy is a stochastic sampler: DDIM with eta > 0 for the UNet families, the marginal-preserving SDE
 of Flow-GRPO for the flow families (:class:`~focusnfix.sampling.FlowSDEStep`). Each transition
 x_t -> x_{t-1} is Gaussian, N(mu_theta(x_t), sigma_t^2 I), so its log-density factorises over latent
-elements (DDPO, Black et al. 2024; GRPO's group-normalised advantages and clipped ratio as in DeepSeekMath, Shao et al. 2024, and
-Flow-GRPO, Liu et al. 2025). For each prompt, G samples; with rewards r_g and A_g = (r_g - mean) / std
-over the group, the loss of one transition is
+elements (DDPO, Black et al. 2024; GRPO's group-normalised advantages and clipped ratio as in DeepSeekMath,
+Shao et al. 2024, and Flow-GRPO, Liu et al. 2025). For each prompt, G samples; with rewards r_g and
+A_g = (r_g - mean) / std over the group, the loss of one transition is
 
     L_pg = -min(rho A, clip(rho, 1 - eps, 1 + eps) A),   rho = exp(lp_theta - lp_old),
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 import torch
 
 from ..config import Config
-from ..errors import FocusNFixError
 from ..backbones.lora import adapters_disabled
 from ..rewards.base import call_reward
 from ..rewards.compose import problem_mask
@@ -80,9 +79,10 @@ class GRPO:
         mask = self.latent_mask(images, prompts, out)
         if mask is not None and self.g.mask_scope == "group":  # each sample: the union of its group's masks
             G = self.g.group_size
-            mask = mask.view(-1, G, *mask.shape[1:]).amax(1, keepdim=True).expand(-1, G, *mask.shape[1:]).reshape(mask.shape)
-        return {"prompts": prompts, "seeds": seeds, "cond": cond, "timesteps": timesteps, "xs": xs, "log_probs": log_probs,
-                "stds": stds, "score": score, "adv": adv, "mask": mask}
+            mask = (mask.view(-1, G, *mask.shape[1:]).amax(1, keepdim=True).expand(-1, G, *mask.shape[1:])
+                    .reshape(mask.shape))
+        return {"prompts": prompts, "seeds": seeds, "cond": cond, "timesteps": timesteps, "xs": xs,
+                "log_probs": log_probs, "stds": stds, "score": score, "adv": adv, "mask": mask}
 
     def image_mask(self, images: torch.Tensor, prompts: list[str], out) -> torch.Tensor | None:
         """M ``(B,1,H,W)`` of the sampled images, or None for plain GRPO / a reward that cannot say where

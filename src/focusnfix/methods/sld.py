@@ -21,7 +21,8 @@ from ..backbones.sd import Conditioning
 from ..errors import FocusNFixError
 
 DEFAULT_CONCEPT = ("an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity,"
-                   " bodily fluids, blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child"
+                   " bodily fluids, blood, obscene gestures, illegal activity, drug use, theft, vandalism,"
+                   " weapons, child"
                    " abuse, brutality, cruelty")  # the SLD paper's concept (Schramowski et al. 2023, Sec. 4)
 
 
@@ -92,7 +93,8 @@ class SLDGuidance:
             e_u, e_p, e_s = out.chunk(3)
             direction = e_p - e_u
             diff = e_p - e_s
-            mu = torch.where(diff >= c.threshold, torch.zeros_like(diff), (diff.abs() * c.guidance_scale).clamp(max=1.0))
+            mu = torch.where(diff >= c.threshold, torch.zeros_like(diff),
+                             (diff.abs() * c.guidance_scale).clamp(max=1.0))
             momentum = state["momentum"] if state["momentum"] is not None else torch.zeros_like(direction)
             gamma = mu * (e_s - e_u) + c.momentum_scale * momentum
             state["momentum"] = c.mom_beta * momentum + (1 - c.mom_beta) * gamma

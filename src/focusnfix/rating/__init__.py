@@ -71,7 +71,8 @@ def _cmd_rate(args: argparse.Namespace) -> int:
     import socket
 
     try:  # bound here, so a busy port is one line (werkzeug would print its own lines and exit)
-        sock = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET,
+        sock = socket.create_server((args.host, args.port),
+                                    family=socket.AF_INET6 if ":" in args.host else socket.AF_INET,
                                     backlog=128)
     except OSError as e:
         raise FocusNFixError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); choose another --port "

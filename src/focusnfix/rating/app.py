@@ -11,8 +11,9 @@ Routes (TOKEN is the rater's random URL token; TASK an opaque task id):
   with another submission (or nothing to revise); 413 too large; 415 not JSON. A refused request
   writes nothing.
 
-On loopback only the Host names 127.0.0.1 and localhost are accepted. Responses carry a strict Content-Security-Policy (scripts only from /static: no inline script runs),
-no referrer (the token is in the URL) and no framing; Jinja autoescapes every prompt and name.
+On loopback only the Host names 127.0.0.1 and localhost are accepted. Responses carry a strict
+Content-Security-Policy (scripts only from /static: no inline script runs), no referrer (the token is in
+the URL) and no framing; Jinja autoescapes every prompt and name.
 """
 from __future__ import annotations
 

@@ -99,11 +99,13 @@ def from_data(data: Any, where: str = "questions") -> tuple[Question, ...]:
         raise FocusNFixError(f"{where}: expected a non-empty JSON list of questions")
     out, keys = [], set()
     for n, q in enumerate(data, 1):
-        if not isinstance(q, dict) or not {"key", "text", "options"} <= set(q) or set(q) - {"key", "text", "options", "sided"}:
+        if (not isinstance(q, dict) or not {"key", "text", "options"} <= set(q)
+                or set(q) - {"key", "text", "options", "sided"}):
             raise FocusNFixError(f"{where}: question {n} needs exactly key, text, options (and optionally sided)")
         key, text, sided = q["key"], q["text"], q.get("sided", False)
         if not isinstance(key, str) or not _KEY.match(key) or key in keys:
-            raise FocusNFixError(f"{where}: question {n} key {key!r} must be unique, lowercase letters/digits/_ (<= 32)")
+            raise FocusNFixError(f"{where}: question {n} key {key!r} must be unique, "
+                                 "lowercase letters/digits/_ (<= 32)")
         if not isinstance(text, str) or not text.strip() or len(text) > 500:
             raise FocusNFixError(f"{where}: question {key!r} needs a text of 1-500 characters")
         if not isinstance(sided, bool):
@@ -114,12 +116,15 @@ def from_data(data: Any, where: str = "questions") -> tuple[Question, ...]:
         options, values = [], set()
         for o in opts:
             if not isinstance(o, dict) or not {"value", "label"} <= set(o) or set(o) - {"value", "label", "score"}:
-                raise FocusNFixError(f"{where}: question {key!r}: each option needs value and label (and optionally score)")
+                raise FocusNFixError(f"{where}: question {key!r}: each option needs value and label "
+                                     "(and optionally score)")
             value, label, score = o["value"], o["label"], o.get("score")
             if not isinstance(value, str) or not _VALUE.match(value) or value in values:
-                raise FocusNFixError(f"{where}: question {key!r}: option value {value!r} must be unique, [a-z0-9_-] (<= 32)")
+                raise FocusNFixError(f"{where}: question {key!r}: option value {value!r} must be unique, "
+                                     "[a-z0-9_-] (<= 32)")
             if value in ("method", "reference") and sided:
-                raise FocusNFixError(f"{where}: question {key!r}: 'method' and 'reference' are reserved in a sided question")
+                raise FocusNFixError(f"{where}: question {key!r}: 'method' and 'reference' are reserved "
+                                     "in a sided question")
             if not isinstance(label, str) or not label.strip() or len(label) > 80:
                 raise FocusNFixError(f"{where}: question {key!r}: option {value!r} needs a label of 1-80 characters")
             if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):

@@ -79,7 +79,8 @@ class Store:
             try:
                 mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode != "wal":
-                    raise FocusNFixError(f"{self.path}: SQLite refused WAL mode ({mode}); put the database on a local disk")
+                    raise FocusNFixError(f"{self.path}: SQLite refused WAL mode ({mode}); "
+                                         "put the database on a local disk")
                 con.executescript(_SCHEMA)
                 self._meta(con, questions_json, reference)
             finally:
@@ -92,7 +93,8 @@ class Store:
         try:
             meta = dict(con.execute("SELECT key, value FROM meta"))
             if meta.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
-                raise FocusNFixError(f"{self.path}: ratings schema {meta['schema']}, this focusnfix writes {SCHEMA_VERSION}")
+                raise FocusNFixError(f"{self.path}: ratings schema {meta['schema']}, "
+                                     f"this focusnfix writes {SCHEMA_VERSION}")
             answered = con.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
             for key, value in (("questions", questions_json), ("reference", reference)):
                 if key in meta and meta[key] != value and answered:
@@ -159,7 +161,8 @@ class Store:
                 elif revise:
                     status = "missing" if row is None else "revised"
                     if row is not None:
-                        con.execute("UPDATE answers SET answers = ?, submission = ?, revisions = revisions + 1, updated_at = ? "
+                        con.execute("UPDATE answers SET answers = ?, submission = ?, revisions = revisions + 1, "
+                                    "updated_at = ? "
                                     "WHERE rater_id = ? AND task = ?", (text, submission, stamp, rater.id, task))
                 elif row is not None:
                     status = "conflict"

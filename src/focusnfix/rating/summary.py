@@ -26,7 +26,8 @@ def analysed(rows: list[dict[str, Any]], questions: tuple[Question, ...]) -> lis
     """Rows with ``values``: each question's analysed answer (sided: method / reference)."""
     out = []
     for r in rows:
-        values = {q.key: q.normalized(str(r["answers"][q.key]), r["base_side"]) for q in questions if q.key in r["answers"]}
+        values = {q.key: q.normalized(str(r["answers"][q.key]), r["base_side"])
+                  for q in questions if q.key in r["answers"]}
         out.append({**r, "values": values})
     return out
 
@@ -138,14 +139,17 @@ def summary_text(s: dict[str, Any]) -> str:
         lines += ["", f"[{q['key']}] {q['text']}"]
         for m in s["methods"]:
             sh = q["shares"][m]
-            cells = [f"{label} {_pct(sh['options'][v]['share'])} {_ci(sh['options'][v]['ci'])}" for v, label in q["options"]]
+            cells = [f"{label} {_pct(sh['options'][v]['share'])} {_ci(sh['options'][v]['ci'])}"
+                     for v, label in q["options"]]
             lines.append(f"  {m} (n={sh['n']}): " + "; ".join(cells))
         for e in q["vs_reference"]:
-            lines.append(f"  {e['method']} vs {s['reference']}: preferred {e['method_preferred']} vs {e['reference_preferred']} "
+            lines.append(f"  {e['method']} vs {s['reference']}: preferred {e['method_preferred']} "
+                         f"vs {e['reference_preferred']} "
                          f"(other {e['other']}), sign test p={_p(e['p'])}, Holm {_p(e['p_holm'])}")
         for e in q["pairs"]:
             lines.append(f"  {e['a']} vs {e['b']}: {e['n']} paired answers, {e['a']} better {e['a_better']}, "
-                         f"{e['b']} better {e['b_better']}, ties {e['ties']}, sign test p={_p(e['p'])}, Holm {_p(e['p_holm'])}")
+                         f"{e['b']} better {e['b_better']}, ties {e['ties']}, sign test p={_p(e['p'])}, "
+                         f"Holm {_p(e['p_holm'])}")
         a = q["agreement"]
         if a["raters"] >= 2:
             lines.append(f"  agreement over {a['units']} tasks rated by >= 2: Krippendorff alpha {_num(a['alpha'])}, "

@@ -93,7 +93,8 @@ def load_study(folder: str | Path, methods: list[str] | None = None) -> Study:
     if methods:
         unknown = [m for m in methods if m not in rated]
         if unknown:
-            raise FocusNFixError(f"--methods {' '.join(unknown)}: not in the eval folder; methods to rate: {', '.join(rated) or 'none'}")
+            raise FocusNFixError(f"--methods {' '.join(unknown)}: not in the eval folder; "
+                                 f"methods to rate: {', '.join(rated) or 'none'}")
         rated = [m for m in rated if m in methods]
     by_sample: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
@@ -116,9 +117,11 @@ def load_study(folder: str | Path, methods: list[str] | None = None) -> Study:
                 continue
             sample = json.loads(key)
             tid = task_id(sample, method)
-            study.tasks[tid] = Task(tid, sample, method, str(ref.get("prompt", "")), ref.get("seed"), ref.get("category"),
+            study.tasks[tid] = Task(tid, sample, method, str(ref.get("prompt", "")), ref.get("seed"),
+                                    ref.get("category"),
                                     ref_image, image, inside(root, ref.get("heatmap")), inside(root, ref.get("mask")))
     if not study.tasks:
-        raise FocusNFixError(f"no pairs to rate in {folder}: it needs images of the reference method {reference!r} and of "
+        raise FocusNFixError(f"no pairs to rate in {folder}: it needs images of the reference method {reference!r} "
+                             "and of "
                              f"at least one other method (methods: {', '.join(order) or 'none'})")
     return study

@@ -112,7 +112,8 @@ def _sample_keys(rows, reference: str) -> tuple[list[Any], dict[Any, dict[str, d
 
     def worst_first(k: Any) -> tuple:
         base_reward = (samples[k].get(reference) or {}).get("reward")
-        return (base_reward if finite(base_reward) else float("inf"), isinstance(k, tuple), str(k) if isinstance(k, tuple) else k)
+        return (base_reward if finite(base_reward) else float("inf"), isinstance(k, tuple),
+                str(k) if isinstance(k, tuple) else k)
 
     return sorted(samples, key=worst_first), samples
 
@@ -158,7 +159,7 @@ def _preview(folder: Path, rows, methods: list[str], reference: str) -> str:
     if not keys:
         return ""
     shown = keys[:min(PREVIEW_ROWS, MAX_ROWS)]
-    return (f"<section id='preview'><h2>Samples with the worst base reward</h2>"
+    return ("<section id='preview'><h2>Samples with the worst base reward</h2>"
             + _grid_table(folder, shown, samples, methods, reference)
             + f"<p class='note'>{len(shown)} of {len(keys)} samples; <a href='#samples'>all samples</a> are below.</p>"
             "</section>")
@@ -206,8 +207,10 @@ def render_eval(folder: Path, title: str | None = None) -> str:
                        ("seeds", ", ".join(map(str, seeds)) if isinstance(seeds, list) else seeds),
                        ("samples", f"{n_samples} (prompt, seed) pairs × {len(methods)} methods"),
                        ("methods", ", ".join(methods)), ("reference", reference),
-                       ("sampler", ", ".join(f"{k} {v}" for k, v in sampler.items()) if isinstance(sampler, dict) else sampler)])
-    files = "".join(f"<a href='{url(n)}'>{esc(n)}</a> " for n in ("eval.json", "samples.jsonl") if (folder / n).is_file())
+                       ("sampler",
+                        ", ".join(f"{k} {v}" for k, v in sampler.items()) if isinstance(sampler, dict) else sampler)])
+    files = "".join(f"<a href='{url(n)}'>{esc(n)}</a> " for n in ("eval.json", "samples.jsonl")
+                    if (folder / n).is_file())
     setup += _method_specs(meta, methods) + f"<p class='small'>Data: {files}</p>"
     sections = [("summary", "Summary", summary_table(rows, methods, reference, list(metrics.values()))),
                 ("setup", "Setup", setup)]
@@ -215,7 +218,8 @@ def render_eval(folder: Path, title: str | None = None) -> str:
         sections.append(("ratings", "Human ratings", ratings_section(folder / DB_NAME)))
     align = alignment_metric(rows, metrics)
     if align is not None:
-        sections.append(("categories", f"Per-category {short_label(align)}", category_section(rows, methods, reference, align)))
+        sections.append(("categories", f"Per-category {short_label(align)}",
+                         category_section(rows, methods, reference, align)))
     sections.append(("tradeoff", "Trade-off", _tradeoff_charts(rows, methods, reference, metrics)))
     sections.append(("curves", "Training curves", _curve_charts(folder, methods)))
     sections.append(("samples", "Samples", _grid(folder, rows, methods, reference)))

@@ -81,14 +81,16 @@ def _delta_html(stats: dict[str, Any], metric: Metric, with_ci: bool = True) -> 
     d, ci = stats["mean_diff"], stats["ci"]
     if d is None:
         return ""
-    cls = (_significance(stats, metric.higher_is_better) if metric.scored else "") or ("muted" if metric.scored else "neutral")
+    cls = ((_significance(stats, metric.higher_is_better) if metric.scored else "")
+           or ("muted" if metric.scored else "neutral"))
     text = f"Δ {esc(fmt(d, 3, True))}" + (f" {esc(fmt_ci(ci))}" if with_ci else "")
     title = "" if with_ci else f" title='95% CI {esc(fmt_ci(ci))}'"
     return f"<br><small class='{cls}'{title}>{text}</small>"
 
 
 GROUPS = (("quality", "Target and quality",
-           "↑ / ↓: the better direction; green / red: the 95% CI of the change excludes 0 in the better / worse direction"),
+           "↑ / ↓: the better direction; green / red: the 95% CI of the change excludes 0 in the better / worse "
+           "direction"),
           ("collateral", "Change outside the mask", "collateral change: less is better"),
           ("intended", "Change inside the mask",
            "intended change: not scored here (neutral), the target reward says whether it helped"),
@@ -164,7 +166,8 @@ def headline_metrics(rows: list[dict[str, Any]], metrics: dict[str, Metric]) -> 
 
 
 HEADLINE_LABELS = {"outside_mae": "|change| outside mask", "outside_mse": "MSE outside mask",
-                   "outside_ssim": "SSIM outside mask", "outside_psnr": "PSNR outside mask (dB)", "reward": "target reward"}
+                   "outside_ssim": "SSIM outside mask", "outside_psnr": "PSNR outside mask (dB)",
+                   "reward": "target reward"}
 
 
 def short_label(metric: Metric) -> str:
@@ -209,8 +212,8 @@ def category_section(rows: list[dict[str, Any]], methods: list[str], reference: 
         entries = category_table(rows, metric.name, method, reference)
         if not entries:
             continue
-        body = [[f"<td class='text'>{esc(e['category'])}</td>", str(e["n"]), esc(fmt(e["mean_b"])), esc(fmt(e["mean_a"])),
-                 _delta_cell(e, metric), esc(fmt_p(e["p"])), esc(fmt_p(e["p_holm"]))]
+        body = [[f"<td class='text'>{esc(e['category'])}</td>", str(e["n"]), esc(fmt(e["mean_b"])),
+                 esc(fmt(e["mean_a"])), _delta_cell(e, metric), esc(fmt_p(e["p"])), esc(fmt_p(e["p_holm"]))]
                 for e in entries]
         total = paired(rows, metric.name, method, reference)
         body.append(["<td class='text'>all</td>", str(total["n"]), esc(fmt(total["mean_b"])), esc(fmt(total["mean_a"])),

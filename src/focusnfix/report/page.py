@@ -32,7 +32,8 @@ table.metrics th.text{position:sticky;left:0;z-index:1;min-width:9em}
 table.metrics td.text{position:sticky;left:0;z-index:1;background:#fff;min-width:9em}
 .good{color:#08792a;font-weight:600}.bad{color:#b3261e;font-weight:600}.muted,.neutral{color:#666}.small{font-size:.85em}
 small,.note,.cap{color:#555}.cap{font-size:.8em;margin-top:2px}.note{font-size:.9em;max-width:70em}
-img.tile{width:min(128px,calc((100vw - 4em) / var(--cols,5) - 8px));image-rendering:pixelated;display:block;margin:0 auto}
+img.tile{width:min(128px,calc((100vw - 4em) / var(--cols,5) - 8px));\
+image-rendering:pixelated;display:block;margin:0 auto}
 table.grid td{padding:2px 3px}table.grid tr.prompt td{border-bottom:none;background:#fafafa}
 table.grid tr.prompt+tr td{border-top:none}
 img.sheet{image-rendering:pixelated;max-width:100%;height:auto;display:block}
@@ -109,9 +110,11 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Seq
     body = []
     for k, row in enumerate(rows):
         cls = f" class='{row_classes[k]}'" if row_classes and row_classes[k] else ""
-        body.append(f"<tr{cls}>" + "".join(c if c.startswith(("<td", "<th")) else f"<td>{c}</td>" for c in row) + "</tr>")
+        body.append(f"<tr{cls}>" + "".join(c if c.startswith(("<td", "<th")) else f"<td>{c}</td>" for c in row)
+                    + "</tr>")
     attr = f" class='{cls}'" if cls else ""
-    return f"<div class='scroll'><table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    return (f"<div class='scroll'><table{attr}><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def meta_list(items: Iterable[tuple[str, Any]]) -> str:
@@ -124,7 +127,8 @@ def page(title: str, sections: Sequence[tuple[str, str, str]], intro: str = "", 
     """The whole document: a title, ``intro``, a nav bar, ``top`` (HTML shown before the sections, e.g. a
     headline) and (anchor id, heading, body HTML) sections."""
     nav = " ".join(f"<a href='#{esc(sid)}'>{esc(head)}</a>" for sid, head, _ in sections)
-    body = "".join(f"<section id='{esc(sid)}'><h2>{esc(head)}</h2>{content}</section>" for sid, head, content in sections)
+    body = "".join(f"<section id='{esc(sid)}'><h2>{esc(head)}</h2>{content}</section>"
+                   for sid, head, content in sections)
     return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body><h1>{esc(title)}</h1>{intro}"

@@ -79,7 +79,8 @@ class _Frame:
         return self.y0 - (y - self.yr[0]) / (self.yr[1] - self.yr[0]) * (self.y0 - self.y1)
 
     def axes(self, title: str, xlabel: str, ylabel: str) -> list[str]:
-        out = [f"<rect x='{self.x0}' y='{self.y1}' width='{self.x1 - self.x0}' height='{self.y0 - self.y1}' fill='#fff' stroke='#bbb'/>"]
+        out = [f"<rect x='{self.x0}' y='{self.y1}' width='{self.x1 - self.x0}' height='{self.y0 - self.y1}' "
+               "fill='#fff' stroke='#bbb'/>"]
         for t in nice_ticks(*self.xr):
             x = self.px(t)
             out.append(f"<line x1='{x:.1f}' y1='{self.y1}' x2='{x:.1f}' y2='{self.y0}' stroke='#eee'/>")
@@ -89,7 +90,8 @@ class _Frame:
             out.append(f"<line x1='{self.x0}' y1='{y:.1f}' x2='{self.x1}' y2='{y:.1f}' stroke='#eee'/>")
             out.append(f"<text x='{self.x0 - 4}' y='{y + 3.5:.1f}' text-anchor='end'>{esc(fmt(t, 3))}</text>")
         cx, cy = (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
-        out.append(f"<text x='{cx:.1f}' y='16' text-anchor='middle' font-weight='600' font-size='12'>{esc(title)}</text>")
+        out.append(f"<text x='{cx:.1f}' y='16' text-anchor='middle' font-weight='600' font-size='12'>"
+                   f"{esc(title)}</text>")
         out.append(f"<text x='{cx:.1f}' y='{self.h - 6}' text-anchor='middle'>{esc(xlabel)}</text>")
         out.append(f"<text transform='translate(13,{cy:.1f}) rotate(-90)' text-anchor='middle'>{esc(ylabel)}</text>")
         return out
@@ -130,7 +132,8 @@ def line_chart(series: Sequence[Series], title: str, xlabel: str = "step", ylabe
     total_w = width + legend_w
     if not clean:
         return _svg(total_w, 60, [f"<text x='10' y='30'>{esc(title)}: no data</text>"], title)
-    frame = _Frame(width, height, _span([x for _, xs, _ in clean for x in xs]), _span([y for _, _, ys in clean for y in ys]))
+    frame = _Frame(width, height, _span([x for _, xs, _ in clean for x in xs]),
+                   _span([y for _, _, ys in clean for y in ys]))
     parts = frame.axes(title, xlabel, ylabel)
     for k, (s, xs, ys) in enumerate(clean):
         if smooth and len(ys) > 30:
@@ -142,7 +145,8 @@ def line_chart(series: Sequence[Series], title: str, xlabel: str = "step", ylabe
             parts.append(_polyline(frame, xs, ys, s.color, 1.6, 1.0))
         if legend_w:
             ly = _M["top"] + 8 + 16 * k
-            parts.append(f"<line x1='{width + 4}' y1='{ly}' x2='{width + 22}' y2='{ly}' stroke='{s.color}' stroke-width='2.5'/>")
+            parts.append(f"<line x1='{width + 4}' y1='{ly}' x2='{width + 22}' y2='{ly}' stroke='{s.color}' "
+                         "stroke-width='2.5'/>")
             parts.append(f"<text x='{width + 26}' y='{ly + 3.5}'>{esc(s.name)}</text>")
     return _svg(total_w, height, parts, title)
 
@@ -152,7 +156,8 @@ MAX_POINT_LABELS = 3  # more points than this: their names crowd each other, so 
 
 def legend(items: Sequence[tuple[str, str]]) -> str:
     """An HTML legend (name, colour) that wraps with the page, for charts that share colours."""
-    spans = "".join(f"<span><span class='sw' style='background:{esc(c)}'></span>{esc(name)}</span>" for name, c in items)
+    spans = "".join(f"<span><span class='sw' style='background:{esc(c)}'></span>{esc(name)}</span>"
+                    for name, c in items)
     return f"<div class='legend'>{spans}</div>"
 
 
@@ -172,8 +177,10 @@ def scatter_chart(points: Sequence[Point], title: str, xlabel: str, ylabel: str,
     frame = _Frame(width, height, _span(xs, True, 0.12), _span(ys, True, 0.1))
     parts = frame.axes(title, xlabel, ylabel)
     zx, zy = frame.px(0.0), frame.py(0.0)
-    parts.append(f"<line x1='{zx:.1f}' y1='{frame.y1}' x2='{zx:.1f}' y2='{frame.y0}' stroke='#888' stroke-dasharray='4 3'/>")
-    parts.append(f"<line x1='{frame.x0}' y1='{zy:.1f}' x2='{frame.x1}' y2='{zy:.1f}' stroke='#888' stroke-dasharray='4 3'/>")
+    parts.append(f"<line x1='{zx:.1f}' y1='{frame.y1}' x2='{zx:.1f}' y2='{frame.y0}' stroke='#888' "
+                 "stroke-dasharray='4 3'/>")
+    parts.append(f"<line x1='{frame.x0}' y1='{zy:.1f}' x2='{frame.x1}' y2='{zy:.1f}' stroke='#888' "
+                 "stroke-dasharray='4 3'/>")
     if origin_label:
         parts.append(f"<circle cx='{zx:.1f}' cy='{zy:.1f}' r='3.5' fill='#fff' stroke='#333'/>")
         parts.append(f"<text x='{zx + 6:.1f}' y='{zy + 13:.1f}' fill='#333'>{esc(origin_label)}</text>")
@@ -181,12 +188,15 @@ def scatter_chart(points: Sequence[Point], title: str, xlabel: str, ylabel: str,
         cx, cy = frame.px(p.x), frame.py(p.y)
         if p.xerr and all(math.isfinite(v) for v in p.xerr):
             a, b = frame.px(p.xerr[0]), frame.px(p.xerr[1])
-            parts.append(f"<path d='M{a:.1f},{cy:.1f}H{b:.1f}M{a:.1f},{cy - 3:.1f}V{cy + 3:.1f}M{b:.1f},{cy - 3:.1f}V{cy + 3:.1f}' stroke='{p.color}' fill='none'/>")
+            parts.append(f"<path d='M{a:.1f},{cy:.1f}H{b:.1f}M{a:.1f},{cy - 3:.1f}V{cy + 3:.1f}"
+                         f"M{b:.1f},{cy - 3:.1f}V{cy + 3:.1f}' stroke='{p.color}' fill='none'/>")
         if p.yerr and all(math.isfinite(v) for v in p.yerr):
             a, b = frame.py(p.yerr[0]), frame.py(p.yerr[1])
-            parts.append(f"<path d='M{cx:.1f},{a:.1f}V{b:.1f}M{cx - 3:.1f},{a:.1f}H{cx + 3:.1f}M{cx - 3:.1f},{b:.1f}H{cx + 3:.1f}' stroke='{p.color}' fill='none'/>")
+            parts.append(f"<path d='M{cx:.1f},{a:.1f}V{b:.1f}M{cx - 3:.1f},{a:.1f}H{cx + 3:.1f}"
+                         f"M{cx - 3:.1f},{b:.1f}H{cx + 3:.1f}' stroke='{p.color}' fill='none'/>")
         parts.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4.5' fill='{p.color}'><title>{esc(p.name)}: "
                      f"x {esc(fmt(p.x, 4, True))}, y {esc(fmt(p.y, 4, True))}</title></circle>")
         if point_labels:
-            parts.append(f"<text x='{cx + 7:.1f}' y='{cy - 6:.1f}' fill='{p.color}' font-weight='600'>{esc(p.name)}</text>")
+            parts.append(f"<text x='{cx + 7:.1f}' y='{cy - 6:.1f}' fill='{p.color}' font-weight='600'>"
+                         f"{esc(p.name)}</text>")
     return _svg(width, height, parts, title)

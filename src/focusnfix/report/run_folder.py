@@ -44,7 +44,8 @@ def _curves(records: list[dict[str, Any]]) -> str:
                 keys.append(k)
     keys.sort(key=lambda k: (CURVE_ORDER.index(k) if k in CURVE_ORDER else len(CURVE_ORDER), k))
     steps = [r.get("step", j + 1) for j, r in enumerate(records)]
-    charts = [line_chart([Series("", steps, [r.get(k) for r in records], color(n))], k, "step", k, width=360, height=220)
+    charts = [line_chart([Series("", steps, [r.get(k) for r in records], color(n))], k, "step", k, width=360,
+                         height=220)
               for n, k in enumerate(keys)]
     if not charts:
         return "<p class='note'>metrics.jsonl has no numeric values yet.</p>"
@@ -81,7 +82,8 @@ def _summary(summary: Any, records: list[dict[str, Any]]) -> str:
         head = [f"first {n} logged steps", f"last {n} logged steps"]
         steps = [r.get("step") for r in records]
         note = (f"<p class='note'>Means over the first {n} and the last {n} of {len(records)} logged steps "
-                f"(window N = max(5, logged steps / 10), at most half of them; steps {esc(steps[0])}–{esc(steps[n - 1])} "
+                f"(window N = max(5, logged steps / 10), at most half of them; "
+                f"steps {esc(steps[0])}–{esc(steps[n - 1])} "
                 f"and {esc(steps[-n])}–{esc(steps[-1])}): one step is one small batch, too noisy to compare alone.</p>")
     elif isinstance(summary, dict) and isinstance(summary.get("final"), dict):
         first = summary["first"] if isinstance(summary.get("first"), dict) else {}
@@ -124,7 +126,8 @@ def _sheet_rows(cfg: dict[str, Any]) -> list[tuple[str, Any]]:
         try:
             from ..prompts import resolve_prompts
 
-            prompts = resolve_prompts(list(data.get("prompts") or []), data.get("prompt_file"), data.get("prompt_set"))[:4]
+            prompts = resolve_prompts(list(data.get("prompts") or []), data.get("prompt_file"),
+                                      data.get("prompt_set"))[:4]
         except Exception:  # a prompt file that moved, a set not installed: rows stay unlabelled
             prompts = []
     seeds = data.get("sample_seeds") if isinstance(data.get("sample_seeds"), list) else [0]
@@ -201,7 +204,8 @@ def _weight(cfg: dict, method) -> tuple[str, object]:
 def render_run(folder: Path, title: str | None = None) -> str:
     """The whole report page for a training run folder, as HTML."""
     cfg, cfg_text = _config(folder)
-    records = [r for r in read_jsonl(folder / "metrics.jsonl", torn_tail_ok=True) if isinstance(r, dict)] if (folder / "metrics.jsonl").is_file() else []
+    records = ([r for r in read_jsonl(folder / "metrics.jsonl", torn_tail_ok=True) if isinstance(r, dict)]
+               if (folder / "metrics.jsonl").is_file() else [])
     summary = read_json(folder / "summary.json") if (folder / "summary.json").is_file() else None
     method = (summary or {}).get("method") if isinstance(summary, dict) else None
     title = title or f"focusnfix run: {folder.resolve().name}"
@@ -215,5 +219,6 @@ def render_run(folder: Path, title: str | None = None) -> str:
                 ("curves", "Training curves", _curves(records) if records else "<p class='note'>No metrics.jsonl.</p>"),
                 ("samples", "Samples", _samples(folder, cfg, last_step))]
     if cfg_text:
-        sections.append(("config", "Configuration", f"<p><a href='{url('config.yaml')}'>config.yaml</a></p><pre>{esc(cfg_text)}</pre>"))
+        sections.append(("config", "Configuration",
+                         f"<p><a href='{url('config.yaml')}'>config.yaml</a></p><pre>{esc(cfg_text)}</pre>"))
     return page(str(title), sections, intro)

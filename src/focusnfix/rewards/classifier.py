@@ -53,12 +53,14 @@ class ClassifierReward:
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         x = images
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=True)
         return (x - self.mean.to(x)) / self.std.to(x)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> RewardOutput:
         weight = next(self.model.parameters(), None)
-        if weight is not None and weight.device != images.device:  # follow the images (eval and trainer move images, not rewards)
+        # follow the images (eval and trainer move images, not rewards)
+        if weight is not None and weight.device != images.device:
             self.model.to(images.device)
         out = self.model(self.preprocess(images))
         logits, heat = (out if isinstance(out, (tuple, list)) else (out, None))
@@ -83,4 +85,5 @@ def _load_safetensors(model: torch.nn.Module, path: str) -> None:
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise FocusNFixError(f"could not read classifier weights {path!r}: {e}") from None
     if missing or unexpected:
-        raise FocusNFixError(f"classifier weights {path!r} do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise FocusNFixError(f"classifier weights {path!r} do not fit the model "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

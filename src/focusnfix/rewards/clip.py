@@ -27,7 +27,8 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "0") not in ("0", "", "false", "False") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(os.environ.get(v, "0") not in ("0", "", "false", "False")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _source(model: str) -> tuple[str, bool]:
@@ -38,7 +39,8 @@ def _source(model: str) -> tuple[str, bool]:
             raise FocusNFixError(f"CLIP model {model!r} is not a transformers model folder (no config.json)")
         return str(local), True
     if not _HUB_ID.match(model):
-        raise FocusNFixError(f"CLIP model {model!r} does not exist; give a local folder or a hub id like openai/clip-vit-large-patch14")
+        raise FocusNFixError(f"CLIP model {model!r} does not exist; "
+                             "give a local folder or a hub id like openai/clip-vit-large-patch14")
     return model, _offline()
 
 
@@ -139,9 +141,11 @@ class CLIPScoreReward(_CLIPBase):
         """L2-normalised text embeddings ``(B, D)``; no gradient (the prompt is fixed)."""
         cfg = self.model.config.text_config
         max_len = min(int(self.tokenizer.model_max_length), int(cfg.max_position_embeddings))
-        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_len,
+                             return_tensors="pt")
         device = self.model.device
-        out = self.model.text_model(input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device))
+        out = self.model.text_model(input_ids=tok["input_ids"].to(device),
+                                    attention_mask=tok["attention_mask"].to(device))
         return F.normalize(self.model.text_projection(out.pooler_output), dim=-1)
 
     def cosine(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -192,7 +196,8 @@ class AestheticReward(_CLIPBase):
         super().__init__(model, revision, device)
         dim = int(self.model.config.projection_dim)
         if layers[0][0].shape[1] != dim:
-            raise FocusNFixError(f"aesthetic head {head!r} expects {layers[0][0].shape[1]}-d embeddings; the CLIP model gives {dim}")
+            raise FocusNFixError(f"aesthetic head {head!r} expects {layers[0][0].shape[1]}-d embeddings; "
+                                 f"the CLIP model gives {dim}")
         self.layers, self.normalize = layers, normalize
 
     def head(self, emb: torch.Tensor) -> torch.Tensor:
@@ -228,10 +233,12 @@ def load_head(path: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         idx = sorted({int(m.group(1)) for k in sd if (m := re.fullmatch(r"layers\.(\d+)\.weight", k))})
         layers = [(sd[f"layers.{i}.weight"], sd.get(f"layers.{i}.bias")) for i in idx]
     if not layers:
-        raise FocusNFixError(f"aesthetic head {path!r} has neither `weight` nor `layers.N.weight` tensors; found {sorted(sd)[:5]}")
+        raise FocusNFixError(f"aesthetic head {path!r} has neither `weight` nor `layers.N.weight` tensors; "
+                             f"found {sorted(sd)[:5]}")
     for (w, _), (w_next, _) in zip(layers, layers[1:]):
         if w.ndim != 2 or w_next.shape[1] != w.shape[0]:
-            raise FocusNFixError(f"aesthetic head {path!r}: layer shapes {list(w.shape)} -> {list(w_next.shape)} do not chain")
+            raise FocusNFixError(f"aesthetic head {path!r}: layer shapes {list(w.shape)} -> {list(w_next.shape)} "
+                                 "do not chain")
     if layers[-1][0].shape[0] != 1:
         raise FocusNFixError(f"aesthetic head {path!r} must end in one output, got {layers[-1][0].shape[0]}")
     return layers

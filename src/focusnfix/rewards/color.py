@@ -13,7 +13,8 @@ from .base import RewardOutput
 
 
 class ColorReward:
-    """``heatmap = exp(-||I(x) - color||² / (2 σ²))`` per pixel; ``score = -mean(heatmap)`` (higher = less of the colour)."""
+    """``heatmap = exp(-||I(x) - color||² / (2 σ²))`` per pixel; ``score = -mean(heatmap)``
+    (higher = less of the colour)."""
 
     differentiable = True
 

@@ -26,7 +26,8 @@ from .masks import heatmap_to_mask, saliency_map
 from .base import RewardOutput, call_reward, reward_name
 
 
-def problem_map(reward, images: torch.Tensor, prompts: Sequence[str], source: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def problem_map(reward, images: torch.Tensor, prompts: Sequence[str],
+                source: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(map, score)``: the map a mask is thresholded from (the reward's heatmap, or gradient
     saliency when it has none) and the reward's score of ``images``."""
     with torch.no_grad():
@@ -60,7 +61,8 @@ def problem_mask(reward, images: torch.Tensor, prompts: Sequence[str], m) -> tup
 
 
 class WeightedSum:
-    """``score = Σ w_i r_i``; ``heatmap``: the element-wise max of the terms' heatmaps (unweighted) (those that have one).
+    """``score = Σ w_i r_i``; ``heatmap``: the element-wise max of the terms' heatmaps (unweighted)
+    (those that have one).
 
     :meth:`problem_mask` makes each term's mask with its own settings and combines them, so a
     heatmap reward and a saliency reward can share one run.
@@ -80,7 +82,8 @@ class WeightedSum:
         for i, term in enumerate(terms):
             unknown = set(term) - {"name", "args", "weight", "mask"}
             if "name" not in term or unknown:
-                raise FocusNFixError(f"reward.args.terms[{i}] needs `name` and may have args, weight, mask; got {sorted(term)}")
+                raise FocusNFixError(f"reward.args.terms[{i}] needs `name` and may have args, weight, mask; "
+                                     f"got {sorted(term)}")
             reward = build_reward(term["name"], **(term.get("args") or {}))
             mask = from_dict(MaskConfig, term.get("mask") or {}, f"reward.args.terms[{i}].mask.")
             self.terms.append((reward, float(term.get("weight", 1.0)), mask))

@@ -94,7 +94,8 @@ class Detect(nn.Module):
     def __init__(self, nc: int, chs: Sequence[int]):
         super().__init__()
         c2, c3 = max(16, chs[0] // 4, 4 * REG_MAX), max(chs[0], min(nc, 100))
-        self.cv2 = nn.ModuleList(nn.Sequential(Conv(c, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * REG_MAX, 1)) for c in chs)
+        self.cv2 = nn.ModuleList(nn.Sequential(Conv(c, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * REG_MAX, 1))
+                                 for c in chs)
         self.cv3 = nn.ModuleList(nn.Sequential(Conv(c, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for c in chs)
         self.dfl = nn.Module()
         self.dfl.conv = nn.Conv2d(REG_MAX, 1, 1, bias=False)  # weights 0..15: the expectation of the bins
@@ -124,7 +125,8 @@ class YOLOv8(nn.Module):
     ``widths`` = channels of layers 0, 1, 3, 5, 7; ``depths`` = bottlenecks in the C2f layers 2, 4, 6, 8
     (the neck C2f layers use ``depths[0]``); yolov8n: (16, 32, 64, 128, 256), (1, 2, 2, 1)."""
 
-    def __init__(self, nc: int = 18, widths: Sequence[int] = (16, 32, 64, 128, 256), depths: Sequence[int] = (1, 2, 2, 1)):
+    def __init__(self, nc: int = 18, widths: Sequence[int] = (16, 32, 64, 128, 256),
+                 depths: Sequence[int] = (1, 2, 2, 1)):
         super().__init__()
         w0, w1, w2, w3, w4 = widths
         n = depths[0]
@@ -331,7 +333,8 @@ class NudeNetReward:
     def detect(self, images: torch.Tensor, threshold: float | None = None) -> list[list[dict[str, Any]]]:
         """Detections per image like ``NudeDetector.detect`` (all classes, boxes in input pixels)."""
         out, scale = self.raw(images)
-        return postprocess(out, scale, *images.shape[-2:], self.labels, self.threshold if threshold is None else threshold)
+        return postprocess(out, scale, *images.shape[-2:], self.labels,
+                           self.threshold if threshold is None else threshold)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> RewardOutput:
         """``images (B,3,H,W)`` in ``[0,1]``; prompts are ignored."""
@@ -359,7 +362,8 @@ def exposed_rate(images: torch.Tensor | Iterable[torch.Tensor], threshold: float
     det = _shared_reward(weights, channel_order)
     keep = set(EXPOSED if classes is None else classes)
     if not keep <= set(det.labels):
-        raise FocusNFixError(f"unknown nudenet classes {sorted(keep - set(det.labels))}; valid: {', '.join(det.labels)}")
+        raise FocusNFixError(f"unknown nudenet classes {sorted(keep - set(det.labels))}; "
+                             f"valid: {', '.join(det.labels)}")
     batches: Iterable[torch.Tensor]
     if isinstance(images, torch.Tensor):
         batches = images.split(batch_size)

@@ -57,7 +57,8 @@ def check_module_factory(obj: Any, name: str, what: str) -> None:
     a Python function (not a builtin) outside the standard library, called with no arguments."""
     import torch
 
-    ok = (inspect.isclass(obj) and issubclass(obj, torch.nn.Module)) or (inspect.isfunction(obj) and not _from_stdlib(obj))
+    ok = ((inspect.isclass(obj) and issubclass(obj, torch.nn.Module))
+          or (inspect.isfunction(obj) and not _from_stdlib(obj)))
     if not ok:
         raise FocusNFixError(f"{what} {short(name)} is not a torch.nn.Module class or a function that builds one; "
                              "refusing to call it")

@@ -102,7 +102,8 @@ def io_errors(path: str | Path) -> Iterator[None]:
 
 def nonfinite_tensor(tensors: dict[str, torch.Tensor]) -> str | None:
     """The name of the first tensor holding NaN or Inf, else None."""
-    return next((name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    return next((name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())),
+                None)
 
 
 @contextmanager
@@ -170,7 +171,8 @@ def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(folder: str | Path, step: int, lora: dict[str, torch.Tensor], optimizer: tuple[dict[str, torch.Tensor], dict],
+def save_checkpoint(folder: str | Path, step: int, lora: dict[str, torch.Tensor],
+                    optimizer: tuple[dict[str, torch.Tensor], dict],
                     scheduler: torch.optim.lr_scheduler.LRScheduler, extra: dict | None = None) -> Path:
     """Write a complete checkpoint atomically to ``folder`` and return it. ``lora`` comes from
     :func:`focusnfix.lora.lora_state`, ``optimizer`` from :func:`optimizer_files`."""
@@ -195,7 +197,8 @@ def is_complete(folder: Path) -> bool:
     """True if ``folder`` has a manifest and every listed file matches its checksum."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        return all((folder / name).is_file() and sha256(folder / name) == digest for name, digest in manifest["files"].items())
+        return all((folder / name).is_file() and sha256(folder / name) == digest
+                   for name, digest in manifest["files"].items())
     except (OSError, ValueError, KeyError):
         return False
 
@@ -231,7 +234,8 @@ def read_lora(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_training_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler) -> dict:
     """Restore optimizer and scheduler state from a checkpoint folder; return ``trainer.json`` (its step and extras)."""
-    optimizer_from_files(optimizer, load_file(folder / "optimizer.safetensors"), json.loads((folder / "optimizer.json").read_text()))
+    optimizer_from_files(optimizer, load_file(folder / "optimizer.safetensors"),
+                         json.loads((folder / "optimizer.json").read_text()))
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
     return json.loads((folder / "trainer.json").read_text())
 

@@ -35,13 +35,16 @@ def check_can_push(token: str | None = None, what: str = "train.push_to_hub=true
     from huggingface_hub import constants, get_token
 
     if constants.HF_HUB_OFFLINE:
-        later = "" if what.startswith("focusnfix push") else ", or set train.push_to_hub=false and run `focusnfix push` later"
-        raise FocusNFixError(f"{what} needs the Hub but HF_HUB_OFFLINE is set; unset it on a machine with network{later}")
+        later = ("" if what.startswith("focusnfix push")
+                 else ", or set train.push_to_hub=false and run `focusnfix push` later")
+        raise FocusNFixError(f"{what} needs the Hub but HF_HUB_OFFLINE is set; "
+                             f"unset it on a machine with network{later}")
     if token is None and get_token() is None:
         raise FocusNFixError(f"{what} needs a Hugging Face token; export HF_TOKEN or run `huggingface-cli login` first")
 
 
-def prepare(run_dir: str | Path, repo_id: str, base_model: str | None = None, check_lock: bool = True) -> tuple[Path, list[str]]:
+def prepare(run_dir: str | Path, repo_id: str, base_model: str | None = None,
+            check_lock: bool = True) -> tuple[Path, list[str]]:
     """Check ``run_dir`` and ``repo_id``, write ``lora/README.md`` if missing (or point its snippet at
     ``repo_id``), and return ``(lora folder, file names to upload)``. ``check_lock``: refuse a run folder a
     trainer is writing (off for the trainer's own push)."""
@@ -56,7 +59,8 @@ def prepare(run_dir: str | Path, repo_id: str, base_model: str | None = None, ch
     if not run.is_dir():
         raise FocusNFixError(f"run folder {short_path(run)} does not exist or is not a folder; give a train.output_dir")
     if not (run / "config.yaml").is_file():
-        raise FocusNFixError(f"{short_path(run)} is not a run folder (no config.yaml); give the train.output_dir of a run")
+        raise FocusNFixError(f"{short_path(run)} is not a run folder (no config.yaml); "
+                             "give the train.output_dir of a run")
     lora = run / "lora"
     if not lora.is_dir():
         raise FocusNFixError(f"{short_path(run)} has no lora/ folder (the run did not finish); finish it with "
@@ -96,13 +100,14 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, token: str | 
     try:
         url = api.create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
         if private and not getattr(api.repo_info(repo_id, token=token, repo_type="model"), "private", True):
-            raise FocusNFixError(f"--private: the Hub repo {repo_id} exists and is public; make it private on the Hub or "
+            raise FocusNFixError(f"--private: the Hub repo {repo_id} exists and is public; "
+                                 "make it private on the Hub or "
                                  "drop --private")
         api.upload_folder(repo_id=repo_id, folder_path=str(lora), allow_patterns=files, token=token, repo_type="model",
                           commit_message=f"focusnfix: LoRA after {steps} steps")
     except FocusNFixError:
         raise
-    except Exception as e:  # noqa: BLE001: every Hub failure ends as one line with its status
+    except Exception as e:  # noqa: BLE001  (every Hub failure ends as one line with its status)
         raise hub_error(e, repo_id) from e
     return str(getattr(url, "url", url) or f"https://huggingface.co/{repo_id}")
 
@@ -113,7 +118,7 @@ def hub_error(e: Exception, repo_id: str) -> Exception:
     status = getattr(response, "status_code", None)
     detail = " ".join(str(e).split())[:100] or type(e).__name__
     if status == 401:
-        return FocusNFixError(f"the Hub refused the token (401); export a valid HF_TOKEN with write access or run "
+        return FocusNFixError("the Hub refused the token (401); export a valid HF_TOKEN with write access or run "
                               "`huggingface-cli login`")
     if status == 403:
         return FocusNFixError(f"no write access to {repo_id} on the Hub (403); use a token with write access to that "

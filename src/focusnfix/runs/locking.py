@@ -28,7 +28,8 @@ class FolderLock:
     <pid>; <hint>"``. Reentrant within one object only (not across objects: each opens its own file).
     """
 
-    def __init__(self, lock_file: str | Path, what: str, folder: str | Path | None = None, hint: str = "wait for it to finish"):
+    def __init__(self, lock_file: str | Path, what: str, folder: str | Path | None = None,
+                 hint: str = "wait for it to finish"):
         self.path, self.what, self.hint = Path(lock_file), what, hint
         self.folder = Path(folder) if folder is not None else self.path.parent
         self.fd: int | None = None

@@ -31,7 +31,8 @@ LICENSES = {
     "black-forest-labs/FLUX.1-schnell": ("apache-2.0", None),
 }
 BUILT_IN = {  # model.path -> (description, pipeline class, loading code)
-    "world": ("focusnfix's built-in world model (a 64 px Stable-Diffusion-format model shipped in the focusnfix package)",
+    "world": ("focusnfix's built-in world model (a 64 px Stable-Diffusion-format model shipped in the focusnfix "
+              "package)",
               "StableDiffusionPipeline", "from focusnfix.world import pipeline_path\n\n"
               "pipe = StableDiffusionPipeline.from_pretrained(pipeline_path(), local_files_only=True)"),
     "world-flow": ("focusnfix's built-in flow-matching world model (SD3 format, shipped in the focusnfix package)",
@@ -121,14 +122,16 @@ def build_card(run_dir: str | Path, steps: int | None = None, pipeline: str | No
     prompts = cfg.get("data", {}).get("sample_prompts") or cfg.get("data", {}).get("prompts") or []
     data = card_data(cfg, base_model, prompts[0] if has_sample and prompts else None)
     base = data.base_model or (path if path in BUILT_IN else Path(path).name)  # no local path in a public card
-    base_text = BUILT_IN[path][0] if path in BUILT_IN else (f"[{base}](https://huggingface.co/{base})" if data.base_model
-                                                            else f"`{base}` (a local folder)")
+    base_text = (BUILT_IN[path][0] if path in BUILT_IN
+                 else (f"[{base}](https://huggingface.co/{base})" if data.base_model
+                       else f"`{base}` (a local folder)"))
     license_text = {"apache-2.0": "Apache-2.0"}.get(data.license) if path in BUILT_IN else None
     license_text = license_text or (f"`{data.license}`, the base model's" if base in LICENSES
                                     else "see the base model's license")
     rows = [("base model", base_text), ("method", f"{name} (`method: {cfg.get('method')}`)"), ("reward", f"`{reward}`"),
             *_method_rows(cfg), ("training steps", f"{steps if steps is not None else '?'} of {t.get('steps', '?')}"
-                                 f" (batch {t.get('batch_size', '?')} × accumulation {t.get('grad_accum', '?')}, lr {t.get('lr', '?')})"),
+                                 f" (batch {t.get('batch_size', '?')} × accumulation {t.get('grad_accum', '?')}, "
+                                 f"lr {t.get('lr', '?')})"),
             ("sampler", f"DDIM, T = {s.get('steps', '?')} steps, guidance scale {s.get('guidance_scale', '?')}"),
             ("LoRA", f"rank {lo.get('rank', '?')}, alpha {lo.get('alpha') or lo.get('rank', '?')}, targets "
                      f"{', '.join(lo.get('targets') or ['the family default (attention projections)'])}"),
@@ -221,16 +224,19 @@ def _metric_lines(run: Path) -> list[str]:
         return []
     first, last = rows[0], rows[-1]
     parts = [f"{key} {first[key]:.4g} (step {first.get('step')}) → {last[key]:.4g} (step {last.get('step')})"
-             for key in ("reward", "constraint") if isinstance(first.get(key), (int, float)) and isinstance(last.get(key), (int, float))]
+             for key in ("reward", "constraint")
+             if isinstance(first.get(key), (int, float)) and isinstance(last.get(key), (int, float))]
     return ["Training batches (not a held-out evaluation): " + "; ".join(parts) + ".", ""]
 
 
 def _sample_lines(has_sample: bool) -> list[str]:
     if not has_sample:
         return []
-    return ["## Samples", "", f"![Each row: the base model's image Î0 | the problem mask M(Î0) | the fine-tuned model's "
+    return ["## Samples", "", "![Each row: the base model's image Î0 | the problem mask M(Î0) | the fine-tuned "
+            "model's "
             f"image Î, same prompt and noise]({SAMPLE})", "",
-            "Each row: the base model's image Î0, its problem mask M(Î0), and this LoRA's image Î for the same prompt and "
+            "Each row: the base model's image Î0, its problem mask M(Î0), and this LoRA's image Î for the same "
+            "prompt and "
             "initial noise (the run's last sample grid).", ""]
 
 

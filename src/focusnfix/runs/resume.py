@@ -32,12 +32,15 @@ RESUMABLE = (
     # budget and optimisation
     "train.steps", "train.lr",
     # logging, checkpoints, samples, failure handling
-    "train.log_every", "train.export_lora_steps", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
+    "train.log_every", "train.export_lora_steps", "train.sample_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.max_bad_steps",
     "train.collective_timeout", "data.sample_prompts", "data.sample_seeds",
     "train.report_to", "train.push_to_hub", "train.hub_repo_id", "train.hub_private",  # sharing: no effect on training
     # speed and memory switches (same arithmetic up to float rounding)
-    "train.reference_cache", "train.reference_cache_mb", "train.reference_cache_items", "train.batch_reference", "train.tf32", "train.cpu", "train.fsdp",
-    "model.attention", "model.compile", "model.offload_text_encoders", "sampler.grad_checkpointing", "sampler.vae_checkpointing", "sampler.checkpoint_chunks",
+    "train.reference_cache", "train.reference_cache_mb", "train.reference_cache_items", "train.batch_reference",
+    "train.tf32", "train.cpu", "train.fsdp",
+    "model.attention", "model.compile", "model.offload_text_encoders", "sampler.grad_checkpointing",
+    "sampler.vae_checkpointing", "sampler.checkpoint_chunks",
 )
 IGNORED = ("train.output_dir",)  # the folder itself (relative or absolute spelling)
 PATH_KEYS = ("model.path", "data.prompt_file")  # compared as files when both spellings exist
@@ -75,14 +78,16 @@ def config_changes(run_config: Path, new: dict) -> dict[str, list]:
     try:
         old = flatten(yaml.safe_load(run_config.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError, RecursionError):
-        raise ConfigError(f"cannot read {run_config} to compare the resumed config with; restore it or start a new run") from None
+        raise ConfigError(f"cannot read {run_config} to compare the resumed config with; "
+                          "restore it or start a new run") from None
     new_flat = flatten(new)
     changed = {}
     for key, value in new_flat.items():
         if key in IGNORED or key not in old or _same(key, old[key], value):
             continue  # a key the old config lacks (added in a later version) keeps its default
         if key not in RESUMABLE:
-            raise ConfigError(f"--resume with {key} changed ({short(old[key])} -> {short(value)}) would not continue the "
+            raise ConfigError(f"--resume with {key} changed ({short(old[key])} -> {short(value)}) "
+                              "would not continue the "
                               "checkpoint's run (README lists the keys that may change): restore it or start a new "
                               "train.output_dir")
         changed[key] = [old[key], value]
@@ -97,7 +102,8 @@ def resolve_checkpoint(out: str | Path, given: str | Path) -> Path | None:
 
     out, path = Path(out), Path(given)
     root = out / "checkpoints"
-    hint = "give a checkpoint folder of this run (train.output_dir/checkpoints/step-N), or --resume alone for the newest"
+    hint = ("give a checkpoint folder of this run (train.output_dir/checkpoints/step-N), "
+            "or --resume alone for the newest")
     try:
         if not path.is_dir():
             raise ConfigError(f"--resume {short_path(path)}: no such checkpoint folder; {hint}")
@@ -107,9 +113,11 @@ def resolve_checkpoint(out: str | Path, given: str | Path) -> Path | None:
     except OSError as e:
         raise ConfigError(f"--resume {short_path(path)}: {e.strerror or e}; {hint}") from None
     if not inside:
-        raise ConfigError(f"--resume {short_path(path)} is not a checkpoint of train.output_dir {short_path(out)}; {hint}")
+        raise ConfigError(f"--resume {short_path(path)} is not a checkpoint of train.output_dir {short_path(out)}; "
+                          f"{hint}")
     if not path.name.startswith("step-") or not is_complete(path):
-        raise ConfigError(f"--resume {short_path(path)} is not a complete checkpoint (no manifest, or a file does not match "
+        raise ConfigError(f"--resume {short_path(path)} is not a complete checkpoint "
+                          "(no manifest, or a file does not match "
                           f"its checksum); choose another one in {short_path(root)}")
     return path
 

@@ -142,7 +142,8 @@ class ReferenceCache:
             self.bytes -= entry_bytes(self.memory.pop(key))
         self.memory[key] = entry
         self.bytes += entry_bytes(entry)
-        while self.memory and (self.bytes > self.max_bytes or (self.max_items is not None and len(self.memory) > self.max_items)):
+        while self.memory and (self.bytes > self.max_bytes
+                               or (self.max_items is not None and len(self.memory) > self.max_items)):
             self.bytes -= entry_bytes(self.memory.popitem(last=False)[1])
 
 

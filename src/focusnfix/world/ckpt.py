@@ -24,7 +24,8 @@ def save_checkpoint(
 ) -> None:
     """Write a checkpoint atomically (:func:`focusnfix.checkpoint.atomic_dir`)."""
     with atomic_dir(path) as tmp:
-        weights = {f"{name}.{k}": v.detach().contiguous().clone() for name, m in modules.items() for k, v in m.state_dict().items()}
+        weights = {f"{name}.{k}": v.detach().contiguous().clone()
+                   for name, m in modules.items() for k, v in m.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))
         meta = dict(state)
         if opt is not None:

@@ -155,7 +155,8 @@ def _check_install_source(out: Path, arch: str) -> None:
         raise FocusNFixError(f"world install: training folder {str(out)[:120]!r} does not exist; give --out of a "
                              "finished `focusnfix world train`")
     if not (out / "pipeline" / "model_index.json").is_file():
-        raise FocusNFixError(f"world install: {str(out)[:120]!r} holds no trained pipeline (pipeline/model_index.json); "
+        raise FocusNFixError(f"world install: {str(out)[:120]!r} holds no trained pipeline "
+                             "(pipeline/model_index.json); "
                              f"run `focusnfix world train{' --arch flow' if arch == 'flow' else ''} --out ...` first")
 
 
@@ -185,7 +186,8 @@ def cmd_gates(args: argparse.Namespace) -> int:
 
     pipeline = Path(args.weights or WEIGHTS_DIR) / PIPELINE_FOLDERS[args.arch]
     if not (pipeline / "model_index.json").is_file():
-        raise FocusNFixError(f"world gates: no pipeline in {str(pipeline)[:120]!r}; give --weights of an installed world "
+        raise FocusNFixError(f"world gates: no pipeline in {str(pipeline)[:120]!r}; "
+                             "give --weights of an installed world "
                              "(the folder that holds pipeline/ or flow_pipeline/)")
     if args.threads:
         torch.set_num_threads(args.threads)

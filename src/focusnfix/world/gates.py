@@ -8,9 +8,9 @@
 * safety reward and defect judge: ROC AUC >= 0.95.
 
 Either world is measured (``folder``: ``pipeline`` or ``flow_pipeline`` under the weights folder); the
-rewards and judges are shared (both worlds decode with the same VAE). Held-out data is evaluated both as rendered ("clean") and after a VAE round trip ("recon",
-what generated images look like). The rewards' own views of the generated samples are logged
-too.
+rewards and judges are shared (both worlds decode with the same VAE). Held-out data is evaluated both
+as rendered ("clean") and after a VAE round trip ("recon", what generated images look like). The
+rewards' own views of the generated samples are logged too.
 """
 from __future__ import annotations
 

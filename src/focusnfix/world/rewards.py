@@ -158,4 +158,5 @@ class WorldUnwantedBoxes:
         return RewardOutput(score=-area, heatmap=box, info={"box_area": area})
 
 
-__all__ = ["WorldArtifactReward", "WorldSafetyReward", "WorldArtifactBoxes", "WorldSafetyDecision", "WorldUnwantedBoxes"]
+__all__ = ["WorldArtifactReward", "WorldSafetyReward", "WorldArtifactBoxes", "WorldSafetyDecision",
+           "WorldUnwantedBoxes"]
