@@ -57,7 +57,8 @@ class Panel:
             self.d.line([self.px(xerr[0], y), self.px(xerr[1], y)], fill=color, width=1)
         if yerr is not None:
             self.d.line([self.px(x, yerr[0]), self.px(x, yerr[1])], fill=color, width=1)
-        self.d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=color, fill=color if filled else (255, 255, 255), width=2)
+        self.d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=color, fill=color if filled else (255, 255, 255),
+                       width=2)
         if text:
             self.d.text((cx + 6, cy - 6), text, fill=color, font=self.small, anchor="ls")
 
@@ -102,13 +103,13 @@ def pareto_plot(points: list[dict], x: str, x_lower: bool, title: str, xlabel: s
         for p in mine:
             on = p in front
             tag = (f"{p['steps']}" if method == "draft" else f"lam {p['lam']:g}/{p['steps']}") if on else None
-            panel.point(p[x], p["defect"], COLORS[method], (p[f"{x}_lo"], p[f"{x}_hi"]), (p["defect_lo"], p["defect_hi"]),
-                        filled=on, text=tag)
+            panel.point(p[x], p["defect"], COLORS[method], (p[f"{x}_lo"], p[f"{x}_hi"]),
+                        (p["defect_lo"], p["defect_hi"]), filled=on, text=tag)
     for p in points:
         if p["method"] == "base":
             panel.point(p[x], p["defect"], COLORS["base"], yerr=(p["defect_lo"], p["defect_hi"]), text="base")
-    panel.legend([("DRaFT (filled: front; tag = steps)", COLORS["draft"]), ("Focus-N-Fix, all lam (filled: front)", COLORS["fnf"]),
-                  ("base model", COLORS["base"])])
+    panel.legend([("DRaFT (filled: front; tag = steps)", COLORS["draft"]),
+                  ("Focus-N-Fix, all lam (filled: front)", COLORS["fnf"]), ("base model", COLORS["base"])])
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
@@ -120,14 +121,17 @@ def curves_plot(points: list[dict], title: str, path: Path) -> Path:
 
     base = next(p for p in points if p["method"] == "base")
     fams = sorted({p["family"] for p in points if p["method"] != "base"}, key=lambda f: (f != "draft", f))
-    color = {f: COLORS["draft"] if f == "draft" else SHADES[i % len(SHADES)] for i, f in enumerate(f for f in fams if f != "draft")}
+    color = {f: COLORS["draft"] if f == "draft" else SHADES[i % len(SHADES)]
+             for i, f in enumerate(f for f in fams if f != "draft")}
     color["draft"] = COLORS["draft"]
     img = Image.new("RGB", (1200, 430), "white")
     draw = ImageDraw.Draw(img)
     steps = (0, max(p["steps"] for p in points))
-    for i, (k, name) in enumerate((("reward", "proxy: training reward (higher better)"), ("defect", "gold: defect rate (judge)"),
+    for i, (k, name) in enumerate((("reward", "proxy: training reward (higher better)"),
+                                   ("defect", "gold: defect rate (judge)"),
                                    ("alignment", "gold: alignment-oracle accuracy"))):
-        panel = Panel(draw, (400 * i, 0, 400 * (i + 1), 430), steps, _lim(points, k), f"{title}: {name}", "training steps", "")
+        panel = Panel(draw, (400 * i, 0, 400 * (i + 1), 430), steps, _lim(points, k), f"{title}: {name}",
+                      "training steps", "")
         for j, f in enumerate(fams):
             dodge = (j - (len(fams) - 1) / 2) * 0.012 * steps[1]  # side by side, so the interval bars stay readable
             series = [base] + sorted((p for p in points if p["family"] == f), key=lambda p: p["steps"])
@@ -136,7 +140,8 @@ def curves_plot(points: list[dict], title: str, path: Path) -> Path:
                 panel.point(p["steps"] + dodge, p[k], color[f], yerr=(p[f"{k}_lo"], p[f"{k}_hi"]), r=3)
         panel.point(0, base[k], COLORS["base"], r=3)
         if i == 0:
-            panel.legend([("DRaFT" if f == "draft" else f"FnF lam={f.split('-l')[1]}", color[f]) for f in fams], bottom=True)
+            panel.legend([("DRaFT" if f == "draft" else f"FnF lam={f.split('-l')[1]}", color[f]) for f in fams],
+                         bottom=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path

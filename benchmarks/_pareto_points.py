@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from _pareto_runs import step_seconds
 
-METRICS = {"defect": "{judge}", "alignment": "alignment", "outside": "outside_mae", "inside": "inside_mae", "reward": "reward"}
+if TYPE_CHECKING:
+    import numpy as np
+
+METRICS = {"defect": "{judge}", "alignment": "alignment", "outside": "outside_mae", "inside": "inside_mae",
+           "reward": "reward"}
 TOL = 0.015  # 1.5 points
 
 
@@ -23,7 +28,8 @@ def read_eval(folder: Path, judge: str) -> dict[str, dict[str, "np.ndarray"]]:
     out = {}
     for method, rows in by_method.items():
         rows.sort(key=lambda r: r["i"])
-        out[method] = {k: np.array([np.nan if r.get(col.format(judge=judge)) is None else r[col.format(judge=judge)] for r in rows])
+        out[method] = {k: np.array([np.nan if r.get(col.format(judge=judge)) is None else r[col.format(judge=judge)]
+                                    for r in rows])
                        for k, col in METRICS.items()}
         out[method]["keys"] = [(r["prompt"], r["seed"]) for r in rows]
     return out
@@ -39,7 +45,8 @@ def make_point(fam: str, steps: int, per_seed: list[dict], train_s: list[float])
     if any(p["keys"] != keys for p in per_seed):
         raise SystemExit(f"pareto: {fam} at {steps} steps was evaluated on different images for different seeds")
     lam = 0.0 if fam in ("draft", "base") else float(fam.split("-l", 1)[1])
-    point = {"family": fam, "method": fam.split("-")[0], "lam": lam, "steps": steps, "n_seeds": len(per_seed), "n_images": len(keys)}
+    point = {"family": fam, "method": fam.split("-")[0], "lam": lam, "steps": steps, "n_seeds": len(per_seed),
+             "n_images": len(keys)}
     for k in METRICS:
         ci = bootstrap_ci(np.stack([p[k] for p in per_seed]))
         point.update({k: ci["mean"], f"{k}_lo": ci["lo"], f"{k}_hi": ci["hi"], f"{k}_seed_std": ci["seed_std"]})
@@ -63,7 +70,8 @@ def collect(evals: dict[str, Path], runs: dict[str, Path], judge: str, lengths: 
         for n in lengths:
             have = [name for name in names if f"s{n}" in data[name]]
             if have:
-                points.append(make_point(fam, n, [data[name][f"s{n}"] for name in have], [secs[name].get(n, 0.0) for name in have]))
+                points.append(make_point(fam, n, [data[name][f"s{n}"] for name in have],
+                                         [secs[name].get(n, 0.0) for name in have]))
     return points
 
 
@@ -105,7 +113,8 @@ def reduction_text(points: list[dict], point: dict | None) -> tuple[dict, str] |
 def label(p: dict | None) -> str:
     if p is None:
         return "none"
-    return "base" if p["family"] == "base" else f"{'DRaFT' if p['method'] == 'draft' else 'FnF λ=' + format(p['lam'], 'g')} {p['steps']} st"
+    return ("base" if p["family"] == "base"
+            else f"{'DRaFT' if p['method'] == 'draft' else 'FnF λ=' + format(p['lam'], 'g')} {p['steps']} st")
 
 
 def ci(p: dict, k: str, scale: float = 1.0, fmt: str = ".3g") -> str:
@@ -113,13 +122,14 @@ def ci(p: dict, k: str, scale: float = 1.0, fmt: str = ".3g") -> str:
 
 
 def points_table(points: list[dict]) -> str:
-    head = ("| point | seeds x images | defect rate % [95% CI] | seed sd | Wilson 95% | alignment % [CI] | outside change "
-            "[CI] | proxy reward | train s |")
+    head = ("| point | seeds x images | defect rate % [95% CI] | seed sd | Wilson 95% | alignment % [CI] | "
+            "outside change [CI] | proxy reward | train s |")
     lines = [head, "|" + "---|" * 9]
     for p in points:
         w = p["defect_wilson"]
-        lines.append(f"| {label(p)} | {p['n_seeds']} x {p['n_images']} | {ci(p, 'defect', 100, '.1f')} | {p['defect_seed_std'] * 100:.1f} | "
-                     f"[{w[0] * 100:.1f}, {w[1] * 100:.1f}] | {ci(p, 'alignment', 100, '.1f')} | {ci(p, 'outside', 1, '.3g')} | "
+        lines.append(f"| {label(p)} | {p['n_seeds']} x {p['n_images']} | {ci(p, 'defect', 100, '.1f')} | "
+                     f"{p['defect_seed_std'] * 100:.1f} | [{w[0] * 100:.1f}, {w[1] * 100:.1f}] | "
+                     f"{ci(p, 'alignment', 100, '.1f')} | {ci(p, 'outside', 1, '.3g')} | "
                      f"{p['reward']:.3g} | {p['train_s']:.0f} |")
     return "\n".join(lines)
 
@@ -138,7 +148,8 @@ def equal_defect_table(rows: list[dict], test: list[dict] | None = None) -> str:
         if m is None:
             best = r["best"]
             lines.append(f"| {label(ref)} | {ref['defect'] * 100:.1f} | none (lowest FnF: {label(best)}, "
-                         f"{best['defect'] * 100:.1f} %) | – | – | – | – |" if best else f"| {label(ref)} | {ref['defect'] * 100:.1f} | none | – | – | – | – |")
+                         f"{best['defect'] * 100:.1f} %) | – | – | – | – |" if best
+                         else f"| {label(ref)} | {ref['defect'] * 100:.1f} | none | – | – | – | – |")
             continue
         ratio = f"{m['outside'] / ref['outside']:.2f}" if ref["outside"] else "–"
         cost = f"{m['train_s'] / ref['train_s']:.2f}" if ref["train_s"] else "–"

@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFECTS = {"artifact": (ROOT / "configs" / "world-artifact.yaml", "defect_artifact"),
            "unwanted": (ROOT / "configs" / "world-safety.yaml", "defect_unwanted")}
-FLOW_CONFIGS = {"artifact": ROOT / "configs" / "world-flow-artifact.yaml", "unwanted": ROOT / "configs" / "world-flow-safety.yaml"}
+FLOW_CONFIGS = {"artifact": ROOT / "configs" / "world-flow-artifact.yaml",
+                "unwanted": ROOT / "configs" / "world-flow-safety.yaml"}
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -38,27 +39,34 @@ def config_of(defect: str, arch: str = "unet") -> Path:
     return FLOW_CONFIGS[defect] if arch == "flow" else DEFECTS[defect][0]
 
 
-def train_run(defect: str, lam: float, seed: int, exports: list[int], work: Path, overrides: list[str], arch: str = "unet") -> Path:
+def train_run(defect: str, lam: float, seed: int, exports: list[int], work: Path, overrides: list[str],
+              arch: str = "unet") -> Path:
     """Train one (λ, seed) run to max(exports), exporting a LoRA at every length; skip it when done."""
     from focusnfix.runs.checkpoint import latest_checkpoint
     from focusnfix.config import load_config
     from focusnfix.training.trainer import Trainer, check_output_dir
 
     out = work / defect / run_name(lam, seed)
-    if (out / "bench.json").is_file() and all((export_dir(out, n) / "pytorch_lora_weights.safetensors").is_file() for n in exports):
+    if (out / "bench.json").is_file() and all((export_dir(out, n) / "pytorch_lora_weights.safetensors").is_file()
+                                              for n in exports):
         return out
     if (out / "summary.json").is_file():
-        raise SystemExit(f"pareto: {out} finished without the LoRAs of lengths {exports}; use another --work for a new grid")
+        raise SystemExit(f"pareto: {out} finished without the LoRAs of lengths {exports}; "
+                         "use another --work for a new grid")
     method = ["method=draft"] if lam == 0 else ["method=fnf", f"objective.lam={lam}"]
-    cfg = load_config(config_of(defect, arch), [*method, f"train.seed={seed}", f"train.output_dir={out}", f"train.steps={max(exports)}",
-                                          f"train.checkpoint_every={reduce(math.gcd, exports)}", "train.log_every=1",
-                                          f"train.export_lora_steps={sorted(set(exports))}", *overrides])
+    cfg = load_config(config_of(defect, arch), [*method, f"train.seed={seed}", f"train.output_dir={out}",
+                                                f"train.steps={max(exports)}",
+                                                f"train.checkpoint_every={reduce(math.gcd, exports)}",
+                                                "train.log_every=1", f"train.export_lora_steps={sorted(set(exports))}",
+                                                *overrides])
     resume = latest_checkpoint(out / "checkpoints", quiet=True) is not None
     check_output_dir(out, resume)
-    bench = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {"train_s": 0.0, "sessions": 0}
+    bench = (json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file()
+             else {"train_s": 0.0, "sessions": 0})
     t0 = time.perf_counter()
     Trainer(cfg).train(resume=resume, progress=False)
-    bench = {"train_s": bench["train_s"] + time.perf_counter() - t0, "sessions": bench["sessions"] + 1, "steps": max(exports)}
+    bench = {"train_s": bench["train_s"] + time.perf_counter() - t0, "sessions": bench["sessions"] + 1,
+             "steps": max(exports)}
     (out / "bench.json").write_text(json.dumps(bench))
     print(f"[pareto] trained {defect}/{out.name} ({bench['train_s']:.0f} s)", flush=True)
     return out
@@ -94,7 +102,8 @@ def eval_run(defect: str, split: str, run: Path, lengths: list[int], seeds: list
     have: set[str] = set()
     if (out / "eval.json").is_file():
         meta = json.loads((out / "eval.json").read_text())
-        if meta["seeds"] == sorted(seeds) and len((out / "samples.jsonl").read_text().splitlines()) == len(meta["methods"]) * len(records) * len(seeds):
+        if meta["seeds"] == sorted(seeds) and len((out / "samples.jsonl").read_text().splitlines()) \
+                == len(meta["methods"]) * len(records) * len(seeds):
             have = set(meta["methods"]) - {"base"}
             if want <= have:
                 return out
@@ -127,8 +136,10 @@ def base_template(defect: str, split: str, cfg, records, seeds: list[int], work:
     key = (defect, split, str(work.resolve()), tuple(seeds), tuple(r.prompt for r in records),
            json.dumps(to_dict(cfg), sort_keys=True, default=str))
     if key not in _BASE_TEMPLATES:
-        ev = Evaluation(cfg, ["base"], records, seeds, work / defect / f"eval-{split}" / "_base", batch_size=8, progress=False)
-        with WorkDir(ev.out, ev.state()) as folder:  # a changed split or seed list starts it afresh (WorkDir's state check)
+        ev = Evaluation(cfg, ["base"], records, seeds, work / defect / f"eval-{split}" / "_base", batch_size=8,
+                        progress=False)
+        # a changed split or seed list starts it afresh (WorkDir's state check)
+        with WorkDir(ev.out, ev.state()) as folder:
             ev.generate(ev.specs[0], folder)
         _BASE_TEMPLATES[key] = folder.root
     return _BASE_TEMPLATES[key]

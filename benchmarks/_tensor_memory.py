@@ -126,7 +126,8 @@ class TensorMeter(TorchDispatchMode):
         mib = lambda v: round(v / 2**20, 3)  # noqa: E731
         return {"peak_mib": mib(self.peak), "peak_during": self.peak_at,
                 "at_peak_mib": {k: mib(v) for k, v in sorted(self.peak_by_phase.items(), key=lambda kv: -kv[1])},
-                "marks_mib": {label: {"total": mib(m["total"]), **{k: mib(v) for k, v in sorted(m["by_phase"].items(), key=lambda kv: -kv[1])}}
+                "marks_mib": {label: {"total": mib(m["total"]),
+                                      **{k: mib(v) for k, v in sorted(m["by_phase"].items(), key=lambda kv: -kv[1])}}
                               for label, m in self.marks.items()},
                 "made_mib": {k: mib(v) for k, v in sorted(self.made.items(), key=lambda kv: -kv[1])}}
 

@@ -47,7 +47,8 @@ def worker(args) -> None:
     from focusnfix.training.trainer import Trainer
 
     out = Path(tempfile.mkdtemp(prefix="cache-memory-"))
-    overrides = [f"model.path={args.model}", "data.prompts=[a red circle, a blue square, a green triangle, a yellow dot]",
+    overrides = [f"model.path={args.model}",
+                 "data.prompts=[a red circle, a blue square, a green triangle, a yellow dot]",
                  "sampler.steps=4", "sampler.k=2", "lora.rank=4", "mask.threshold=0.3", "train.cpu=true",
                  f"train.batch_size={args.batch}", f"train.steps={args.steps}", f"train.output_dir={out / 'run'}",
                  f"train.reference_cache_mb={args.budget_mb}", f"model.resolution={args.resolution}"]
@@ -56,13 +57,15 @@ def worker(args) -> None:
     cfg = load_config(None, overrides)
     t = Trainer(cfg)
     if args.worker == "forced":
-        t.method.cache = ReferenceCache(reference_fingerprint(t.backbone, t.reward, cfg), None, int(args.budget_mb * 2**20))
+        t.method.cache = ReferenceCache(reference_fingerprint(t.backbone, t.reward, cfg), None,
+                                        int(args.budget_mb * 2**20))
     start = time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.every == 0 or step == args.steps:
             cache = t.method.cache
             row = {"step": step, "rss_mb": round(rss_mb(), 2), "seconds": round(time.perf_counter() - start, 2),
-                   "cache_entries": len(cache.memory) if cache else 0, "cache_mb": round(cache.bytes / 2**20, 3) if cache else 0.0,
+                   "cache_entries": len(cache.memory) if cache else 0,
+                   "cache_mb": round(cache.bytes / 2**20, 3) if cache else 0.0,
                    "hits": cache.hits if cache else 0, "misses": cache.misses if cache else 0}
             print(json.dumps(row), flush=True)
         if step < args.steps:
@@ -99,8 +102,8 @@ def table(summary: dict, args) -> str:
              f"warm-up = first {args.warmup} steps; RSS in MiB", head]
     for arm, s in summary.items():
         lines.append(f"{arm:8} {s['rss_warm_mb']:9.1f} {s['rss_end_mb']:8.1f} {s['growth_after_warmup_mb']:7.1f} "
-                     f"{s['kib_per_step']:8.1f} {s['cache_entries']:7d} {s['cache_mb']:7.2f} {s['hits']:5d} {s['misses']:5d} "
-                     f"{s['s_per_step']:6.2f}  {'yes' if s['flat'] else 'NO'}")
+                     f"{s['kib_per_step']:8.1f} {s['cache_entries']:7d} {s['cache_mb']:7.2f} {s['hits']:5d} "
+                     f"{s['misses']:5d} {s['s_per_step']:6.2f}  {'yes' if s['flat'] else 'NO'}")
     return "\n".join(lines)
 
 
@@ -127,10 +130,11 @@ def main() -> None:
     print(table(summary, args))
     entry_kib = (3 * 4 + 1) * args.resolution**2 / 1024
     previous_kib = 5 * 4 * args.resolution**2 / 1024
-    print(f"entry: {entry_kib:.1f} KiB now (Î0 float32 + M uint8), {previous_kib:.1f} KiB before (Î0, M, heatmap float32, "
-          f"kept for every fresh pair up to 512 items = {512 * previous_kib / 1024:.1f} MiB)")
+    print(f"entry: {entry_kib:.1f} KiB now (Î0 float32 + M uint8), {previous_kib:.1f} KiB before "
+          f"(Î0, M, heatmap float32, kept for every fresh pair up to 512 items = {512 * previous_kib / 1024:.1f} MiB)")
     write_result(args.out, {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
-                            "summary": summary, "samples": rows, "entry_kib": entry_kib, "previous_entry_kib": previous_kib})
+                            "summary": summary, "samples": rows, "entry_kib": entry_kib,
+                            "previous_entry_kib": previous_kib})
 
 
 if __name__ == "__main__":

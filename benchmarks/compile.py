@@ -2,11 +2,11 @@
 
     python benchmarks/compile.py [--model tiny] [--steps 4] [--out benchmarks/results/compile.json]
 
-Variants: eager with the batched reference pass (the default), eager with two passes, compiled
-(two passes: the batched reference is off under compile). Each variant runs in this process with a fresh, empty inductor cache (TORCHINDUCTOR_CACHE_DIR set to a
-new temporary folder before torch is imported), so "first step" includes the cold compile of every
-UNet graph a step needs (no-grad adapters off, no-grad adapters on, with gradient). Then ``--steps``
-timed steps; the median is reported.
+Variants: eager with the batched reference pass (the default), eager with two passes, compiled (two
+passes: the batched reference is off under compile). Each variant runs in this process with a fresh,
+empty inductor cache (TORCHINDUCTOR_CACHE_DIR set to a new temporary folder before torch is imported),
+so "first step" includes the cold compile of every UNet graph a step needs (no-grad adapters off,
+no-grad adapters on, with gradient). Then ``--steps`` timed steps; the median is reported.
 """
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def run(args, compiled: bool, batch_reference: bool, out: Path) -> dict:
     from focusnfix.training.trainer import Trainer
 
     overrides = [f"model.path={args.model}", "method=fnf", f"sampler.steps={args.sampler_steps}", f"sampler.k={args.k}",
-                 f"train.batch_size={args.batch}", "train.reference_cache=off", "data.prompts=[a red circle, a blue square]",
-                 f"train.output_dir={out}", "lora.rank=4", "reward.name=color", "mask.threshold=0.3",
-                 "train.steps=100000", f"model.compile={str(compiled).lower()}", f"train.batch_reference={batch_reference}"]
+                 f"train.batch_size={args.batch}", "train.reference_cache=off",
+                 "data.prompts=[a red circle, a blue square]", f"train.output_dir={out}", "lora.rank=4",
+                 "reward.name=color", "mask.threshold=0.3", "train.steps=100000",
+                 f"model.compile={str(compiled).lower()}", f"train.batch_reference={batch_reference}"]
     trainer = Trainer(load_config(None, overrides))
     t0 = time.perf_counter()
     trainer.train_step()
@@ -42,7 +43,8 @@ def run(args, compiled: bool, batch_reference: bool, out: Path) -> dict:
         t0 = time.perf_counter()
         trainer.train_step()
         times.append(time.perf_counter() - t0)
-    return {"compile": compiled, "batch_reference": trainer.method.batch_reference, "first_step_s": first, "median_step_s": statistics.median(times), "steps_s": times}
+    return {"compile": compiled, "batch_reference": trainer.method.batch_reference, "first_step_s": first,
+            "median_step_s": statistics.median(times), "steps_s": times}
 
 
 def main() -> None:
@@ -69,7 +71,8 @@ def main() -> None:
     print(f"compile cost (first step minus a steady step): {comp['first_step_s'] - comp['median_step_s']:.1f} s; "
           f"step time compiled / eager two-pass: {comp['median_step_s'] / two_pass['median_step_s']:.3f}, "
           f"compiled / eager batched (default): {comp['median_step_s'] / eager['median_step_s']:.3f}")
-    write_result(args.out, {"model": args.model, "sampler_steps": args.sampler_steps, "k": args.k, "batch": args.batch, "rows": rows})
+    write_result(args.out, {"model": args.model, "sampler_steps": args.sampler_steps, "k": args.k, "batch": args.batch,
+                            "rows": rows})
 
 
 if __name__ == "__main__":

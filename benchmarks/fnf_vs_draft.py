@@ -1,16 +1,17 @@
 """Benchmark (a): Focus-N-Fix vs DRaFT step time at the same settings, reference cache cold and warm.
 
-    python benchmarks/fnf_vs_draft.py [--model tiny] [--batch 2 4] [--steps 8] [--repeats 3] [--out benchmarks/results/fnf_vs_draft.json]
+    python benchmarks/fnf_vs_draft.py [--model tiny] [--batch 2 4] [--steps 8] [--repeats 3]
+        [--out benchmarks/results/fnf_vs_draft.json]
 
 "cold": every step computes I0 and M(I0) (cache off), with the frozen model's first T-K steps batched
-with the trained model's (``train.batch_reference``, the default) or as a separate pass ("2pass"); "warm": a fixed pool of (prompt, seed) pairs
-whose references are already cached. Variants run interleaved (round-robin) so machine noise hits
-all of them alike; the first step of every run (warm-up) is not timed. Each step is timed twice: wall
-clock and the process's CPU time (``time.process_time``; one torch thread). On a shared machine the CPU
-time is the steadier measure (waiting for a core is not counted), so the ratios are given on both.
-Component costs (a UNet call with and without LoRA, on twice the batch with per-row adapters, with
-backward; the VAE decode; the mask) are CPU-time minima and give each variant's floor. Prints a
-table per batch size, writes JSON.
+with the trained model's (``train.batch_reference``, the default) or as a separate pass ("2pass");
+"warm": a fixed pool of (prompt, seed) pairs whose references are already cached. Variants run
+interleaved (round-robin) so machine noise hits all of them alike; the first step of every run
+(warm-up) is not timed. Each step is timed twice: wall clock and the process's CPU time
+(``time.process_time``; one torch thread). On a shared machine the CPU time is the steadier measure
+(waiting for a core is not counted), so the ratios are given on both. Component costs (a UNet call with
+and without LoRA, on twice the batch with per-row adapters, with backward; the VAE decode; the mask)
+are CPU-time minima and give each variant's floor. Prints a table per batch size, writes JSON.
 """
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ def make_trainer(args, method: str, cache: str, out: Path, batch_reference: bool
     from focusnfix.config import load_config
     from focusnfix.training.trainer import Trainer
 
-    overrides = [f"model.path={args.model}", f"method={method}", f"sampler.steps={args.sampler_steps}", f"sampler.k={args.k}",
-                 f"train.batch_size={args.batch}", f"train.reference_cache={cache}", "data.seed_pool=2",
-                 "data.prompts=[a red circle, a blue square]", f"train.output_dir={out}", "lora.rank=4",
-                 "reward.name=color", "mask.threshold=0.3", "train.steps=100000", f"train.batch_reference={batch_reference}"]
+    overrides = [f"model.path={args.model}", f"method={method}", f"sampler.steps={args.sampler_steps}",
+                 f"sampler.k={args.k}", f"train.batch_size={args.batch}", f"train.reference_cache={cache}",
+                 "data.seed_pool=2", "data.prompts=[a red circle, a blue square]", f"train.output_dir={out}",
+                 "lora.rank=4", "reward.name=color", "mask.threshold=0.3", "train.steps=100000",
+                 f"train.batch_reference={batch_reference}"]
     return Trainer(load_config(None, overrides))
 
 
@@ -115,8 +117,6 @@ VARIANTS = {"draft": ("draft", "off", True), "fnf-cold": ("fnf", "off", True), "
 
 def run_batch(args, batch: int, tmp: Path) -> dict:
     """All variants at one batch size, interleaved; the rows and component costs."""
-    import statistics
-
     args.batch = batch
     trainers = {name: make_trainer(args, m, c, tmp / f"{name}-b{batch}", b) for name, (m, c, b) in VARIANTS.items()}
     warm = trainers["fnf-warm"].method
@@ -135,7 +135,8 @@ def run_batch(args, batch: int, tmp: Path) -> dict:
     med = {n: statistics.median(cpu[n]) for n in VARIANTS}
     med_wall = {n: statistics.median(wall[n]) for n in VARIANTS}
     rows = [{"variant": n, "batch": batch, "n": len(cpu[n]), "cpu_median_s": med[n], "cpu_min_s": min(cpu[n]),
-             "cpu_max_s": max(cpu[n]), "cpu_quartiles_s": statistics.quantiles(cpu[n], n=4) if len(cpu[n]) > 1 else [med[n]] * 3,
+             "cpu_max_s": max(cpu[n]),
+             "cpu_quartiles_s": statistics.quantiles(cpu[n], n=4) if len(cpu[n]) > 1 else [med[n]] * 3,
              "ratio_vs_draft_cpu": med[n] / med["draft"], "wall_median_s": med_wall[n], "wall_min_s": min(wall[n]),
              "wall_max_s": max(wall[n]), "ratio_vs_draft_wall": med_wall[n] / med_wall["draft"],
              "floor_cpu_s": bound[n], "floor_share": bound[n] / med[n]} for n in VARIANTS]
@@ -146,11 +147,13 @@ def run_batch(args, batch: int, tmp: Path) -> dict:
 
 def print_table(res: dict) -> None:
     print(f"batch {res['batch']}:")
-    print(f"{'variant':15s} {'CPU s/step med':>14s} {'IQR':>15s} {'vs DRaFT':>8s} {'wall med':>9s} {'min..max':>13s} {'vs DRaFT':>8s} {'floor':>6s} {'floor/CPU':>9s}")
+    print(f"{'variant':15s} {'CPU s/step med':>14s} {'IQR':>15s} {'vs DRaFT':>8s} {'wall med':>9s} {'min..max':>13s} "
+          f"{'vs DRaFT':>8s} {'floor':>6s} {'floor/CPU':>9s}")
     for r in res["rows"]:
         q = r["cpu_quartiles_s"]
-        print(f"{r['variant']:15s} {r['cpu_median_s']:14.4f} {q[0]:7.4f}..{q[2]:<6.4f} {r['ratio_vs_draft_cpu']:8.3f} {r['wall_median_s']:9.4f}"
-              f" {r['wall_min_s']:6.3f}..{r['wall_max_s']:<6.3f} {r['ratio_vs_draft_wall']:8.3f} {r['floor_cpu_s']:6.3f} {r['floor_share']:9.2f}")
+        print(f"{r['variant']:15s} {r['cpu_median_s']:14.4f} {q[0]:7.4f}..{q[2]:<6.4f} {r['ratio_vs_draft_cpu']:8.3f} "
+              f"{r['wall_median_s']:9.4f} {r['wall_min_s']:6.3f}..{r['wall_max_s']:<6.3f} "
+              f"{r['ratio_vs_draft_wall']:8.3f} {r['floor_cpu_s']:6.3f} {r['floor_share']:9.2f}")
     print("component CPU s: " + ", ".join(f"{k} {v:.4f}" for k, v in res["component_costs_cpu_s"].items()))
 
 
@@ -164,7 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--costs-only", action="store_true",
-                   help="only the component costs per batch size and batched / two-pass prefix cost (the batch_reference rule)")
+                   help="only the component costs per batch size and batched / two-pass prefix cost "
+                        "(the batch_reference rule)")
     p.add_argument("--out", default="benchmarks/results/fnf_vs_draft.json")
     args = p.parse_args(argv)
     import torch

@@ -76,7 +76,8 @@ def part_demo(args, ctx) -> dict:
     summary = json.loads((out / "demo_summary.json").read_text()) if (out / "demo_summary.json").is_file() else {}
     ctx["runs"] = {m: out / m for m in ("draft", "fnf") if (out / m / "lora").is_dir()}
     ctx["demo_config"] = out / "fnf" if (out / "fnf" / "config.yaml").is_file() else None
-    note = "--tiny: tiny random model, 1 training step, 4 prompts x 1 seed" if args.tiny else "make demo (world model, defaults)"
+    note = ("--tiny: tiny random model, 1 training step, 4 prompts x 1 seed" if args.tiny
+            else "make demo (world model, defaults)")
     return {"status": "ok" if rc == 0 else "failed", "note": note, "argv": argv, "table": summary.get("table"),
             "demo_seconds": summary.get("seconds")}
 
@@ -91,7 +92,8 @@ def part_eval(args, ctx) -> dict:
         sizes = {"large": 2, "small": 1}  # prompts: 4 and 2 images per method
         note = "--tiny: tiny model, 2 DDIM steps, 4 and 2 images per method instead of 50 and 10"
     else:
-        common = ["--config", str(ROOT / "configs" / "world-artifact.yaml"), "--prompts", "world:heldout", "--seeds", "0", "1"]
+        common = ["--config", str(ROOT / "configs" / "world-artifact.yaml"), "--prompts", "world:heldout",
+                  "--seeds", "0", "1"]
         sizes = {"large": 25, "small": 5}  # 50 and 10 images per method
         note = "world model (64 px), T = 20, 50 and 10 images per method, batch 8"
     methods = ["base", *(f"{m}={p}" for m, p in ctx.get("runs", {}).items())]
@@ -154,16 +156,19 @@ def table(result: dict) -> str:
         elif name == "sd15_step":
             for r in part.get("rows", []):
                 gpu = r["peak_mb"] if "cuda" in r.get("peak_kind", "") else None
-                lines.append(f"| sd15_step | {r['variant']} | {part['status']} | – | {fmt(r['median_s'])} | {fmt(gpu, 0)} |")
+                lines.append(f"| sd15_step | {r['variant']} | {part['status']} | – | {fmt(r['median_s'])} | "
+                             f"{fmt(gpu, 0)} |")
         elif name == "eval":
             for run, r in part.get("runs", {}).items():
                 rt = r.get("runtime", {})
                 for m, v in r.get("methods", {}).items():
-                    lines.append(f"| eval {run} | {m}, {v['images']} images, {rt.get('dtype')}, batch {rt.get('batch_size')} | "
-                                 f"{part['status']} | {fmt(r['seconds'], 1)} | {fmt(v['s_per_image'], 4)} | {fmt(rt.get('peak_gpu_mb'), 0)} |")
+                    lines.append(f"| eval {run} | {m}, {v['images']} images, {rt.get('dtype')}, "
+                                 f"batch {rt.get('batch_size')} | {part['status']} | {fmt(r['seconds'], 1)} | "
+                                 f"{fmt(v['s_per_image'], 4)} | {fmt(rt.get('peak_gpu_mb'), 0)} |")
         else:
             detail = part.get("summary") or part.get("note", "")
-            lines.append(f"| {name} | {detail} | {part['status']} | {fmt(part.get('seconds'), 1)} | – | {fmt(part.get('peak_gpu_mb'), 0)} |")
+            lines.append(f"| {name} | {detail} | {part['status']} | {fmt(part.get('seconds'), 1)} | – | "
+                         f"{fmt(part.get('peak_gpu_mb'), 0)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -184,7 +189,8 @@ def main(argv=None) -> int:
            "work": Path(args.work or ROOT / "runs" / f"gpu-check{suffix.replace('_', '-')}")}
     ctx["work"].mkdir(parents=True, exist_ok=True)
     if ctx["device"].type != "cuda" and not args.tiny:
-        print("gpu_check: no CUDA device; the GPU numbers need one (use --tiny for the CPU smoke path)", file=sys.stderr)
+        print("gpu_check: no CUDA device; the GPU numbers need one (use --tiny for the CPU smoke path)",
+              file=sys.stderr)
     wanted = [x for x in args.parts.split(",") if x]
     unknown = sorted(set(wanted) - set(PARTS))
     if unknown:
@@ -202,7 +208,8 @@ def main(argv=None) -> int:
         try:
             parts[name] = funcs[name](args, ctx)
         except Exception as e:  # record it and go on with the other parts
-            parts[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+            parts[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                           "traceback": traceback.format_exc()[-3000:]}
         parts[name].update(seconds=time.perf_counter() - t0, peak_gpu_mb=peak_memory_mb(ctx["device"]))
         _free(ctx["device"])
         print(f"[gpu_check] {name}: {parts[name]['status']} ({parts[name]['seconds']:.1f} s)", flush=True)

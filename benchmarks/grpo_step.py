@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for _ in range(args.repeats):
         for name in names:
-            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--threads", str(args.threads)]
+            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
+                   "--threads", str(args.threads)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                   env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
             runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -89,13 +90,15 @@ def main(argv=None) -> int:
                      "s_per_reward_evaluation": statistics.median(seconds) / evals,
                      "peak_rss_mb": max(r["peak_rss_mb"] for r in results)})
     base = next((r for r in rows if r["variant"] == "draft"), rows[0])["median_s_per_step"]
-    print(f"{'variant':10s} {'s/step':>8s} {'vs draft':>9s} {'evals':>6s} {'s/eval':>8s} {'peak RSS MB':>12s}  round medians")
+    print(f"{'variant':10s} {'s/step':>8s} {'vs draft':>9s} {'evals':>6s} {'s/eval':>8s} {'peak RSS MB':>12s}  "
+          "round medians")
     for r in rows:
         print(f"{r['variant']:10s} {r['median_s_per_step']:8.3f} {r['median_s_per_step'] / base:9.2f} "
               f"{r['reward_evaluations_per_step']:6d} {r['s_per_reward_evaluation']:8.3f} {r['peak_rss_mb']:12.0f}  "
               + " ".join(f"{m:.3f}" for m in r["round_medians"]))
     load = os.getloadavg()
-    write_result(args.out, {"benchmark": "grpo_step", "settings": {k: v for k, v in vars(args).items() if k != "worker"},
+    write_result(args.out, {"benchmark": "grpo_step",
+                            "settings": {k: v for k, v in vars(args).items() if k != "worker"},
                             "load_average": load, "rows": rows})
     return 0
 

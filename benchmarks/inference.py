@@ -85,7 +85,8 @@ def main(argv=None) -> int:
             if rep:
                 times[name].append((time.perf_counter() - t0) / args.batch)
     base = statistics.median(times["base"])
-    rows = [{"variant": n, "median_s_per_image": statistics.median(t), "stdev": statistics.stdev(t) if len(t) > 1 else 0.0,
+    rows = [{"variant": n, "median_s_per_image": statistics.median(t),
+             "stdev": statistics.stdev(t) if len(t) > 1 else 0.0,
              "n": len(t), "ratio_vs_base": statistics.median(t) / base} for n, t in times.items()]
     print(f"{'variant':18s} {'s/image':>9s} {'stdev':>8s} {'vs base':>8s}")
     for r in rows:

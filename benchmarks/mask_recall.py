@@ -64,7 +64,8 @@ def mask_metrics(mask, defect) -> dict:
     return {
         "n_defect": int(has.sum()), "n_clean": int((~has).sum()),
         "recall": float(inter[has].sum() / size[has].sum()) if bool(has.any()) else nan,
-        "precision": float(inter[has].sum() / area[has].sum()) if bool(has.any()) and float(area[has].sum()) > 0 else nan,
+        "precision": (float(inter[has].sum() / area[has].sum()) if bool(has.any()) and float(area[has].sum()) > 0
+                      else nan),
         "area": share(area / m.shape[1], has),
         "detected": share((core * d).sum(1) > 0, has),
         "covered": share(inter / size.clamp(min=1) >= 0.9, has),
@@ -99,7 +100,8 @@ def maps(reward, images, captions, m):
 
 def settings(base):
     """Every (threshold, dilate, blur) variant of a config's MaskConfig ``base``."""
-    return [dataclasses.replace(base, threshold=t, dilate=d, blur=b) for t, d, b in itertools.product(THRESHOLDS, DILATES, BLURS)]
+    return [dataclasses.replace(base, threshold=t, dilate=d, blur=b)
+            for t, d, b in itertools.product(THRESHOLDS, DILATES, BLURS)]
 
 
 def measure(name: str, pool: dict) -> tuple[list[dict], dict]:
@@ -113,8 +115,9 @@ def measure(name: str, pool: dict) -> tuple[list[dict], dict]:
     cfg = load_config(REWARDS[name][0])
     reward = build_reward(cfg.reward.name, **cfg.reward.args)
     defect = pool[REWARDS[name][1]]
-    shipped = {"threshold": cfg.mask.threshold, "dilate": cfg.mask.dilate, "blur": cfg.mask.blur, "source": cfg.mask.source,
-               "skip_above": cfg.mask.skip_above, "min_area": cfg.mask.min_area, "quantile": cfg.mask.quantile}
+    shipped = {"threshold": cfg.mask.threshold, "dilate": cfg.mask.dilate, "blur": cfg.mask.blur,
+               "source": cfg.mask.source, "skip_above": cfg.mask.skip_above, "min_area": cfg.mask.min_area,
+               "quantile": cfg.mask.quantile}
     rows = []
     for kind in ("vae", "raw"):
         images = pool["recon" if kind == "vae" else "clean"]
@@ -132,21 +135,23 @@ def table(rows: list[dict], shipped: dict[str, dict]) -> str:
     """Markdown: one line per (reward, setting), VAE round trip first, the raw renders' recall / precision after."""
     raw = {(r["reward"], r["threshold"], r["dilate"], r["blur"]): r for r in rows if r["images"] == "raw"}
     pct = lambda x: "n/a" if math.isnan(x) else f"{100 * x:.1f}"  # noqa: E731
-    lines = ["| reward | thr | dilate | blur | recall % | precision % | area % | detected % | covered % | mask on clean % "
-             "| raw: recall % | raw: precision % |", "|" + "---|" * 12]
+    lines = ["| reward | thr | dilate | blur | recall % | precision % | area % | detected % | covered % "
+             "| mask on clean % | raw: recall % | raw: precision % |", "|" + "---|" * 12]
     for r in (r for r in rows if r["images"] == "vae"):
         s = shipped[r["reward"]]
-        mark = " **(config)**" if (r["threshold"], r["dilate"], r["blur"]) == (s["threshold"], s["dilate"], s["blur"]) else ""
+        mark = (" **(config)**" if (r["threshold"], r["dilate"], r["blur"]) == (s["threshold"], s["dilate"], s["blur"])
+                else "")
         q = raw[(r["reward"], r["threshold"], r["dilate"], r["blur"])]
-        lines.append(f"| {r['reward']}{mark} | {r['threshold']:g} | {r['dilate']} | {r['blur']:g} | {pct(r['recall'])} | "
-                     f"{pct(r['precision'])} | {pct(r['area'])} | {pct(r['detected'])} | {pct(r['covered'])} | "
-                     f"{pct(r['on_clean'])} | {pct(q['recall'])} | {pct(q['precision'])} |")
+        lines.append(f"| {r['reward']}{mark} | {r['threshold']:g} | {r['dilate']} | {r['blur']:g} | "
+                     f"{pct(r['recall'])} | {pct(r['precision'])} | {pct(r['area'])} | {pct(r['detected'])} | "
+                     f"{pct(r['covered'])} | {pct(r['on_clean'])} | {pct(q['recall'])} | {pct(q['precision'])} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=2048, help="world samples (about half carry the artifact, a fifth the element)")
+    p.add_argument("--n", type=int, default=2048,
+                   help="world samples (about half carry the artifact, a fifth the element)")
     p.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=list(REWARDS))
     p.add_argument("--out", default="benchmarks/results/mask_recall.json")
     args = p.parse_args(argv)
@@ -168,7 +173,8 @@ def main(argv=None) -> int:
     counts = {name: int((pool[REWARDS[name][1]].flatten(1).sum(1) > 0).sum()) for name in args.rewards}
     text = table(rows, shipped)
     print(f"defect images: {counts} of {args.n} (data stream {DATA_SEED}); {time.perf_counter() - t0:.0f} s\n\n{text}")
-    write_result(args.out, {"benchmark": "mask_recall", "n_images": args.n, "data_seed": DATA_SEED, "defect_images": counts,
+    write_result(args.out, {"benchmark": "mask_recall", "n_images": args.n, "data_seed": DATA_SEED,
+                            "defect_images": counts,
                             "settings": {"threshold": THRESHOLDS, "dilate": DILATES, "blur": BLURS}, "shipped": shipped,
                             "rows": rows, "table": text, "seconds": time.perf_counter() - t0})
     return 0

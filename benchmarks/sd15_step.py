@@ -41,12 +41,14 @@ def build_pipeline(small: bool, seed: int = 0):
         unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64, 64, 64), cross_attention_dim=64,
                                     attention_head_dim=8, norm_num_groups=16, layers_per_block=1)
         vae = AutoencoderKL(block_out_channels=(16, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8, layers_per_block=1)
+                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8,
+                            layers_per_block=1)
         text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     else:
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the SD1.5 UNet (860M parameters)
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2, sample_size=512)
+                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+                            sample_size=512)
         text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
     tok_dir = write_clip_tokenizer(tempfile.mkdtemp(prefix="sd15-tok-"), max_length=77)
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
@@ -76,7 +78,8 @@ def run_variant(args, k: int, ckpt: bool, bf16: bool) -> dict:
         backbone = SDBackbone(build_pipeline(args.small), resolution=args.resolution)
     backbone.to(device)
     cfg = load_config(None, [
-        "model.path=in-memory", "data.prompts=[a photo of a person at the beach]", f"sampler.steps={args.sampler_steps}",
+        "model.path=in-memory", "data.prompts=[a photo of a person at the beach]",
+        f"sampler.steps={args.sampler_steps}",
         f"sampler.k={k}", f"sampler.grad_checkpointing={ckpt}", f"sampler.vae_checkpointing={ckpt}",
         f"train.mixed_precision={'bf16' if bf16 else 'no'}", f"train.cpu={device == 'cpu'}", "lora.rank=64",
         "reward.name=color", "mask.threshold=0.3", f"train.output_dir={tempfile.mkdtemp(prefix='sd15-run-')}",
@@ -94,18 +97,23 @@ def run_variant(args, k: int, ckpt: bool, bf16: bool) -> dict:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = ((torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"k": k, "checkpointing": ckpt, "bf16": bf16, "median_s": statistics.median(times), "n": len(times),
-            "peak_mb": peak, "peak_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process peak RSS"}
+            "peak_mb": peak,
+            "peak_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process peak RSS"}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--small", action="store_true", help="tiny widths (CPU smoke run)")
-    p.add_argument("--resolution", type=int, default=None, help="px (default 512, or 64 with --small, or the --model's own)")
-    p.add_argument("--model", help="a pipeline folder of any supported family (SD, SDXL, SD3, FLUX) instead of the random SD1.5")
-    p.add_argument("--offload-text-encoders", action="store_true", help="SD3/FLUX: text encoders on the CPU between encodings")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="px (default 512, or 64 with --small, or the --model's own)")
+    p.add_argument("--model",
+                   help="a pipeline folder of any supported family (SD, SDXL, SD3, FLUX) instead of the random SD1.5")
+    p.add_argument("--offload-text-encoders", action="store_true",
+                   help="SD3/FLUX: text encoders on the CPU between encodings")
     p.add_argument("--sampler-steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", default="all", help="all, or a comma-separated list, e.g. k2-ckpt-bf16,k2-nockpt-bf16")

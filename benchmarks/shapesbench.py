@@ -38,14 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEFECTS = {
-    "artifact": {"config": ROOT / "configs" / "world-artifact.yaml", "judge": "defect_artifact", "inference": ["rg", "rg-region"]},
-    "unwanted": {"config": ROOT / "configs" / "world-safety.yaml", "judge": "defect_unwanted", "inference": ["rg", "rg-region", "sld"]},
+    "artifact": {"config": ROOT / "configs" / "world-artifact.yaml", "judge": "defect_artifact",
+                 "inference": ["rg", "rg-region"]},
+    "unwanted": {"config": ROOT / "configs" / "world-safety.yaml", "judge": "defect_unwanted",
+                 "inference": ["rg", "rg-region", "sld"]},
 }
-FLOW_CONFIGS = {"artifact": ROOT / "configs" / "world-flow-artifact.yaml", "unwanted": ROOT / "configs" / "world-flow-safety.yaml"}
-GRPO_CONFIGS = {"artifact": ROOT / "configs" / "world-artifact-grpo.yaml", "unwanted": ROOT / "configs" / "world-safety-grpo.yaml"}
+FLOW_CONFIGS = {"artifact": ROOT / "configs" / "world-flow-artifact.yaml",
+                "unwanted": ROOT / "configs" / "world-flow-safety.yaml"}
+GRPO_CONFIGS = {"artifact": ROOT / "configs" / "world-artifact-grpo.yaml",
+                "unwanted": ROOT / "configs" / "world-safety-grpo.yaml"}
 TRAINED = ("fnf", "draft", "grpo", "fnf-grpo")
-COLUMNS = ["reward", "{judge}", "alignment", "outside_mae", "inside_mae", "outside_mse", "inside_mse", "outside_ssim", "seconds",
-           "train_s", "reward_evals"]
+COLUMNS = ["reward", "{judge}", "alignment", "outside_mae", "inside_mae", "outside_mse", "inside_mse", "outside_ssim",
+           "seconds", "train_s", "reward_evals"]
 
 
 def config_of(defect: str, arch: str = "unet", method: str = "fnf") -> Path:
@@ -97,7 +101,8 @@ def evaluate(defect: str, runs: dict[str, Path], args, work: Path) -> Path:
         methods += [inference[m] for m in DEFECTS[defect]["inference"] if not (args.arch == "flow" and m == "sld")]
     records = load_prompt_set(f"world:{args.split}")[: args.prompts]
     out = work / defect / "eval"
-    ev = Evaluation(cfg, methods, records, args.eval_seeds, out, batch_size=8, extra_metrics=[world_metrics()], progress=False)
+    ev = Evaluation(cfg, methods, records, args.eval_seeds, out, batch_size=8, extra_metrics=[world_metrics()],
+                    progress=False)
     ev.prompt_set = f"world:{args.split}"
     ev.run(overwrite=True)
     render_report(out, title=f"shapesbench: {defect}")
@@ -152,10 +157,12 @@ def main(argv=None) -> int:
     p.add_argument("--rg-scale", type=float, default=30.0)
     p.add_argument("--sld-preset", default="strong")
     p.add_argument("--sld-concept", default="magenta")
-    p.add_argument("--arch", default="unet", choices=["unet", "flow"], help="the UNet world or the flow (SD3-format) world")
+    p.add_argument("--arch", default="unet", choices=["unet", "flow"],
+                   help="the UNet world or the flow (SD3-format) world")
     p.add_argument("--work", default=None, help="default runs/shapesbench (runs/shapesbench-flow with --arch flow)")
     p.add_argument("--out", default=None, help="default benchmarks/results/shapesbench.json (shapesbench-flow.json)")
-    p.add_argument("--aggregate-only", action="store_true", help="re-read existing eval folders under --work, no training")
+    p.add_argument("--aggregate-only", action="store_true",
+                   help="re-read existing eval folders under --work, no training")
     args = p.parse_args(argv)
     suffix = "-flow" if args.arch == "flow" else ""
     args.work = args.work or f"runs/shapesbench{suffix}"
@@ -169,7 +176,8 @@ def main(argv=None) -> int:
         if args.aggregate_only:
             eval_dir = work / defect / "eval"
         else:
-            eval_dir = evaluate(defect, train_runs(defect, args.seeds, work, args.set, args.arch, tuple(args.methods)), args, work)
+            eval_dir = evaluate(defect, train_runs(defect, args.seeds, work, args.set, args.arch, tuple(args.methods)),
+                                args, work)
         table = aggregate(eval_dir, defect)
         result["defects"][defect] = {"table": table, "eval_dir": str(eval_dir), "seconds": time.perf_counter() - t0}
         print(f"\n### {defect}\n\n{markdown(defect, table)}\n", flush=True)

@@ -1,6 +1,7 @@
 """The region constraint's gradient at I = I0 (issue 13.5): does rounding noise in I0 steer training?
 
-    python benchmarks/singular_gradient.py [--steps 60] [--noise 1e-6] [--eps 1e-3] [--out benchmarks/results/singular_gradient.json]
+    python benchmarks/singular_gradient.py [--steps 60] [--noise 1e-6] [--eps 1e-3]
+        [--out benchmarks/results/singular_gradient.json]
 
 ‖(1 - M)(I - I0)‖ is not squared, so its gradient λ (I - I0)/‖I - I0‖ has length λ however small
 I - I0 is. On a CPU the first step of a fresh LoRA has I == I0 bit for bit (the LoRA adds exactly 0),
@@ -25,14 +26,19 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
+if TYPE_CHECKING:
+    import torch
+
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"exact": (False, False), "noisy": (True, False), "exact-smooth": (False, True), "noisy-smooth": (True, True)}
+VARIANTS = {"exact": (False, False), "noisy": (True, False), "exact-smooth": (False, True),
+            "noisy-smooth": (True, True)}
 
 
 def perturb_reference(noise: float, seed: int) -> None:
@@ -88,8 +94,8 @@ def main(argv=None) -> int:
         if noisy:
             perturb_reference(args.noise, seed=1234)
         out = work / name
-        cfg = load_config(args.config, [f"train.steps={args.steps}", f"train.output_dir={out}", "train.reference_cache=off",
-                                        f"objective.eps={args.eps if smooth else 0.0}"])
+        cfg = load_config(args.config, [f"train.steps={args.steps}", f"train.output_dir={out}",
+                                        "train.reference_cache=off", f"objective.eps={args.eps if smooth else 0.0}"])
         t0 = time.perf_counter()
         trainer = Trainer(cfg)
         grads[name] = first_gradient(trainer)

@@ -1,6 +1,7 @@
 """Benchmark (f): where a training step's memory goes, per component, for DRaFT and Focus-N-Fix.
 
-    python benchmarks/step_memory.py [--model world] [--batch 2 4] [--variants ...] [--out benchmarks/results/step_memory.json]
+    python benchmarks/step_memory.py [--model world] [--batch 2 4] [--variants ...]
+        [--out benchmarks/results/step_memory.json]
 
 Each variant runs in a fresh process (``--one``): build the trainer, one warm-up step (creates the
 optimizer's moments), then one step under :class:`_tensor_memory.TensorMeter`, which charges every
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--sampler-steps", type=int, default=20)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--steps", type=int, default=6, help="unmetered steps per run (RSS window; CPU time of all but the first)")
+    p.add_argument("--steps", type=int, default=6,
+                   help="unmetered steps per run (RSS window; CPU time of all but the first)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds per batch size (0: none)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child: run this variant, print JSON
@@ -125,7 +127,8 @@ def main(argv=None) -> int:
     rows, load_start = [], os.getloadavg()
     for batch in args.batch:
         for variant in args.variants:
-            cmd = [sys.executable, __file__, "--one", variant, "--model", args.model, "--batch", str(batch), "--steps", str(args.steps),
+            cmd = [sys.executable, __file__, "--one", variant, "--model", args.model,
+                   "--batch", str(batch), "--steps", str(args.steps),
                    "--sampler-steps", str(args.sampler_steps), "--k", str(args.k), "--guidance", str(args.guidance)]
             r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if r.returncode:
@@ -166,8 +169,8 @@ def table(rows: list[dict]) -> str:
                                ("kept for backward at end of forward MiB", kept, ".1f"),
                                ("step +RSS MiB (peak over the steps)", [r["rss_step_delta_mib"] for r in rows], ".1f"),
                                ("CPU s/step (own process, median)", [r["cpu_s_per_step_median"] for r in rows], ".3f"),
-                               ("CPU s/step (interleaved, median)", [r.get("cpu_interleaved_s", {}).get("median", float("nan"))
-                                                                     for r in rows], ".3f")):
+                               ("CPU s/step (interleaved, median)",
+                                [r.get("cpu_interleaved_s", {}).get("median", float("nan")) for r in rows], ".3f")):
         lines.append(f"{label:38s}" + "".join(f" {v:>{width}{fmt}}" for v in values))
     return "\n".join(lines)
 

@@ -1,13 +1,15 @@
-"""Benchmark (b): our DRaFT-K vs TRL 0.23.1's AlignPropTrainer, seconds per optimizer step and memory.
+r"""Benchmark (b): our DRaFT-K vs TRL 0.23.1's AlignPropTrainer, seconds per optimizer step and memory.
 
-    .venv/bin/python benchmarks/trl_alignprop.py [--sizes 8 16] [--steps 8] [--repeats 7] [--out benchmarks/results/trl_alignprop.json]
+    .venv/bin/python benchmarks/trl_alignprop.py [--sizes 8 16] [--steps 8] [--repeats 7]
+        [--out benchmarks/results/trl_alignprop.json]
 
 Run it with OUR virtualenv's Python (it builds the tiny pipelines with ``focusnfix.backbones.tiny`` and runs
 our side with ``sys.executable``). TRL runs in its own virtualenv, ``benchmarks/.venv-trl`` by
 default, created on first use with::
 
     python -m venv benchmarks/.venv-trl
-    benchmarks/.venv-trl/bin/pip install torch==2.13.0 trl==0.23.1 diffusers==0.35.2 transformers==4.57.6 peft accelerate
+    benchmarks/.venv-trl/bin/pip install torch==2.13.0 trl==0.23.1 diffusers==0.35.2 transformers==4.57.6 \
+        peft accelerate
 
 Both sides train LoRA (r = alpha = 4 on to_q/to_k/to_v/to_out.0) of the same saved tiny
 SD-architecture pipeline (``--sizes``: UNet sample sizes, images are 4x that in px) with the same
@@ -83,7 +85,8 @@ def ensure_trl_venv(venv: Path) -> dict:
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv_python(venv)), "-m", "pip", "install", *TRL_PACKAGES], check=True, env=child_env())
         if not trl_ready(venv):
-            raise SystemExit(f"{venv}: trl 0.23.1 does not import AlignPropTrainer / DefaultDDPOStableDiffusionPipeline")
+            raise SystemExit(f"{venv}: trl 0.23.1 does not import AlignPropTrainer / "
+                             "DefaultDDPOStableDiffusionPipeline")
     r = subprocess.run([str(venv_python(venv)), "-m", "pip", "list", "--format", "json"], capture_output=True,
                        text=True, check=True, env=child_env())
     return {p["name"].lower(): p["version"] for p in json.loads(r.stdout)}
@@ -120,7 +123,8 @@ import json, sys, torch
 from diffusers import StableDiffusionPipeline
 p = StableDiffusionPipeline.from_pretrained(sys.argv[1])
 ids = p.tokenizer(json.loads(sys.argv[2]), padding="max_length", max_length=p.tokenizer.model_max_length).input_ids
-w = {m: sum(float(v.double().abs().sum()) for v in getattr(p, m).state_dict().values()) for m in ("unet", "vae", "text_encoder")}
+w = {m: sum(float(v.double().abs().sum()) for v in getattr(p, m).state_dict().values()) \
+for m in ("unet", "vae", "text_encoder")}
 with torch.no_grad():
     emb = p.text_encoder(torch.tensor(ids))[0]
 print(json.dumps({"ids": ids, "weight_abs_sums": w, "embeds_abs_sum": float(emb.double().abs().sum())}))
@@ -138,7 +142,8 @@ def check_same_model(model: Path, trl_py: Path) -> None:
         out.append(json.loads(r.stdout.strip().splitlines()[-1]))
     a, b = out
     close = lambda x, y: abs(x - y) <= 1e-5 * max(1.0, abs(x))  # noqa: E731
-    if a["ids"] != b["ids"] or not all(close(a["weight_abs_sums"][m], b["weight_abs_sums"][m]) for m in a["weight_abs_sums"]) \
+    if a["ids"] != b["ids"] or not all(close(a["weight_abs_sums"][m], b["weight_abs_sums"][m])
+                                       for m in a["weight_abs_sums"]) \
             or not close(a["embeds_abs_sum"], b["embeds_abs_sum"]):
         raise SystemExit(f"{model} loads differently in the two environments: {out}")
 
@@ -174,11 +179,12 @@ def summarise(runs: list[dict]) -> dict:
         "maxrss_mb_median": statistics.median(r["maxrss_mb"] for r in runs),
         "rss_step_delta_mb_median": statistics.median(r["rss_step_delta_mb"] for r in runs),
         "rss_before_steps_mb_median": statistics.median(r["rss_before_steps_mb"] for r in runs),
-        "cpu_sec_per_step_median": statistics.median(statistics.median(r["cpu_times"]) for r in runs) if runs[0].get("cpu_times") else None,
+        "cpu_sec_per_step_median": (statistics.median(statistics.median(r["cpu_times"]) for r in runs)
+                                    if runs[0].get("cpu_times") else None),
         "tensor_peak_mib": runs[0]["tensor"]["peak_mib"] if runs[0].get("tensor") else None,
         "tensor_at_peak_mib": runs[0]["tensor"]["at_peak_mib"] if runs[0].get("tensor") else None,
-        "tensor_kept_for_backward_mib": (runs[0]["tensor"]["marks_mib"].get("end of forward (kept for backward)", {}).get("total")
-                                         if runs[0].get("tensor") else None),
+        "tensor_kept_for_backward_mib": (runs[0]["tensor"]["marks_mib"].get("end of forward (kept for backward)", {})
+                                         .get("total") if runs[0].get("tensor") else None),
     }
 
 
@@ -191,8 +197,9 @@ def table(results: dict) -> str:
     most tensor memory the step holds at once (``_tensor_memory.TensorMeter``, one metered step per
     variant, deterministic); ``step +RSS``: peak RSS of the steps over RSS before them (includes
     allocator slack and kernel scratch)."""
-    head = (f"{'size':>6} {'variant':>10} {'s/step med':>10} {'min..max':>14} {'TRL/this':>9} {'(on min)':>8} {'(CPU)':>6} "
-            f"{'peak RSS MB':>11} {'step +RSS MB':>12} {'this/TRL +RSS':>13} {'tensor peak MiB':>15} {'this/TRL':>8}")
+    head = (f"{'size':>6} {'variant':>10} {'s/step med':>10} {'min..max':>14} {'TRL/this':>9} {'(on min)':>8} "
+            f"{'(CPU)':>6} {'peak RSS MB':>11} {'step +RSS MB':>12} {'this/TRL +RSS':>13} {'tensor peak MiB':>15} "
+            f"{'this/TRL':>8}")
     lines = [head, "-" * len(head)]
     for size, variants in results.items():
         trl = variants.get("trl")
@@ -201,19 +208,24 @@ def table(results: dict) -> str:
             speed_min = f"{trl['sec_per_step_min'] / s['sec_per_step_min']:.2f}x" if trl else "-"
             cpu = (f"{trl['cpu_sec_per_step_median'] / s['cpu_sec_per_step_median']:.2f}x"
                    if trl and s.get("cpu_sec_per_step_median") and trl.get("cpu_sec_per_step_median") else "-")
-            mem = f"{s['rss_step_delta_mb_median'] / trl['rss_step_delta_mb_median']:.2f}" if trl and trl["rss_step_delta_mb_median"] > 0 else "-"
+            mem = (f"{s['rss_step_delta_mb_median'] / trl['rss_step_delta_mb_median']:.2f}"
+                   if trl and trl["rss_step_delta_mb_median"] > 0 else "-")
             peak = f"{s['tensor_peak_mib']:.1f}" if s.get("tensor_peak_mib") is not None else "-"
-            peak_ratio = f"{s['tensor_peak_mib'] / trl['tensor_peak_mib']:.2f}" if trl and s.get("tensor_peak_mib") and trl.get("tensor_peak_mib") else "-"
+            peak_ratio = (f"{s['tensor_peak_mib'] / trl['tensor_peak_mib']:.2f}"
+                          if trl and s.get("tensor_peak_mib") and trl.get("tensor_peak_mib") else "-")
             lines.append(f"{size:>6} {name:>10} {s['sec_per_step_median']:>10.3f} "
-                         f"{s['sec_per_step_min']:>6.3f}..{s['sec_per_step_max']:<6.3f} {speed:>9} {speed_min:>8} {cpu:>6} "
-                         f"{s['maxrss_mb_median']:>11.0f} {s['rss_step_delta_mb_median']:>12.0f} {mem:>13} {peak:>15} {peak_ratio:>8}")
+                         f"{s['sec_per_step_min']:>6.3f}..{s['sec_per_step_max']:<6.3f} {speed:>9} {speed_min:>8} "
+                         f"{cpu:>6} {s['maxrss_mb_median']:>11.0f} {s['rss_step_delta_mb_median']:>12.0f} {mem:>13} "
+                         f"{peak:>15} {peak_ratio:>8}")
     return "\n".join(lines)
 
 
 def machine_facts() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), "0") \
+                if ln.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal")), "0") \
         if Path("/proc/meminfo").exists() else "0"
     return {"platform": platform.platform(), "cpu": cpu, "logical_cpus": os.cpu_count(),
             "mem_total_gb": round(int(mem) / 2**20, 1), "python": platform.python_version()}
@@ -281,16 +293,19 @@ def main(argv=None) -> int:
               "negative_prompt": "", "batch_size": args.batch, "lora_rank": args.rank, "lora_alpha": args.rank,
               "lora_targets": ["to_q", "to_k", "to_v", "to_out.0"], "lora_init": "gaussian", "lr": args.lr,
               "adamw": {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}, "max_grad_norm": 1.0,
-              "grad_accum": 1, "mixed_precision": "no (fp32)", "reward": "mean over pixels of R - (G + B) / 2; loss = -mean (TRL: 10 - mean)",
+              "grad_accum": 1, "mixed_precision": "no (fp32)",
+              "reward": "mean over pixels of R - (G + B) / 2; loss = -mean (TRL: 10 - mean)",
               "prompts": PROMPTS, "torch_threads": 1, "timed_steps_per_run": args.steps, "warmup_steps_per_run": 1,
               "repeats": args.repeats}
     ours_overrides = ("method=draft, sampler.steps=T, sampler.k=K, sampler.guidance_scale, sampler.grad_checkpointing "
                       "(false; true for ours-ckpt), train.batch_size, train.grad_accum=1, lora.rank, lora.alpha=rank, "
-                      "train.lr, train.weight_decay=0, adam betas/eps, train.max_grad_norm=1, train.mixed_precision=no, "
-                      "train.lr_schedule=constant, train.reference_cache=off (unused by draft)")
+                      "train.lr, train.weight_decay=0, adam betas/eps, train.max_grad_norm=1, "
+                      "train.mixed_precision=no, train.lr_schedule=constant, "
+                      "train.reference_cache=off (unused by draft)")
     report = {
         "benchmark": "ours (focusnfix DRaFT-K) vs TRL 0.23.1 AlignPropTrainer",
-        "command": shlex.join([os.path.relpath(sys.executable), *sys.argv]) if argv is None else shlex.join(["trl_alignprop.py", *argv]),
+        "command": (shlex.join([os.path.relpath(sys.executable), *sys.argv]) if argv is None
+                    else shlex.join(["trl_alignprop.py", *argv])),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": round(time.time() - started, 1),
         "machine": facts,
@@ -298,16 +313,18 @@ def main(argv=None) -> int:
         "versions": {"ours": ours_versions, "trl": trl_run_versions},
         "settings": {"shared": shared, "ours_overrides": ours_overrides,
                      "alignprop_config": trl_settings(args, "<tmp>") if "trl" in args.variants else None,
-                     "trl_other": "DefaultDDPOStableDiffusionPipeline(model, use_lora=True) (LoRA r=4, alpha=4, gaussian, "
-                                  "to_k/to_q/to_v/to_out.0 fixed in TRL); AlignPropTrainer.step(epoch=0, global_step) per "
-                                  "optimizer step; diffusers progress bar disabled after construction"},
+                     "trl_other": "DefaultDDPOStableDiffusionPipeline(model, use_lora=True) (LoRA r=4, alpha=4, "
+                                  "gaussian, to_k/to_q/to_v/to_out.0 fixed in TRL); "
+                                  "AlignPropTrainer.step(epoch=0, global_step) per optimizer step; "
+                                  "diffusers progress bar disabled after construction"},
         "timing": "median over runs of each run's median seconds per optimizer step (min..max over runs); "
                   "model loading and the first step of every run excluded; speed-up TRL/this on the medians and on the "
                   "fastest run (min) of each variant",
-        "memory": "maxrss_mb: getrusage(RUSAGE_SELF).ru_maxrss of the run's fresh process (includes imports and model load); "
-                  "rss_step_delta_mb: highest RSS sampled from /proc/self/statm every 2 ms during the warm-up and timed steps, "
-                  "minus RSS after model/LoRA/optimizer setup; tensor_peak_mib: most tensor bytes one step holds at once "
-                  "(benchmarks/_tensor_memory.py, one extra step after the timed ones), with tensor_at_peak_mib per component",
+        "memory": "maxrss_mb: getrusage(RUSAGE_SELF).ru_maxrss of the run's fresh process (includes imports and model "
+                  "load); rss_step_delta_mb: highest RSS sampled from /proc/self/statm every 2 ms during the warm-up "
+                  "and timed steps, minus RSS after model/LoRA/optimizer setup; tensor_peak_mib: most tensor bytes "
+                  "one step holds at once (benchmarks/_tensor_memory.py, one extra step after the timed ones), with "
+                  "tensor_at_peak_mib per component",
         "table": text.splitlines(),
         "results": results,
         "runs": {label: {v: [{k: r[k] for k in r if k != "versions"} for r in runs] for v, runs in variants.items()}

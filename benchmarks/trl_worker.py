@@ -230,10 +230,13 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--prompts", nargs="+", default=["a red circle", "a blue square", "a green triangle", "a yellow star"])
-    p.add_argument("--grad-checkpointing", action="store_true", help="ours only: checkpoint the K UNet calls, as TRL does")
+    p.add_argument("--prompts", nargs="+",
+                   default=["a red circle", "a blue square", "a green triangle", "a yellow star"])
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="ours only: checkpoint the K UNet calls, as TRL does")
     p.add_argument("--rss-interval", type=float, default=0.002)
-    p.add_argument("--meter", action="store_true", help="after the timed steps, one more step under _tensor_memory.TensorMeter")
+    p.add_argument("--meter", action="store_true",
+                   help="after the timed steps, one more step under _tensor_memory.TensorMeter")
     args = p.parse_args(argv)
 
     import torch
@@ -295,7 +298,8 @@ def main(argv=None) -> int:
         "rss_step_delta_mb": (sampler.peak - rss_before) / 2**20,
         "rss_warmup_delta_mb": (warmup_peak - rss_before) / 2**20, "rss_after_warmup_mb": rss_after_warmup / 2**20,
         "cpu_times": cpu_times,
-        "tensor": tensor, "torch_threads": torch.get_num_threads(), "loadavg_1min_end": os.getloadavg()[0], "versions": versions,
+        "tensor": tensor, "torch_threads": torch.get_num_threads(), "loadavg_1min_end": os.getloadavg()[0],
+        "versions": versions,
     }
     print(json.dumps(result))
     return 0

@@ -52,8 +52,10 @@ def _two_steps_then_reload(path, pipe_loader, tmp_path):
     assert all(torch.equal(base_before[n], params[n]) for n in base_before)
     ours = generate(trainer.backbone, PROMPTS, SEEDS, steps=5, guidance_scale=3.0)
     pipe = pipe_loader(path)
-    pipe.load_lora_weights(run / "lora", weight_name="pytorch_lora_weights.safetensors")  # offline, diffusers < 0.42 needs the name
-    theirs = pipe(PROMPTS, num_inference_steps=5, guidance_scale=3.0, latents=trainer.backbone.initial_noise(SEEDS), output_type="pt").images
+    # offline, diffusers < 0.42 needs the name
+    pipe.load_lora_weights(run / "lora", weight_name="pytorch_lora_weights.safetensors")
+    theirs = pipe(PROMPTS, num_inference_steps=5, guidance_scale=3.0, latents=trainer.backbone.initial_noise(SEEDS),
+                  output_type="pt").images
     assert (ours - theirs).abs().max().item() <= 1e-4
     return trainer
 
@@ -65,7 +67,8 @@ def test_sdxl_focus_n_fix_two_steps_and_diffusers_reload(tiny_xl_dir, tmp_path):
 
 def test_v_prediction_trains_and_reloads(tiny_v_dir, tmp_path):
     def loader(path):
-        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None,
+                                                       requires_safety_checker=False)
 
     trainer = _two_steps_then_reload(tiny_v_dir, loader, tmp_path)
     assert trainer.backbone.scheduler.config.prediction_type == "v_prediction"

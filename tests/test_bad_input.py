@@ -92,13 +92,15 @@ def test_existing_run_is_not_overwritten(tiny_dir, tmp_path, cfg_file, capsys):
 
 def test_resume_without_checkpoint_starts_from_step_zero(tiny_dir, tmp_path, cfg_file, capsys):
     """Issue 14 (3): --resume where no complete checkpoint exists starts from step 0 and says so."""
-    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, tmp_path / "run"), "--resume", "--no-progress"])
+    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, tmp_path / "run"), "--resume",
+                                 "--no-progress"])
     assert rc == 0 and len(lines) == 1 and "no complete checkpoint; starting from step 0" in lines[0], lines
     assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_sample_bad_lora_and_debug_traceback(tiny_dir, tmp_path, capsys):
-    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_dir), "--lora", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o")])
+    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_dir), "--lora", str(tmp_path), "--prompt", "x",
+                                 "--out", str(tmp_path / "o")])
     assert rc == 2 and len(lines) == 1 and "pytorch_lora_weights.safetensors" in lines[0]
     rc = main(["--debug", "sample", "--model", "/nonexistent", "--prompt", "x", "--out", str(tmp_path / "o")])
     assert rc == 2 and "Traceback" in capsys.readouterr().err
@@ -138,7 +140,8 @@ def test_lora_from_another_architecture(tiny_dir, tiny_xl_dir, tmp_path, cfg_fil
     run = tmp_path / "run"
     assert main(["train", str(cfg_file), *base_overrides(tiny_dir, run), "--no-progress"]) == 0
     out = tmp_path / "samples"
-    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_xl_dir), "--lora", str(run / "lora"), "--prompt", "x", "--out", str(out)])
+    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_xl_dir), "--lora", str(run / "lora"), "--prompt", "x",
+                                 "--out", str(out)])
     assert rc == 2 and "cannot be loaded into this model" in lines[-1] and "size mismatch" in lines[-1]
     assert not out.exists()
 
@@ -148,7 +151,8 @@ def test_truncated_lora_file(tiny_dir, tmp_path, cfg_file, capsys):
     assert main(["train", str(cfg_file), *base_overrides(tiny_dir, run), "--no-progress"]) == 0
     weights = run / "lora" / "pytorch_lora_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_dir), "--lora", str(run / "lora"), "--prompt", "x", "--out", str(tmp_path / "o")])
+    rc, lines = run_cli(capsys, ["sample", "--model", str(tiny_dir), "--lora", str(run / "lora"), "--prompt", "x",
+                                 "--out", str(tmp_path / "o")])
     assert rc == 2 and len(lines) == 1 and "cannot be loaded" in lines[0]
 
 
@@ -156,11 +160,13 @@ def test_resume_with_incompatible_lora_config(tiny_dir, tmp_path, cfg_file, caps
     run = tmp_path / "run"
     assert main(["train", str(cfg_file), *base_overrides(tiny_dir, run), "--no-progress"]) == 0
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, run, **{"lora.rank": 3}), "--resume"])
+    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, run, **{"lora.rank": 3}),
+                                 "--resume"])
     assert rc == 2 and len(lines) == 1 and "lora.rank changed (2 -> 3)" in lines[0], lines  # refused before loading
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     (run / "config.yaml").unlink()  # without the run's config the LoRA's shapes still refuse it
-    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, run, **{"lora.rank": 3}), "--resume"])
+    rc, lines = run_cli(capsys, ["train", str(cfg_file), *base_overrides(tiny_dir, run, **{"lora.rank": 3}),
+                                 "--resume"])
     assert rc == 2 and "LoRA" in lines[-1] and "shape" in lines[-1]
 
 

@@ -325,8 +325,7 @@ CASES: dict[str, tuple] = {
                                        lambda e: ["world", "train", "--only", "transformer",
                                                   "--out", str(e.root / "w")], NOTHING),
     "world train --threads -1": (2, "--threads must be in [0,",
-                                 lambda e: ["world", "train", "--threads", "-1", "--out", str(e.root / "w")],
-                                 NOTHING),
+                                 lambda e: ["world", "train", "--threads", "-1", "--out", str(e.root / "w")], NOTHING),
     "world gates --guidance nan": (2, "--guidance must be a finite number",
                                    lambda e: ["world", "gates", "--guidance", "nan"], NOTHING),
 }

@@ -22,18 +22,21 @@ def test_sd15_step_cpu_path(tmp_path):
 
 
 def test_fnf_vs_draft_and_inference_scripts(tmp_path):
-    assert _load("fnf_vs_draft").main(["--steps", "1", "--repeats", "1", "--sampler-steps", "3", "--out", str(tmp_path / "a.json")]) == 0
+    assert _load("fnf_vs_draft").main(["--steps", "1", "--repeats", "1", "--sampler-steps", "3",
+                                       "--out", str(tmp_path / "a.json")]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "a.json").read_text())["rows"]}
     assert set(rows) == {"draft", "fnf-cold", "fnf-cold-2pass", "fnf-warm"}
-    assert _load("inference").main(["--steps", "3", "--repeats", "1", "--batch", "2", "--out", str(tmp_path / "b.json")]) == 0
+    assert _load("inference").main(["--steps", "3", "--repeats", "1", "--batch", "2",
+                                    "--out", str(tmp_path / "b.json")]) == 0
     assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 5
 
 
 def test_step_benchmark_on_a_flow_pipeline_folder(tiny_sd3_dir, tmp_path):
     """--model measures a real pipeline folder of any family (here a tiny SD3), with bf16 frozen weights."""
     out = tmp_path / "sd3.json"
-    assert _load("sd15_step").main(["--model", str(tiny_sd3_dir), "--device", "cpu", "--repeats", "1", "--sampler-steps", "2",
-                                    "--variants", "k1-nockpt-bf16", "--offload-text-encoders", "--out", str(out)]) == 0
+    assert _load("sd15_step").main(["--model", str(tiny_sd3_dir), "--device", "cpu", "--repeats", "1",
+                                    "--sampler-steps", "2", "--variants", "k1-nockpt-bf16", "--offload-text-encoders",
+                                    "--out", str(out)]) == 0
     import json
 
     (row,) = json.loads(out.read_text())["rows"]

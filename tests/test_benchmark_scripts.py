@@ -31,7 +31,8 @@ def test_trl_alignprop_our_worker_runs(tmp_path):
     cmd = bench.worker_command("ours", model, Args)
     import focusnfix
 
-    env = {**bench.child_env(), "PYTHONPATH": str(Path(focusnfix.__file__).resolve().parents[1])}  # works uninstalled too
+    # works uninstalled too
+    env = {**bench.child_env(), "PYTHONPATH": str(Path(focusnfix.__file__).resolve().parents[1])}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])

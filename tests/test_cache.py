@@ -39,7 +39,8 @@ def test_cached_reference_equals_recomputed_bit_for_bit(trainer, tmp_path):
     assert from_disk.hits == 2 and from_disk.misses == 0
     for ref in (first, second, third):
         assert torch.equal(ref.images, expected.images) and torch.equal(ref.mask, expected.mask)
-        assert ref.images.dtype == ref.mask.dtype == torch.float32 and ref.heatmap is None  # the loss never reads the map
+        # the loss never reads the map
+        assert ref.images.dtype == ref.mask.dtype == torch.float32 and ref.heatmap is None
     # a damaged cache file is a miss and gets recomputed, not an error
     victim = next((tmp_path / "disk").rglob("*.safetensors"))
     victim.write_bytes(b"garbage")
@@ -108,7 +109,8 @@ def test_adapters_per_row_runs_theta0_and_theta_in_one_batch(tiny_dir, tmp_path)
 def test_batched_reference_equals_separate_passes(tiny_dir, tmp_path):
     """train.batch_reference: Î0, M(Î0) and Î (and so the loss and gradient) equal the two-pass path
     to float rounding, for a fine-tuned LoRA, a cached/missing mix, and K = T (nothing to share)."""
-    t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"sampler.steps": 6, "data.seed_pool": 16})))
+    t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "run",
+                                                 **{"sampler.steps": 6, "data.seed_pool": 16})))
     _perturb_lora(t.backbone.unet, seed=1)
     method = t.method
     method.cache = ReferenceCache(method.cache.fingerprint, None)

@@ -16,7 +16,8 @@ def test_train_then_sample_with_lora(tiny_dir, tmp_path, capsys):
     cfg.write_text(f"model:\n  path: {tiny_dir}\n")
     assert main(["train", str(cfg), *base_overrides(tiny_dir, run, **{"train.steps": 3}), "--no-progress"]) == 0
     assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    args = ["--model", str(tiny_dir), "--prompt", "a red circle", "--prompt", "a blue square", "--seeds", "4", "5", "--steps", "4"]
+    args = ["--model", str(tiny_dir), "--prompt", "a red circle", "--prompt", "a blue square", "--seeds", "4", "5",
+            "--steps", "4"]
     assert main(["sample", *args, "--out", str(tmp_path / "base")]) == 0
     assert main(["sample", *args, "--lora", str(run / "lora"), "--out", str(tmp_path / "tuned")]) == 0
     assert main(["sample", *args, "--lora", str(run / "lora"), "--fuse", "--out", str(tmp_path / "fused")]) == 0

@@ -45,10 +45,12 @@ def test_sample_takes_the_runs_sampler_settings_unless_given(run, tiny_dir, tmp_
     for part in ("model.path=", "sampler.steps=4", "sampler.guidance_scale=3", "sampler.negative_prompt='blurry'"):
         assert part in line
     explicit = ["--model", str(tiny_dir), "--steps", "4", "--guidance-scale", "3", "--negative-prompt", "blurry"]
-    assert main(["sample", "--lora", str(run / "lora"), *explicit, *PROMPTS, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert main(["sample", "--lora", str(run / "lora"), *explicit, *PROMPTS, "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0
     assert _max_diff(tmp_path / "a", tmp_path / "b") == 0
     # an explicit flag wins and is not reported as taken from the run
-    assert main(["sample", "--lora", str(run), "--steps", "2", *PROMPTS, "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert main(["sample", "--lora", str(run), "--steps", "2", *PROMPTS, "--out", str(tmp_path / "c"),
+                 "--no-progress"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("sample: from"))
     assert "sampler.steps" not in line and "sampler.guidance_scale=3" in line
     assert _max_diff(tmp_path / "a", tmp_path / "c") > 0
@@ -142,7 +144,8 @@ def test_resume_bad_checkpoint_is_one_line_exit_2(run, tiny_dir, tmp_path, capsy
     if which == "incomplete":
         (ckpt / "manifest.json").unlink()
     listing = sorted(str(p) + str(p.stat().st_mtime_ns) for p in copy.rglob("*"))
-    args = base_overrides(tiny_dir, copy, **{"train.steps": 3, "train.checkpoint_every": 1, "train.keep_checkpoints": 3})
+    args = base_overrides(tiny_dir, copy, **{"train.steps": 3, "train.checkpoint_every": 1,
+                                             "train.keep_checkpoints": 3})
     assert main(["train", "--no-progress", "--resume", str(ckpt), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("focusnfix: error: --resume") and len(err) < 300
@@ -159,13 +162,16 @@ def test_metrics_write_null_for_non_finite_and_old_nan_files_still_read(tmp_path
                "config_changed": {"train.lr": [0.01, float("nan")]}})
     log.close()
     rows = [_strict(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows[1]["loss"] is None and rows[1]["grad_norm"] is None and rows[1]["config_changed"]["train.lr"] == [0.01, None]
+    assert (rows[1]["loss"] is None and rows[1]["grad_norm"] is None
+            and rows[1]["config_changed"]["train.lr"] == [0.01, None])
     # a file written by an older version, with bare NaN: read (as None), rewritten as strict JSON, rendered
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": NaN, "grad_norm": Infinity}\n')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n'
+                                            '{"step": 2, "loss": NaN, "grad_norm": Infinity}\n')
     assert read_metrics(tmp_path / "metrics.jsonl")[1] == {"step": 2, "loss": None, "grad_norm": None}
     truncate_metrics(tmp_path / "metrics.jsonl", 2)
     assert [_strict(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0.5, None]
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": NaN}\n{"step": 3, "loss": 0.4}\n')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": NaN}\n'
+                                            '{"step": 3, "loss": 0.4}\n')
     assert render_report(tmp_path).is_file()
 
 
@@ -190,9 +196,11 @@ def test_a_skipped_step_is_strict_json_in_metrics_and_summary(tiny_dir, tmp_path
     from focusnfix.training.trainer import train
 
     out = tmp_path / "run"
-    cfg = load_config(None, base_overrides(tiny_dir, out, **{"method": "draft", "train.steps": 3, "train.max_bad_steps": 2}))
+    cfg = load_config(None, base_overrides(tiny_dir, out, **{"method": "draft", "train.steps": 3,
+                                                             "train.max_bad_steps": 2}))
     train(cfg, reward=NaNOnce(call=2), progress=False)
     rows = [_strict(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in rows if r["skipped"] == 1.0]
-    assert len(skipped) == 1 and skipped[0]["loss"] is None and all(math.isfinite(r["loss"]) for r in rows if not r["skipped"])
+    assert (len(skipped) == 1 and skipped[0]["loss"] is None
+            and all(math.isfinite(r["loss"]) for r in rows if not r["skipped"]))
     _strict((out / "summary.json").read_text())

@@ -89,7 +89,8 @@ def test_aesthetic_linear_and_mlp_heads(clip_dir, tmp_path):
         out = check_output(r(images, ["", ""]), images)
         if name == "mlp":
             h = F.linear(F.linear(F.linear(emb, mlp["layers.0.weight"], mlp["layers.0.bias"]),
-                                  mlp["layers.2.weight"], mlp["layers.2.bias"]), mlp["layers.10.weight"], mlp["layers.10.bias"])
+                                  mlp["layers.2.weight"], mlp["layers.2.bias"]),
+                         mlp["layers.10.weight"], mlp["layers.10.bias"])
             assert torch.allclose(out.score, h[:, 0], atol=1e-4)
         else:
             assert torch.allclose(out.score, F.linear(emb, linear["weight"], linear["bias"])[:, 0], atol=1e-4)

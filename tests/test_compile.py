@@ -28,7 +28,8 @@ def _random_lora(unet, seed=0, scale=0.3):
 
 def _unet_calls(unet, params):
     g = torch.Generator().manual_seed(0)
-    x0, emb, w = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 16, 32, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    x0, emb, w = (torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 16, 32, generator=g),
+                  torch.randn(2, 4, 8, 8, generator=g))
     t = torch.tensor(1)
     out = {}
     with torch.no_grad():
@@ -64,7 +65,8 @@ def _trainer(tiny_dir, out, start, compiled, perturb_reference=0.0):
     from focusnfix.training.trainer import Trainer
 
     # the same reference path on both sides (model.compile switches train.batch_reference off)
-    tr = Trainer(load_config(None, base_overrides(tiny_dir, out, **{"model.compile": compiled, "train.batch_reference": False})))
+    tr = Trainer(load_config(None, base_overrides(tiny_dir, out, **{"model.compile": compiled,
+                                                                    "train.batch_reference": False})))
     if start is not None:
         load_lora_state(tr.backbone.unet, start)
     if perturb_reference:
@@ -72,7 +74,8 @@ def _trainer(tiny_dir, out, start, compiled, perturb_reference=0.0):
 
         def noisy(*args, **kwargs):
             ref = compute(*args, **kwargs)
-            ref.images = ref.images + perturb_reference * torch.randn(ref.images.shape, generator=torch.Generator().manual_seed(7))
+            ref.images = ref.images + perturb_reference * torch.randn(ref.images.shape,
+                                                                      generator=torch.Generator().manual_seed(7))
             return ref
         tr.method._compute_reference = noisy
     grads, average = [], tr._average_gradients

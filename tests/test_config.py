@@ -5,7 +5,8 @@ from focusnfix.runs.run_config import save_config
 
 def test_yes_no_on_off_stay_strings_and_booleans_accept_words(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model: {path: tiny}\ndata: {prompts: [a]}\ntrain:\n  mixed_precision: no\n  reference_cache: off\n  cpu: yes\n  lr: 1e-4\n")
+    path.write_text("model: {path: tiny}\ndata: {prompts: [a]}\ntrain:\n  mixed_precision: no\n  reference_cache: off\n"
+                    "  cpu: yes\n  lr: 1e-4\n")
     cfg = load_config(path, ["train.tf32=off"])
     assert cfg.train.mixed_precision == "no" and cfg.train.reference_cache == "off"
     assert cfg.train.cpu is True and cfg.train.tf32 is False and cfg.train.lr == 1e-4

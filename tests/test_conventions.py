@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from conftest import base_overrides
 from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -25,8 +24,9 @@ def _old_sd_folder(tiny_dir, tmp_path):
     """The tiny SD folder with an SD 1.x-era PNDM scheduler config: no ``clip_sample`` key, steps_offset 0."""
     folder = tmp_path / "old-sd"
     shutil.copytree(tiny_dir, folder)
-    config = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-              "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 0}
+    config = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+              "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
+              "skip_prk_steps": True, "steps_offset": 0}
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     index = json.loads((folder / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", "PNDMScheduler"]

@@ -83,7 +83,8 @@ def test_nonfinite_steps_are_skipped_then_training_stops(tiny_dir, tmp_path):
     from focusnfix.errors import TrainingDiverged
 
     cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"method": "draft", "train.steps": 8,
-                                                                        "train.checkpoint_every": 1, "train.max_bad_steps": 2}))
+                                                                          "train.checkpoint_every": 1,
+                                                                          "train.max_bad_steps": 2}))
     trainer = Trainer(cfg, reward=NaNAfter(start=3))
     with pytest.raises(TrainingDiverged, match="2 consecutive steps"):
         trainer.train(progress=False)

@@ -19,7 +19,8 @@ PROMPTS = ["a small red circle on the left, blue background", "a big green squar
 
 
 def _pngs(folder):
-    return {p.relative_to(folder): np.asarray(Image.open(p), dtype=np.float32) / 255 for p in sorted(folder.rglob("*.png"))}
+    return {p.relative_to(folder): np.asarray(Image.open(p), dtype=np.float32) / 255
+            for p in sorted(folder.rglob("*.png"))}
 
 
 def test_auto_picks_the_gpu():
@@ -36,7 +37,8 @@ def test_eval_on_the_gpu_agrees_with_the_cpu(tmp_path):
     cpu, gpu = _pngs(tmp_path / "cpu" / "images"), _pngs(tmp_path / "gpu" / "images")
     assert cpu.keys() == gpu.keys() and len(cpu) == 16
     assert max(np.abs(cpu[k] - gpu[k]).mean() for k in cpu) < 0.01
-    rows = {d: [json.loads(x) for x in (tmp_path / d / "samples.jsonl").read_text().splitlines()] for d in ("cpu", "gpu")}
+    rows = {d: [json.loads(x) for x in (tmp_path / d / "samples.jsonl").read_text().splitlines()]
+            for d in ("cpu", "gpu")}
     for a, b in zip(rows["cpu"], rows["gpu"]):
         assert (a["method"], a["prompt"], a["seed"]) == (b["method"], b["prompt"], b["seed"])
         assert abs(a["reward"] - b["reward"]) < 0.25  # world artifact reward: -(% of area flagged)
@@ -60,7 +62,8 @@ def test_rewards_and_judges_follow_the_images_to_the_gpu():
 
     torch.manual_seed(0)
     images = torch.rand(2, 3, 64, 64)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 2))
     for reward in (ColorReward(), ClassifierReward(net), WorldArtifactReward(), WorldSafetyReward()):
         cpu = reward(images, PROMPTS).score
         gpu = reward(images.cuda(), PROMPTS).score

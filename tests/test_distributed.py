@@ -31,7 +31,8 @@ def torchrun(args: list[str], tmp_path: Path, port: int | None = None) -> None:
     run is not needed: each launch is its own job)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(DRIVER.parent)}
     port = port or free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(DRIVER), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(DRIVER), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     if proc.returncode != 0:
         pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -51,7 +52,8 @@ def test_two_processes_match_one_process_and_resume(tiny_dir, tmp_path):
     assert all(ranks[0][n].equal(ranks[1][n]) for n in ranks[0])
 
     # one process, same global batch (2 trajectories per step as 1 x 2 accumulation), same 4 steps
-    single = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "single", **common, **{"train.steps": 4, "train.grad_accum": 2})))
+    single = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "single", **common,
+                                                      **{"train.steps": 4, "train.grad_accum": 2})))
     single.train(progress=False)
     ref = lora_state(single.backbone.unet)
     assert max((ref[n] - ranks[0][n]).abs().max().item() for n in ref) <= 1e-5
@@ -75,9 +77,10 @@ def test_fsdp_shards_the_unet_and_matches_one_process(tiny_dir, tmp_path):
     optimizer state, LR step or rank's gradient on resume is off by O(lr) = 1e-2. The LoRA moves by
     ~2e-2 over these steps."""
     out = tmp_path / "fsdp"
-    common = {"train.batch_size": 1, "train.cpu": True, "train.checkpoint_every": 2, "sampler.k_max": 3, "data.seed_pool": 2,
-              "train.warmup_steps": 3, "train.adam_eps": 1e-4}
-    sharded = {"train.fsdp": True, "sampler.grad_checkpointing": True, "sampler.vae_checkpointing": True}  # recompute gathers again
+    common = {"train.batch_size": 1, "train.cpu": True, "train.checkpoint_every": 2, "sampler.k_max": 3,
+              "data.seed_pool": 2, "train.warmup_steps": 3, "train.adam_eps": 1e-4}
+    # recompute gathers again
+    sharded = {"train.fsdp": True, "sampler.grad_checkpointing": True, "sampler.vae_checkpointing": True}
     torchrun(base_overrides(tiny_dir, out, **common, **sharded, **{"train.steps": 2}), tmp_path)
     torchrun([*base_overrides(tiny_dir, out, **common, **sharded, **{"train.steps": 4}), "--resume"], tmp_path)
     for r in (0, 1):
@@ -91,7 +94,8 @@ def test_fsdp_shards_the_unet_and_matches_one_process(tiny_dir, tmp_path):
     key = lambda t: (tuple(t.shape), round(t.double().sum().item(), 9))  # noqa: E731
     assert sorted(map(key, exported.values())) == sorted(map(key, ranks[0].values()))
 
-    single = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "single", **common, **{"train.steps": 4, "train.grad_accum": 2})))
+    single = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "single", **common,
+                                                      **{"train.steps": 4, "train.grad_accum": 2})))
     single.train(progress=False)
     ref = lora_state(single.backbone.unet)
     moved = max(ref[n].abs().max().item() for n in ref if "lora_B" in n)
@@ -108,7 +112,8 @@ def test_accelerate_configs_load_and_reshard_setting_is_read():
     from focusnfix.backbones.sharding import reshard_after_forward
 
     folder = Path(__file__).parents[1] / "configs" / "accelerate"
-    kinds = {p.name: load_config_from_file(str(p)).distributed_type.value for p in folder.glob("*.yaml")}  # unknown keys raise
+    # unknown keys raise
+    kinds = {p.name: load_config_from_file(str(p)).distributed_type.value for p in folder.glob("*.yaml")}
     assert kinds == {"ddp-1node.yaml": "MULTI_GPU", "ddp-2nodes.yaml": "MULTI_GPU", "fsdp-1node.yaml": "FSDP"}
     assert reshard_after_forward(None) and reshard_after_forward(SimpleNamespace(reshard_after_forward=True))
     assert not reshard_after_forward(SimpleNamespace(reshard_after_forward=False))

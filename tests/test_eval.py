@@ -38,8 +38,8 @@ def test_parse_methods(tmp_path):
     assert parse_method("sld:strong").name == "sld-strong" and parse_method("sld").params["preset"] == "medium"
     named = parse_method("rg30=rg:scale=30")
     assert named.name == "rg30" and named.kind == "rg" and named.params["scale"] == 30.0
-    for bad, msg in (("rg:scale=x", "must be a float"), ("rg:foo=1", "bad option"), ("sld:extreme", "unknown SLD preset"),
-                     (str(tmp_path), "neither a run folder")):
+    for bad, msg in (("rg:scale=x", "must be a float"), ("rg:foo=1", "bad option"),
+                     ("sld:extreme", "unknown SLD preset"), (str(tmp_path), "neither a run folder")):
         with pytest.raises(FocusNFixError, match=msg):
             parse_method(bad)
 

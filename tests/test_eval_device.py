@@ -69,8 +69,10 @@ def test_device_names_resolve():
 
 
 def test_sample_flags_reach_the_images(tiny_dir, tmp_path):
-    args = ["sample", "--model", str(tiny_dir), "--prompt", "a red circle", "--seeds", "1", "--steps", "2", "--no-progress"]
-    assert main([*args, "--device", "cpu", "--dtype", "bfloat16", "--height", "48", "--width", "32", "--out", str(tmp_path / "a")]) == 0
+    args = ["sample", "--model", str(tiny_dir), "--prompt", "a red circle", "--seeds", "1", "--steps", "2",
+            "--no-progress"]
+    assert main([*args, "--device", "cpu", "--dtype", "bfloat16", "--height", "48", "--width", "32",
+                 "--out", str(tmp_path / "a")]) == 0
     img = np.asarray(Image.open(tmp_path / "a" / "00000-seed1.png"))
     assert img.shape == (48, 32, 3)
     assert main([*args, "--device", "cpu", "--out", str(tmp_path / "b")]) == 0
@@ -101,7 +103,8 @@ def test_batch_size_does_not_change_the_images(tiny_dir, tmp_path):
 
 
 class Recorder:
-    """Wraps focusnfix.sampling.generate: records (method kind, n images) per call; raises after ``fail_after`` calls."""
+    """Wraps focusnfix.sampling.generate: records (method kind, n images) per call; raises after
+    ``fail_after`` calls."""
 
     def __init__(self, real, fail_after=None):
         self.real, self.fail_after, self.calls = real, fail_after, []
@@ -119,7 +122,8 @@ class Recorder:
 def test_eval_resumes_an_interrupted_run(tiny_dir, lora_run, tmp_path, monkeypatch, capsys):
     real = focusnfix.sampling.generate
     argv = ["eval", "--config", str(lora_run), "--methods", "base", f"fnf={lora_run}", "rg-region:scale=100",
-            "--seeds", "1", "2", "3", "--batch-size", "2", "--no-progress", "--device", "cpu", "--set", "sampler.steps=3"]
+            "--seeds", "1", "2", "3", "--batch-size", "2", "--no-progress", "--device", "cpu",
+            "--set", "sampler.steps=3"]
     # 2 prompts x 3 seeds = 6 jobs in 3 batches per method
     out = tmp_path / "eval"
     first = Recorder(real, fail_after=4)  # base: 3 batches, fnf: 1 batch, then "Ctrl-C"
@@ -165,7 +169,8 @@ def test_eval_resume_with_other_settings_starts_afresh_and_lock(tiny_dir, lora_r
     from focusnfix.runs.locking import FolderLock
 
     capsys.readouterr()
-    with FolderLock(tmp_path / ".eval.lock", "eval folder"):  # another eval's lock (an OS lock: a second open file conflicts)
+    # another eval's lock (an OS lock: a second open file conflicts)
+    with FolderLock(tmp_path / ".eval.lock", "eval folder"):
         rc, lines = run_cli(capsys, [*argv, "--set", "sampler.steps=3"])
     assert rc == 2 and len(lines) == 1 and f"in use by process {os.getpid()}" in lines[0], lines
     again = Recorder(real)
@@ -179,7 +184,8 @@ def test_lora_file_with_any_name(tiny_dir, lora_run, tmp_path, capsys):
     other = tmp_path / "downloaded"
     other.mkdir()
     shutil.copy(lora_run / "lora" / "pytorch_lora_weights.safetensors", other / "my_style.safetensors")
-    args = ["sample", "--model", str(tiny_dir), "--prompt", "a red circle", "--seeds", "4", "5", "--steps", "3", "--no-progress"]
+    args = ["sample", "--model", str(tiny_dir), "--prompt", "a red circle", "--seeds", "4", "5", "--steps", "3",
+            "--no-progress"]
     for name, lora in (("run", lora_run / "lora"), ("folder", other), ("file", other / "my_style.safetensors")):
         assert main([*args, "--lora", str(lora), "--out", str(tmp_path / name)]) == 0
     for f in ("00000-seed4.png", "00001-seed5.png"):
@@ -206,7 +212,8 @@ def test_sld_parameters_parse_and_reach_the_guidance(tiny_dir, tmp_path, capsys)
     assert strong.name == "sld-strong-scale100" and strong.params["concept"] == "blood, gore"
     assert strong.params["warmup_steps"] == PRESETS["strong"].warmup_steps and strong.params["guidance_scale"] == 100.0
     named = parse_method("mine=sld:max,beta=0.1")
-    assert named.name == "mine" and named.params["mom_beta"] == 0.1 and named.params["threshold"] == PRESETS["max"].threshold
+    assert (named.name == "mine" and named.params["mom_beta"] == 0.1
+            and named.params["threshold"] == PRESETS["max"].threshold)
     assert parse_method("sld").name == "sld-medium" and parse_method("sld:weak").params["preset"] == "weak"
 
     backbone = load_backbone(str(tiny_dir))
@@ -223,16 +230,19 @@ def test_sld_parameters_parse_and_reach_the_guidance(tiny_dir, tmp_path, capsys)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model:\n  path: {tiny_dir}\ndata:\n  prompts: [a red circle]\n")
     for bad, msg in (("sld:strength=3", "valid options: scale, warmup, threshold, momentum, beta"),
-                     ("sld:warmup=1.5", "warmup must be an integer"), ("sld:medium,beta=2", "beta (momentum decay) must be in [0, 1]"),
+                     ("sld:warmup=1.5", "warmup must be an integer"),
+                     ("sld:medium,beta=2", "beta (momentum decay) must be in [0, 1]"),
                      ("sld:extreme,scale=3", "unknown SLD preset")):
-        rc, lines = run_cli(capsys, ["eval", "--config", str(cfg), "--methods", "base", bad, "--out", str(tmp_path / "o")])
+        rc, lines = run_cli(capsys, ["eval", "--config", str(cfg), "--methods", "base", bad,
+                                     "--out", str(tmp_path / "o")])
         assert rc == 2 and len(lines) == 1 and msg in lines[0], (bad, lines)
 
 
 def test_eval_height_width_flags_reach_every_method(lora_run, tmp_path):
     out = tmp_path / "eval"
-    assert main(["eval", "--config", str(lora_run), "--methods", "base", "rg-region:scale=30", "--seeds", "1", "--height", "48",
-                 "--width", "32", "--set", "sampler.steps=2", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    assert main(["eval", "--config", str(lora_run), "--methods", "base", "rg-region:scale=30", "--seeds", "1",
+                 "--height", "48", "--width", "32", "--set", "sampler.steps=2", "--device", "cpu", "--no-progress",
+                 "--out", str(out)]) == 0
     runtime = json.loads((out / "eval.json").read_text())["runtime"]
     assert (runtime["height"], runtime["width"], runtime["device"], runtime["dtype"]) == (48, 32, "cpu", "float32")
     for sub in ("images/base", "images/rg-region", "masks", "heatmaps"):

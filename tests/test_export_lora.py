@@ -53,14 +53,17 @@ def test_exports_match_runs_stopped_there_and_load_in_diffusers(tiny_dir, tmp_pa
 
     prompts, seeds = ["a blue square", "a red circle"], [1, 2]
     ours = generate(trainer.backbone, prompts, seeds, steps=6, guidance_scale=5.0)
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)
     pipe.load_lora_weights(last, weight_name=WEIGHTS)  # diffusers' own loader
-    theirs = pipe(prompts, num_inference_steps=6, guidance_scale=5.0, latents=trainer.backbone.initial_noise(seeds), output_type="pt").images
+    theirs = pipe(prompts, num_inference_steps=6, guidance_scale=5.0, latents=trainer.backbone.initial_noise(seeds),
+                  output_type="pt").images
     # the same float32 model run by diffusers' pipeline: <= 1e-4 as test_training's lora/ round trip
     assert (ours - theirs).abs().max() <= 1e-4
     pipe.unload_lora_weights()
     load_lora_into(pipe, run / "lora-step-000001")  # the loader of `focusnfix eval --methods NAME=RUN/lora-step-000001`
-    first = pipe(prompts, num_inference_steps=6, guidance_scale=5.0, latents=trainer.backbone.initial_noise(seeds), output_type="pt").images
+    first = pipe(prompts, num_inference_steps=6, guidance_scale=5.0, latents=trainer.backbone.initial_noise(seeds),
+                 output_type="pt").images
     assert (first - theirs).abs().max() > 1e-3  # step 1 is another LoRA
 
 

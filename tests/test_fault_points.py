@@ -55,7 +55,8 @@ def train_argv(tiny_dir, out: Path, **extra) -> list[str]:
 
 def rows(run: Path) -> list[dict]:
     """metrics.jsonl, every line parsed (a torn line fails here), without the timing."""
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -174,8 +175,8 @@ def test_train_disk_full_keeps_last_checkpoint_then_resumes(tiny_dir, disk, refe
 
 def test_eval_disk_full_leaves_no_visible_output_then_resumes(tiny_dir, disk, reference, monkeypatch, capsys, tmp_path):
     folder, real = disk
-    argv = ["eval", "--config", str(reference), "--methods", "base", f"fnf={reference}", "--seeds", "1", "2", "--batch-size", "1",
-            "--no-progress", "--device", "cpu"]
+    argv = ["eval", "--config", str(reference), "--methods", "base", f"fnf={reference}", "--seeds", "1", "2",
+            "--batch-size", "1", "--no-progress", "--device", "cpu"]
     assert main([*argv, "--out", str(tmp_path / "ref")]) == 0  # uninterrupted, on a normal disk
     out = folder / "eval"
     if real:

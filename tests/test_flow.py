@@ -50,10 +50,11 @@ def test_sd3_non_default_shift(tmp_path):
     assert backbone.scheduler.config.shift == 1.5
     ours = generate(backbone, PROMPTS, SEEDS, steps=4, guidance_scale=3.0)
     pipe = _pipe(StableDiffusion3Pipeline, tmp_path / "shift")
-    theirs = pipe(PROMPTS, height=32, width=48, num_inference_steps=4, guidance_scale=3.0, latents=backbone.initial_noise(SEEDS),
-                  output_type="pt").images
+    theirs = pipe(PROMPTS, height=32, width=48, num_inference_steps=4, guidance_scale=3.0,
+                  latents=backbone.initial_noise(SEEDS), output_type="pt").images
     assert _gap(ours, theirs) <= TOL
-    backbone.scheduler = backbone.scheduler.from_config(backbone.scheduler.config, shift=3.0)  # a wrong schedule is caught
+    # a wrong schedule is caught
+    backbone.scheduler = backbone.scheduler.from_config(backbone.scheduler.config, shift=3.0)
     assert _gap(generate(backbone, PROMPTS, SEEDS, steps=4, guidance_scale=3.0), theirs) > 1e-2
 
 
@@ -114,7 +115,8 @@ def test_two_steps_train_every_live_lora_tensor_and_reload_in_diffusers(request,
     g = trainer.cfg.sampler.guidance_scale
     ours = generate(trainer.backbone, PROMPTS, SEEDS, steps=4, guidance_scale=g)
     pipe = _pipe(cls, path)
-    pipe.load_lora_weights(run / "lora", weight_name="pytorch_lora_weights.safetensors")  # offline, diffusers < 0.42 needs the name
+    # offline, diffusers < 0.42 needs the name
+    pipe.load_lora_weights(run / "lora", weight_name="pytorch_lora_weights.safetensors")
     theirs = pipe(PROMPTS, height=48, width=32, num_inference_steps=4, guidance_scale=g,
                   latents=trainer.backbone.initial_noise(SEEDS), output_type="pt").images
     assert _gap(ours, theirs) <= TOL
@@ -124,8 +126,9 @@ def test_two_steps_train_every_live_lora_tensor_and_reload_in_diffusers(request,
 
     for fuse in ([], ["--fuse"]):
         out = tmp_path / f"sample{len(fuse)}"
-        argv = ["sample", "--model", str(path), "--lora", str(run / "lora"), "--prompt", PROMPTS[0], "--seeds", *map(str, SEEDS),
-                "--steps", "4", "--guidance-scale", str(g), "--height", "48", "--width", "32", "--out", str(out), "--no-progress"]
+        argv = ["sample", "--model", str(path), "--lora", str(run / "lora"), "--prompt", PROMPTS[0],
+                "--seeds", *map(str, SEEDS), "--steps", "4", "--guidance-scale", str(g), "--height", "48",
+                "--width", "32", "--out", str(out), "--no-progress"]
         assert main(argv + fuse) == 0
         for j, seed in enumerate(SEEDS):
             png = _load_png(next(out.glob(f"*-seed{seed}.png")))
@@ -139,7 +142,8 @@ def test_lambda_zero_equals_draft_bit_for_bit(request, tmp_path, fixture, cls, e
     path = request.getfixturevalue(fixture)
     states = []
     for method, lam in (("fnf", 0.0), ("draft", 1.0)):
-        trainer = Trainer(load_config(None, _overrides(path, tmp_path / method, extra, **{"method": method, "objective.lam": lam})))
+        trainer = Trainer(load_config(None, _overrides(path, tmp_path / method, extra,
+                                                       **{"method": method, "objective.lam": lam})))
         for _ in range(2):
             trainer.train_step()
         states.append(lora_state(trainer.backbone.unet))
@@ -174,7 +178,8 @@ def test_sd3_fsdp_two_processes_match_one_process(tiny_sd3_dir, tmp_path):
     from test_distributed import torchrun
 
     out = tmp_path / "fsdp"
-    common = {"sampler.guidance_scale": 3.0, "train.batch_size": 1, "train.cpu": True, "train.steps": 2, "train.adam_eps": 1e-4}
+    common = {"sampler.guidance_scale": 3.0, "train.batch_size": 1, "train.cpu": True, "train.steps": 2,
+              "train.adam_eps": 1e-4}
     torchrun(base_overrides(tiny_sd3_dir, out, **common, **{"train.fsdp": True}), tmp_path)
     import json
 
@@ -183,7 +188,8 @@ def test_sd3_fsdp_two_processes_match_one_process(tiny_sd3_dir, tmp_path):
         assert counts["held"] <= 0.51 * counts["total"], counts
     ranks = [load_file(out / f"rank{r}.safetensors") for r in (0, 1)]
     assert all(ranks[0][n].equal(ranks[1][n]) for n in ranks[0])
-    single = Trainer(load_config(None, base_overrides(tiny_sd3_dir, tmp_path / "single", **common, **{"train.grad_accum": 2})))
+    single = Trainer(load_config(None, base_overrides(tiny_sd3_dir, tmp_path / "single", **common,
+                                                      **{"train.grad_accum": 2})))
     single.train(progress=False)
     ref = lora_state(single.backbone.unet)
     assert max(ref[n].abs().max().item() for n in ref if "lora_B" in n) > 1e-2
@@ -199,10 +205,12 @@ def test_flow_bad_input_is_one_line_exit_2(tiny_flux_dir, tiny_sd3_dir, tiny_dir
     broken = tmp_path / "flux"
     shutil.copytree(tiny_flux_dir, broken)
     shutil.rmtree(broken / "transformer")
-    unet_lora = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "sd-run", **{"train.steps": 1}))).train(progress=False) / "lora"
+    unet_lora = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "sd-run",
+                                                         **{"train.steps": 1}))).train(progress=False) / "lora"
     capsys.readouterr()
     cases = {
-        "lacks transformer/": ["sample", "--model", str(broken), "--prompt", "a red circle", "--out", str(tmp_path / "o1")],
+        "lacks transformer/": ["sample", "--model", str(broken), "--prompt", "a red circle",
+                               "--out", str(tmp_path / "o1")],
         "was it trained for another model family": ["sample", "--model", str(tiny_sd3_dir), "--lora", str(unet_lora),
                                                     "--prompt", "a red circle", "--out", str(tmp_path / "o2")],
         "1 <= K <= T": ["train", *base_overrides(tiny_sd3_dir, tmp_path / "r3", **{"sampler.k": 5})],

@@ -37,5 +37,6 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path, capsys):
 
 
 def test_gpu_check_rejects_unknown_parts(tmp_path, capsys):
-    assert _load().main(["--tiny", "--parts", "demo,nope", "--work", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
+    assert _load().main(["--tiny", "--parts", "demo,nope", "--work", str(tmp_path),
+                         "--out", str(tmp_path / "x.json")]) == 2
     assert "unknown part" in capsys.readouterr().err

@@ -42,7 +42,8 @@ def test_log_prob_is_the_gaussian_density():
     x, mean, std = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3), torch.tensor(0.37)
     expected = torch.distributions.Normal(mean, std).log_prob(x)
     assert torch.allclose(gaussian_log_prob(x, mean, std), expected, atol=1e-6)
-    assert math.isclose(gaussian_log_prob(torch.zeros(1), torch.zeros(1), torch.tensor(1.0)).item(), -0.5 * math.log(2 * math.pi), rel_tol=1e-6)
+    assert math.isclose(gaussian_log_prob(torch.zeros(1), torch.zeros(1), torch.tensor(1.0)).item(),
+                        -0.5 * math.log(2 * math.pi), rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("eta", [0.5, 1.0])
@@ -191,7 +192,8 @@ def test_score_only_reward_trains_with_grpo_and_is_refused_by_fnf(tiny_dir, tmp_
     from focusnfix.cli import main
     from focusnfix.errors import FocusNFixError
 
-    t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "g", **{"method": "fnf-grpo", "grpo.group_size": 2})),
+    t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "g",
+                                                 **{"method": "fnf-grpo", "grpo.group_size": 2})),
                 reward=ScoreOnly())
     logs = t.train_step()
     assert logs["mask_frac"] == 1.0 and logs["skipped"] == 0.0  # no map: M = 1 (plain GRPO)
@@ -199,9 +201,12 @@ def test_score_only_reward_trains_with_grpo_and_is_refused_by_fnf(tiny_dir, tmp_
         Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "f")), reward=ScoreOnly())
     capsys.readouterr()
     for argv, expected in (
-        (["train", *base_overrides(tiny_dir, tmp_path / "c1", **{"reward.name": "test_grpo:ScoreOnly"})], "method=fnf-grpo or grpo"),
-        (["train", *base_overrides(tiny_dir, tmp_path / "c2", **{"method": "grpo", "grpo.group_size": 1})], "grpo.group_size must be in [2, 4096]"),
-        (["train", *base_overrides(tiny_dir, tmp_path / "c3", **{"method": "grpo", "grpo.eta": 0})], "grpo.eta must be in (0, 1]"),
+        (["train", *base_overrides(tiny_dir, tmp_path / "c1", **{"reward.name": "test_grpo:ScoreOnly"})],
+         "method=fnf-grpo or grpo"),
+        (["train", *base_overrides(tiny_dir, tmp_path / "c2", **{"method": "grpo", "grpo.group_size": 1})],
+         "grpo.group_size must be in [2, 4096]"),
+        (["train", *base_overrides(tiny_dir, tmp_path / "c3", **{"method": "grpo", "grpo.eta": 0})],
+         "grpo.eta must be in (0, 1]"),
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -290,7 +295,8 @@ def test_flow_sde_policy_and_grpo_on_flow_models(tiny_sd3_dir, tiny_flux_dir, tm
         assert torch.allclose(sde.mean(v, i, t, x), ode(v, i, t, x), atol=1e-6) and sde.std(i, t) == 0
     noisy = backbone.stochastic_rule(0.7, 5, backbone.device)
     assert all(noisy.std(i, t) > 0 for i, t in enumerate(ts[:-1]))  # the last step ends at sigma = 0
-    for path, extra in ((tiny_sd3_dir, {"sampler.guidance_scale": 3.0}), (tiny_flux_dir, {"model.resolution": 32, "sampler.guidance_scale": 3.5})):
+    for path, extra in ((tiny_sd3_dir, {"sampler.guidance_scale": 3.0}),
+                        (tiny_flux_dir, {"model.resolution": 32, "sampler.guidance_scale": 3.5})):
         t = _grpo(path, tmp_path / path.name, **{"method": "fnf-grpo", "grpo.eta": 0.7, **extra})
         before = lora_state(t.backbone.unet)
         logs = t.train_step()
@@ -308,9 +314,9 @@ def test_eval_with_a_score_only_reward_config(tmp_path, reward):
     from focusnfix.cli import main
 
     out = tmp_path / "eval"
-    assert main(["eval", "--config", str(ROOT / "configs" / "world-artifact-grpo.yaml"), "--set", f"reward.name={reward}",
-                 "--set", "sampler.steps=2", "--methods", "base", "--prompts", "world:val", "--limit", "2", "--seeds", "0",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert main(["eval", "--config", str(ROOT / "configs" / "world-artifact-grpo.yaml"),
+                 "--set", f"reward.name={reward}", "--set", "sampler.steps=2", "--methods", "base",
+                 "--prompts", "world:val", "--limit", "2", "--seeds", "0", "--out", str(out), "--no-progress"]) == 0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all((out / r["mask"]).is_file() for r in rows)
     if reward == "world-safety-decision":

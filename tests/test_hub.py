@@ -88,7 +88,8 @@ def test_training_writes_a_model_card_and_diffusers_loads_the_folder(run, tiny_d
     assert meta["pipeline_tag"] == "text-to-image" and meta["library_name"] == "diffusers"
     text = card.text
     for needle in ("Focus-N-Fix", "`color`", "| λ (region constraint) | 1.0", "| K (steps with gradient) | 2 |",
-                   "| training steps | 2 of 2", "rank 2", "No trigger word", "from diffusers import StableDiffusionPipeline",
+                   "| training steps | 2 of 2", "rank 2", "No trigger word",
+                   "from diffusers import StableDiffusionPipeline",
                    'pipe.load_lora_weights("run/lora")', "](samples.png)", "2501.06481",
                    "see the base model's license"):
         assert needle in text, needle
@@ -154,8 +155,8 @@ def test_push_bad_input_is_one_line_status_2(run, tmp_path, monkeypatch, capsys,
     rc, _, err = run_cli(capsys, ["push", str(target), "--repo-id", repo, *extra])
     assert rc == 2 and len(err) == 1 and err[0].startswith("focusnfix: error: "), err
     assert not hub.calls
-    assert {"missing": "does not exist", "not-a-run": "not a run folder", "no-lora": "no lora/", "repo-id": "not a Hub repo id",
-            "token-env": "FOCUSNFIX_NO_SUCH_VAR"}[case] in err[0]
+    assert {"missing": "does not exist", "not-a-run": "not a run folder", "no-lora": "no lora/",
+            "repo-id": "not a Hub repo id", "token-env": "FOCUSNFIX_NO_SUCH_VAR"}[case] in err[0]
 
 
 @pytest.mark.parametrize("failure", ["offline", "network", "server", "token"])
@@ -197,7 +198,8 @@ def test_push_to_hub_at_the_end_of_training(tiny_dir, tmp_path, monkeypatch):
     Trainer(cfg).train(progress=False)
     assert hub.calls[0][1] == "you/end-of-run" and "README.md" in hub.uploaded
     text = hub.uploaded["README.md"].decode()
-    assert "DRaFT" in text and 'pipe.load_lora_weights("you/end-of-run")' in text and "| λ (region constraint) | 0 (none) |" in text
+    assert ("DRaFT" in text and 'pipe.load_lora_weights("you/end-of-run")' in text
+            and "| λ (region constraint) | 0 (none) |" in text)
 
 
 @pytest.mark.skipif(not HAVE_TENSORBOARD, reason="tensorboard is not installed (pip install 'focusnfix[track]')")

@@ -19,15 +19,15 @@ def test_sld_matches_deprecated_diffusers_pipeline(tiny_dir, preset):
         pytest.skip("this diffusers no longer ships StableDiffusionPipelineSafe")
     backbone = load_backbone(str(tiny_dir))
     p = backbone.pipe
-    safe = diffusers.StableDiffusionPipelineSafe(vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=p.unet,
-                                                 scheduler=backbone.scheduler, safety_checker=None, feature_extractor=None,
-                                                 requires_safety_checker=False)
+    safe = diffusers.StableDiffusionPipelineSafe(vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer,
+                                                 unet=p.unet, scheduler=backbone.scheduler, safety_checker=None,
+                                                 feature_extractor=None, requires_safety_checker=False)
     safe.set_progress_bar_config(disable=True)
     cfg = PRESETS[preset]
     ours = generate(backbone, PROMPTS, SEEDS, steps=12, guidance_scale=6.0, guidance=SLDGuidance(backbone, preset))
-    theirs = safe(PROMPTS, num_inference_steps=12, guidance_scale=6.0, latents=backbone.initial_noise(SEEDS), output_type="np",
-                  sld_warmup_steps=cfg.warmup_steps, sld_guidance_scale=cfg.guidance_scale, sld_threshold=cfg.threshold,
-                  sld_momentum_scale=cfg.momentum_scale, sld_mom_beta=cfg.mom_beta).images
+    theirs = safe(PROMPTS, num_inference_steps=12, guidance_scale=6.0, latents=backbone.initial_noise(SEEDS),
+                  output_type="np", sld_warmup_steps=cfg.warmup_steps, sld_guidance_scale=cfg.guidance_scale,
+                  sld_threshold=cfg.threshold, sld_momentum_scale=cfg.momentum_scale, sld_mom_beta=cfg.mom_beta).images
     base = generate(backbone, PROMPTS, SEEDS, steps=12, guidance_scale=6.0)
     theirs = torch.from_numpy(theirs).permute(0, 3, 1, 2)  # the deprecated pipeline returns NHWC numpy
     assert (ours - theirs).abs().max().item() <= 1e-4
@@ -38,7 +38,8 @@ def test_sld_matches_deprecated_diffusers_pipeline(tiny_dir, preset):
 def test_sld_scale_zero_and_reward_guidance_scale_zero_are_the_base_model(tiny_dir):
     backbone = load_backbone(str(tiny_dir))
     base = generate(backbone, PROMPTS, SEEDS, steps=6, guidance_scale=4.0)
-    sld_off = generate(backbone, PROMPTS, SEEDS, steps=6, guidance_scale=4.0, guidance=SLDGuidance(backbone, SLDConfig(guidance_scale=0.0)))
+    sld_off = generate(backbone, PROMPTS, SEEDS, steps=6, guidance_scale=4.0,
+                       guidance=SLDGuidance(backbone, SLDConfig(guidance_scale=0.0)))
     rg_off = generate(backbone, PROMPTS, SEEDS, steps=6, guidance_scale=4.0,
                       guidance=RewardGuidance(backbone, ColorReward(), PROMPTS, scale=0.0, steps=6))
     assert torch.equal(sld_off, base) and torch.equal(rg_off, base)

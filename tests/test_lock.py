@@ -37,7 +37,8 @@ def test_text_encoder_lora_the_diffusers_way_saves_and_loads(tiny_dir, tmp_path)
     pipe = backbone.pipe
     before = generate(backbone, ["a red circle"], [1], steps=3)
     # as diffusers' train_text_to_image_lora / train_dreambooth_lora scripts add their LoRAs
-    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     pipe.text_encoder.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
                                              target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
     gen = torch.Generator().manual_seed(0)

@@ -27,7 +27,8 @@ def test_metrics_on_hand_drawn_masks(bench):
     # image 0: defect 4x4 = 16 px at (2..6, 2..6); mask 4x4 shifted by 2 columns: 8 px of the defect inside
     # image 1: defect 2x2 = 4 px; mask 4x4 around it: all 4 inside, mask 16 px
     # image 2: no defect, empty mask; image 3: no defect, a 2x2 mask (a false alarm)
-    defect = torch.cat([_box(8, 8, 2, 2, 6, 6), _box(8, 8, 3, 3, 5, 5), torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)])
+    defect = torch.cat([_box(8, 8, 2, 2, 6, 6), _box(8, 8, 3, 3, 5, 5), torch.zeros(1, 1, 8, 8),
+                        torch.zeros(1, 1, 8, 8)])
     mask = torch.cat([_box(8, 8, 2, 4, 6, 8), _box(8, 8, 2, 2, 6, 6), torch.zeros(1, 1, 8, 8), _box(8, 8, 0, 0, 2, 2)])
     got = bench.mask_metrics(mask, defect)
     assert got["n_defect"] == 2 and got["n_clean"] == 2
@@ -52,7 +53,8 @@ def test_soft_masks_count_their_weight_and_detection_needs_a_core(bench):
 
 def test_empty_groups_are_nan(bench):
     clean = bench.mask_metrics(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))
-    assert clean["n_defect"] == 0 and all(math.isnan(clean[k]) for k in ("recall", "precision", "area", "detected", "covered"))
+    assert (clean["n_defect"] == 0
+            and all(math.isnan(clean[k]) for k in ("recall", "precision", "area", "detected", "covered")))
     assert clean["on_clean"] == 0.0
     missed = bench.mask_metrics(torch.zeros(1, 1, 4, 4), _box(4, 4, 0, 0, 1, 1))
     assert missed["recall"] == 0.0 and math.isnan(missed["precision"]) and math.isnan(missed["on_clean"])

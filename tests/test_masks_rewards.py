@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from focusnfix.errors import FocusNFixError
-from focusnfix.rewards.masks import dilate, gaussian_blur, heatmap_to_mask, label_components, remove_small, saliency_map, threshold
+from focusnfix.rewards.masks import (dilate, gaussian_blur, heatmap_to_mask, label_components, remove_small,
+                                     saliency_map, threshold)
 from focusnfix.rewards.registry import build_reward
 from focusnfix.rewards import ClassifierReward, ColorReward, check_output
 
@@ -117,7 +118,8 @@ def test_skip_above_gives_clean_images_an_empty_mask():
     images[0, 0, :16, :16] = 1.0  # only image 0 has the problem
     images[1, 2] += 0.6  # image 1 is blue: clearly clean (score ~0.99)
     plain, _ = mask_from(reward, images, ["x", "y"], MaskConfig(source="saliency", threshold=0.3, dilate=0))
-    gated, _ = mask_from(reward, images, ["x", "y"], MaskConfig(source="saliency", threshold=0.3, dilate=0, skip_above=0.9))
+    gated, _ = mask_from(reward, images, ["x", "y"],
+                         MaskConfig(source="saliency", threshold=0.3, dilate=0, skip_above=0.9))
     assert plain[1].sum() > 0  # saliency of a clean image still marks something (normalised per image)
     assert gated[1].sum() == 0 and torch.equal(gated[0], plain[0])
     assert gated[0, :, :16, :16].mean() > gated[0, :, 16:, 16:].mean()

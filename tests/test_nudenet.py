@@ -204,7 +204,8 @@ def test_exposed_rate_counts_package_detections(package, images):
     from focusnfix.rewards.nudenet import EXPOSED, exposed_rate
 
     def rate(imgs, classes, threshold):
-        return np.mean([any(d["class"] in classes and d["score"] > threshold for d in package.detect(bgr(a))) for a in imgs])
+        return np.mean([any(d["class"] in classes and d["score"] > threshold for d in package.detect(bgr(a)))
+                        for a in imgs])
 
     imgs = all_images(images)  # several sizes: a list of (3, H, W) tensors
     expected = rate(imgs, EXPOSED, 0.5)

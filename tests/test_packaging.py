@@ -21,7 +21,8 @@ def wheel_site(tmp_path_factory):
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, tree / name)
     shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out), str(tree)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(out), str(tree)],
                    check=True, capture_output=True)
     (wheel,) = out.glob("focusnfix-*.whl")
     site = out / "site"
@@ -31,7 +32,8 @@ def wheel_site(tmp_path_factory):
 
 
 def test_wheel_ships_every_config(wheel_site):
-    shipped = {p.relative_to(wheel_site / "focusnfix" / "configs") for p in (wheel_site / "focusnfix" / "configs").rglob("*.yaml")}
+    shipped = {p.relative_to(wheel_site / "focusnfix" / "configs")
+               for p in (wheel_site / "focusnfix" / "configs").rglob("*.yaml")}
     folder = (ROOT / "configs").resolve()  # the checkout's configs/ links to src/focusnfix/configs
     in_repo = {p.relative_to(folder) for p in folder.rglob("*.yaml")}
     assert shipped == in_repo and Path("world-artifact.yaml") in shipped
@@ -41,8 +43,10 @@ def test_demo_runs_from_the_installed_package(wheel_site, tmp_path):
     """Run from an empty folder with only the unpacked wheel on the path: nothing from the checkout."""
     env = {**os.environ, "PYTHONPATH": str(wheel_site), "OMP_NUM_THREADS": "1"}
     code = ("import focusnfix, sys; assert focusnfix.__file__.startswith(sys.argv[1]), focusnfix.__file__; "
-            "from focusnfix.cli.demo import main; sys.exit(main(['--model', 'tiny', '--out', 'demo', '--steps', '1', '--seeds', '7', '--prompts', '1']))")
-    done = subprocess.run([sys.executable, "-c", code, str(wheel_site)], cwd=tmp_path, env=env, capture_output=True, text=True)
+            "from focusnfix.cli.demo import main; "
+            "sys.exit(main(['--model', 'tiny', '--out', 'demo', '--steps', '1', '--seeds', '7', '--prompts', '1']))")
+    done = subprocess.run([sys.executable, "-c", code, str(wheel_site)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(x) for x in (tmp_path / "demo" / "eval" / "samples.jsonl").read_text().splitlines()]
     assert {r["method"] for r in rows} == {"base", "draft", "fnf"}
@@ -127,7 +131,8 @@ def test_every_dependency_declares_a_tested_floor(capsys):
     lines = capsys.readouterr().out.split()
     assert all("==" in line for line in lines if line != "wheel")
     names = {line.split("==")[0] for line in lines}
-    assert {"torch", "diffusers", "transformers", "peft", "accelerate", "onnx", "flask", "pytest", "setuptools"} <= names
+    assert {"torch", "diffusers", "transformers", "peft", "accelerate", "onnx", "flask", "pytest",
+            "setuptools"} <= names
     assert "tools/floors.py --all-extras" in (ROOT / "Makefile").read_text()  # make test-floors installs every extra
 
 

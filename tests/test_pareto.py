@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from focusnfix.evaluation.pareto import (best_point, bootstrap_ci, describe_target, equal_defect, pareto_front, select_point,
-                                         target_check, wilson)
+from focusnfix.evaluation.pareto import (best_point, bootstrap_ci, describe_target, equal_defect, pareto_front,
+                                         select_point, target_check, wilson)
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -54,7 +54,8 @@ def test_bootstrap_ci_width_seed_spread_and_pairing():
 
 def test_pareto_front_lower_and_higher_is_better():
     pts = [_pt("a", 0.10, 0.001, 0.9), _pt("b", 0.05, 0.002, 0.95), _pt("c", 0.08, 0.003, 0.97),
-           _pt("d", 0.05, 0.004, 0.99), _pt("e", 0.02, 0.010, 0.91), _pt("f", 0.02, 0.010, 0.91), _pt("g", math.nan, 0.0, 1.0)]
+           _pt("d", 0.05, 0.004, 0.99), _pt("e", 0.02, 0.010, 0.91), _pt("f", 0.02, 0.010, 0.91),
+           _pt("g", math.nan, 0.0, 1.0)]
     assert [p["name"] for p in pareto_front(pts, "outside", "defect")] == ["a", "b", "e"]
     # defect (lower) vs alignment (higher): d dominates b and c; a is beaten by e (0.02 < 0.10, 0.91 > 0.90)
     assert [p["name"] for p in pareto_front(pts, "alignment", "defect", x_lower=False)] == ["e", "d"]
@@ -68,7 +69,8 @@ def test_equal_defect_picks_cheapest_reaching_point():
     rows = equal_defect(draft, fnf)
     assert [r["match"] and r["match"]["name"] for r in rows] == ["f60", "f120", None]
     assert rows[0]["cost_ratio"] == pytest.approx(110 / 50) and rows[0]["outside_ratio"] == pytest.approx(0.5)
-    assert rows[1]["alignment_diff"] == pytest.approx(0.02)  # f120 and g120 cost the same: the smaller outside change wins
+    # f120 and g120 cost the same: the smaller outside change wins
+    assert rows[1]["alignment_diff"] == pytest.approx(0.02)
     assert rows[2]["best"]["name"] == "g120" and rows[2]["cost_ratio"] is None
     assert equal_defect(draft[2:], fnf, tol=0.015)[0]["match"]["name"] == "g120"
 
@@ -77,11 +79,13 @@ def test_selection_rule_and_target_check():
     draft = [_pt("d60", 0.04, 0.008, 0.95, 60, 100, "draft"), _pt("d120", 0.02, 0.012, 0.96, 120, 200, "draft")]
     assert best_point(draft)["name"] == "d120"
     fnf = [_pt("f1", 0.030, 0.002, 0.97, 60), _pt("f2", 0.034, 0.003, 0.97, 120),  # within 1.5 pts of 0.02: f1 (0.030)
-           _pt("f3", 0.050, 0.001, 0.99, 60), _pt("f4", 0.030, 0.0015, 0.95, 120)]  # f3 too many defects, f4 loses alignment
+           # f3 too many defects, f4 loses alignment
+           _pt("f3", 0.050, 0.001, 0.99, 60), _pt("f4", 0.030, 0.0015, 0.95, 120)]
     chosen, why = select_point(draft, fnf)
     assert chosen["name"] == "f1" and why == "rule"
     check = target_check(best_point(draft), chosen)
-    assert check["met"] and check["defect"]["margin"] == pytest.approx(0.005) and check["outside"]["ratio"] == pytest.approx(1 / 6)
+    assert (check["met"] and check["defect"]["margin"] == pytest.approx(0.005)
+            and check["outside"]["ratio"] == pytest.approx(1 / 6))
     assert describe_target(check).startswith("MET")
 
     far = [_pt("h1", 0.06, 0.002, 0.97), _pt("h2", 0.05, 0.003, 0.98), _pt("h3", 0.01, 0.003, 0.90)]
@@ -90,7 +94,8 @@ def test_selection_rule_and_target_check():
     miss = target_check(best_point(draft), chosen)
     assert not miss["met"] and miss["defect"]["margin"] == pytest.approx(-0.015) and miss["outside"]["met"]
     assert "misses" in describe_target(miss) and "1.5 pts" in describe_target(miss)
-    assert select_point(draft, [_pt("x", 0.01, 0.1, 0.5)])[0]["name"] == "x" and select_point([], far) == (None, "no points")
+    assert (select_point(draft, [_pt("x", 0.01, 0.1, 0.5)])[0]["name"] == "x"
+            and select_point([], far) == (None, "no points"))
 
 
 def _load_bench():
@@ -116,7 +121,8 @@ def test_pareto_sweep_end_to_end_on_the_world(tmp_path):
         assert bench.export_dir(folder, 2) == folder / "lora-step-000002"  # the trainer's train.export_lora_steps
         one, two = (load_file(bench.export_dir(folder, n) / "pytorch_lora_weights.safetensors") for n in (1, 2))
         final = load_file(folder / "lora" / "pytorch_lora_weights.safetensors")
-        assert set(one) == set(final) and all((two[k] == final[k]).all() for k in final)  # the last export is the final LoRA
+        # the last export is the final LoRA
+        assert set(one) == set(final) and all((two[k] == final[k]).all() for k in final)
         assert any(not (one[k] == two[k]).all() for k in one)  # step 1 and step 2 are different LoRAs
     res = json.loads(out.read_text())["defects"]["artifact"]
     val = {(p["family"], p["steps"]): p for p in res["val"]["points"]}
@@ -129,7 +135,8 @@ def test_pareto_sweep_end_to_end_on_the_world(tmp_path):
     test = {(p["family"], p["steps"]) for p in res["test"]["points"]}
     low = res["val"]["lowest_defect"]  # issue 15's pick (lowest defect rate changing less than DRaFT), on test too
     assert "reduction_rule" in res["val"] and (low is None or (low["family"], low["steps"]) in test)
-    assert {("base", 0), ("draft", 1), ("draft", 2), (res["val"]["recommended"]["family"], res["val"]["recommended"]["steps"])} <= test
+    assert {("base", 0), ("draft", 1), ("draft", 2),
+            (res["val"]["recommended"]["family"], res["val"]["recommended"]["steps"])} <= test
     plots = [Path(p) for p in json.loads(out.read_text())["plots"]]
     assert len(plots) == 5 and all(Image.open(p).size[0] >= 760 for p in plots)
     assert (work / "pareto.html").read_text().count("data:image/png;base64,") == 5
@@ -137,10 +144,12 @@ def test_pareto_sweep_end_to_end_on_the_world(tmp_path):
     for split in ("val", "test"):  # the base pass is sampled once per split and copied into each run's eval folder
         metas = [json.loads(f.read_text()) for f in sorted(work.glob(f"artifact/eval-{split}/*/eval.json"))]
         assert len(metas) == 2 and all(m["runtime"]["reused"] == 1 for m in metas)  # 1 image: base, not sampled again
-        bases = [(f.parent / "images" / "base" / "00000.png").read_bytes() for f in sorted(work.glob(f"artifact/eval-{split}/*/eval.json"))]
+        bases = [(f.parent / "images" / "base" / "00000.png").read_bytes()
+                 for f in sorted(work.glob(f"artifact/eval-{split}/*/eval.json"))]
         assert bases[0] == bases[1]
 
-    marks = {f: f.stat().st_mtime_ns for f in [*work.glob("artifact/*/bench.json"), *work.glob("artifact/eval-*/*/eval.json")]}
+    marks = {f: f.stat().st_mtime_ns
+             for f in [*work.glob("artifact/*/bench.json"), *work.glob("artifact/eval-*/*/eval.json")]}
     assert len(marks) == 2 + 4
     assert bench.main(argv) == 0  # resumable: everything is found finished
     assert {f: f.stat().st_mtime_ns for f in marks} == marks
@@ -160,7 +169,8 @@ def test_reduction_rule_and_check():
     assert select_lowest_defect(draft, [fnf[2]]) is None
     base = {"defect": 0.40}
     check = reduction_check(base, pick, draft[1])
-    assert check["met"] and abs(check["reduction"]["value"] - 0.625) < 1e-12 and abs(check["outside"]["ratio"] - 0.005 / 0.012) < 1e-12
+    assert (check["met"] and abs(check["reduction"]["value"] - 0.625) < 1e-12
+            and abs(check["outside"]["ratio"] - 0.005 / 0.012) < 1e-12)
     assert reduction_check(base, {"defect": 0.20, "outside": 0.004}, draft[0])["met"]  # exactly half is half
     assert not reduction_check(base, {"defect": 0.21, "outside": 0.004}, draft[0])["reduction"]["met"]
     assert not reduction_check(base, {"defect": 0.10, "outside": 0.011}, draft[0])["outside"]["met"]

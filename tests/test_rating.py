@@ -92,7 +92,8 @@ def test_wilson_interval_hand_computed():
     # k = 1, n = 6: p = 1/6; denominator 1 + 3.841459/6 = 1.6402432; center = (0.1666667 + 0.3201216) / 1.6402432
     # = 0.2967781; half = 1.959964 √(0.0231481 + 0.0266774) / 1.6402432 = 1.959964 · 0.2232158 / 1.6402432 = 0.2667248
     assert wilson(1, 6) == pytest.approx((0.0300533, 0.5635029), abs=1e-6)
-    # k = 0: center = half = (z²/2n) / (1 + z²/n), so the lower end is exactly 0; n = 5: upper = 0.7683 / 1.7683 = 0.4345
+    # k = 0: center = half = (z²/2n) / (1 + z²/n), so the lower end is exactly 0;
+    # n = 5: upper = 0.7683 / 1.7683 = 0.4345
     low, high = wilson(0, 5)
     assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.4344825, abs=1e-6)
     assert wilson(0, 0) is None
@@ -173,7 +174,8 @@ def test_summary_matches_hand_computation_on_a_fixed_table():
     assert fnf["options"]["yes"]["share"] == pytest.approx(1 / 6)
     assert fnf["options"]["yes"]["ci"] == pytest.approx((0.0300533, 0.5635029), abs=1e-6)
     assert draft["options"]["yes"]["ci"] == pytest.approx((1 - 0.5635029, 1 - 0.0300533), abs=1e-6)
-    # preference vs base (analysed from side + click): fnf 4 method / 1 base / 1 equal -> sign test 2 (1 + 5)/32 = 0.375;
+    # preference vs base (analysed from side + click): fnf 4 method / 1 base / 1 equal -> sign test
+    # 2 (1 + 5)/32 = 0.375;
     # draft 1 / 4 / 1 -> 0.375; Holm over the two methods: sorted (0.375, 0.375) -> 2 · 0.375 = 0.75 for both
     pref = {e["method"]: e for e in q["prefer"]["vs_reference"]}
     assert (pref["fnf"]["method_preferred"], pref["fnf"]["reference_preferred"], pref["fnf"]["other"]) == (4, 1, 1)
@@ -186,7 +188,8 @@ def test_summary_matches_hand_computation_on_a_fixed_table():
     # fixed (yes 2, partly 1, no 0): ties R1s0 R2s0; fnf R1s2 R2s1; draft R1s1 R2s2 -> 2 vs 2, p = min(1, 22/16) = 1
     # prefer (method 1, equal .5, base 0): fnf R1s0 R1s1 R1s2 R2s2, ties R2s0 R2s1 -> 4 vs 0, p = 2/16 = 0.125
     pairs = {k: q[k]["pairs"][0] for k in ("worse", "fixed", "prefer")}
-    assert [(pairs[k]["a_better"], pairs[k]["b_better"], pairs[k]["ties"]) for k in pairs] == [(5, 1, 0), (2, 2, 2), (4, 0, 2)]
+    assert ([(pairs[k]["a_better"], pairs[k]["b_better"], pairs[k]["ties"]) for k in pairs]
+            == [(5, 1, 0), (2, 2, 2), (4, 0, 2)])
     assert [pairs[k]["p"] for k in pairs] == pytest.approx([0.21875, 1.0, 0.125])
     assert pairs["worse"]["p_holm"] == pytest.approx(0.21875)  # one pair per question: Holm changes nothing
     # agreement over the 6 tasks (2 raters each):
@@ -217,17 +220,22 @@ def test_agreement_with_unequal_raters_per_task_has_alpha_but_no_kappa():
 def test_questions_are_one_data_structure_and_bad_files_are_one_line_errors(tmp_path):
     assert [q.key for q in load_questions("paper")] == ["fixed", "worse", "prefer"]
     assert PAPER[0].render("left") == "Is the problem fixed in the right image?"
-    assert PAPER[1].render("right").startswith("Compared with the right image") and PAPER[1].render("right").endswith("in the left image?")
+    assert (PAPER[1].render("right").startswith("Compared with the right image")
+            and PAPER[1].render("right").endswith("in the left image?"))
     assert from_data(json.loads(to_json(PAPER))) == PAPER  # the form stored in the database round-trips
     custom = tmp_path / "q.json"
     custom.write_text(json.dumps([{"key": "sharp", "text": "Is the {new} image sharper?", "options": [
         {"value": "yes", "label": "yes", "score": 1}, {"value": "no", "label": "no", "score": 0}]}]))
     (q,) = load_questions(str(custom))
     assert q.key == "sharp" and q.render("left") == "Is the right image sharper?"
-    bad = {"not a list": {"key": "x"}, "one option": [{"key": "x", "text": "t", "options": [{"value": "a", "label": "a"}]}],
-           "duplicate key": [{"key": "x", "text": "t", "options": [{"value": "a", "label": "a"}, {"value": "b", "label": "b"}]}] * 2,
-           "sided without sides": [{"key": "x", "text": "t", "sided": True, "options": [{"value": "a", "label": "a"}, {"value": "b", "label": "b"}]}],
-           "bad value": [{"key": "x", "text": "t", "options": [{"value": "A B", "label": "a"}, {"value": "b", "label": "b"}]}]}
+    bad = {"not a list": {"key": "x"},
+           "one option": [{"key": "x", "text": "t", "options": [{"value": "a", "label": "a"}]}],
+           "duplicate key": [{"key": "x", "text": "t",
+                              "options": [{"value": "a", "label": "a"}, {"value": "b", "label": "b"}]}] * 2,
+           "sided without sides": [{"key": "x", "text": "t", "sided": True,
+                                    "options": [{"value": "a", "label": "a"}, {"value": "b", "label": "b"}]}],
+           "bad value": [{"key": "x", "text": "t",
+                          "options": [{"value": "A B", "label": "a"}, {"value": "b", "label": "b"}]}]}
     for why, data in bad.items():
         custom.write_text(json.dumps(data))
         with pytest.raises(FocusNFixError) as e:
@@ -247,10 +255,12 @@ def test_store_is_wal_unique_and_idempotent(tmp_path):
     assert store.submit(ada, "t1", 0, "fnf", "left", ANSWERS, "sub-0001", False) == "replay"  # a retry
     assert store.submit(ada, "t1", 0, "fnf", "left", {**ANSWERS, "fixed": "no"}, "sub-0002", False) == "conflict"
     assert store.submit(ada, "t2", 0, "draft", "left", ANSWERS, "sub-0003", True) == "missing"  # nothing to revise
-    assert con.execute("SELECT task, answers, revisions FROM answers").fetchall() == [("t1", json.dumps(ANSWERS, sort_keys=True), 0)]
+    assert (con.execute("SELECT task, answers, revisions FROM answers").fetchall()
+            == [("t1", json.dumps(ANSWERS, sort_keys=True), 0)])
     assert store.submit(ada, "t1", 0, "fnf", "left", {**ANSWERS, "fixed": "no"}, "sub-0004", True) == "revised"
     assert store.submit(ada, "t1", 0, "fnf", "left", {**ANSWERS, "fixed": "no"}, "sub-0004", True) == "replay"
-    ((answers, revisions, created, updated),) = con.execute("SELECT answers, revisions, created_at, updated_at FROM answers")
+    ((answers, revisions, created, updated),) = con.execute("SELECT answers, revisions, created_at, updated_at "
+                                                            "FROM answers")
     assert json.loads(answers)["fixed"] == "no" and revisions == 1 and updated >= created
     with pytest.raises(sqlite3.IntegrityError):  # the constraint itself, not only the code path, forbids a duplicate
         con.execute("INSERT INTO answers (rater_id, task, sample, method, base_side, answers, submission, created_at, "
@@ -259,7 +269,8 @@ def test_store_is_wal_unique_and_idempotent(tmp_path):
     assert grace.token != ada.token and grace.id != ada.id
     rows, questions, reference = read_ratings(db)
     assert len(rows) == 1 and rows[0]["rater"] == "Ada" and json.loads(questions)[0]["key"] == "fixed"
-    other = json.dumps([{"key": "x", "text": "t", "options": [{"value": "a", "label": "a"}, {"value": "b", "label": "b"}]}])
+    other = json.dumps([{"key": "x", "text": "t",
+                         "options": [{"value": "a", "label": "a"}, {"value": "b", "label": "b"}]}])
     with pytest.raises(FocusNFixError, match="other questions"):
         Store(db, other, "base")
     Store(db, to_json(PAPER), "base")  # reopening with the same questions is fine
@@ -290,7 +301,8 @@ def test_tasks_are_blind_and_stay_inside_the_eval_folder(eval_dir, tmp_path):
     with open(eval_dir / "samples.jsonl", "a") as f:
         f.write("".join(json.dumps(r) + "\n" for r in extra))
     study = load_study(eval_dir)
-    assert len(study.tasks) == 8 and study.left_out == 3 * 4 and {t.method for t in study.tasks.values()} == {"fnf", "draft"}
+    assert (len(study.tasks) == 8 and study.left_out == 3 * 4
+            and {t.method for t in study.tasks.values()} == {"fnf", "draft"})
 
 
 # -- the app in-process (Flask test client): refusals write nothing, no path traversal, escaping ------------------
@@ -312,7 +324,8 @@ def client(eval_dir, tmp_path):
 def _db_rows(db):
     con = sqlite3.connect(db)
     try:
-        return con.execute("SELECT rater_id, task, answers, submission, revisions, updated_at FROM answers ORDER BY id").fetchall()
+        return con.execute("SELECT rater_id, task, answers, submission, revisions, updated_at FROM answers "
+                           "ORDER BY id").fetchall()
     finally:
         con.close()
 
@@ -355,7 +368,8 @@ def test_api_refuses_malformed_foreign_and_duplicate_posts_and_writes_nothing(cl
     other = next(t for t in study.tasks if t != task)
     assert c.post(api, json={**good, "task": other, "submission": "abcdefgh3", "revise": True}).status_code == 409
     assert _db_rows(db) == before  # neither the duplicate nor the revision of an unanswered task wrote anything
-    revised = c.post(api, json={**good, "submission": "abcdefgh4", "answers": {**ANSWERS, "fixed": "no"}, "revise": True})
+    revised = c.post(api, json={**good, "submission": "abcdefgh4", "answers": {**ANSWERS, "fixed": "no"},
+                                "revise": True})
     assert revised.get_json()["status"] == "revised"
     (row,) = _db_rows(db)
     assert json.loads(row[2])["fixed"] == "no" and row[4] == 1
@@ -401,7 +415,8 @@ def test_pages_escape_prompts_titles_and_names(client, eval_dir):
         tid = re.search(r'data-task="([0-9a-f]{16})"', html).group(1)
         shown.add(study.tasks[tid].prompt)
         assert "<script>document" not in html and "<img src=x" not in html and study.tasks[tid].method not in html
-        assert c.post(f"/api/r/{token}/answer", json={"task": tid, "submission": secrets.token_hex(6), "answers": ANSWERS}).status_code == 200
+        assert c.post(f"/api/r/{token}/answer",
+                      json={"task": tid, "submission": secrets.token_hex(6), "answers": ANSWERS}).status_code == 200
     assert shown == set(PROMPTS)
     assert "You rated all 8 pairs" in c.get(f"/r/{token}").get_data(as_text=True)
     headers = c.get(f"/r/{token}").headers
@@ -436,7 +451,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(eval_dir, tmp_path, capsys):
              (["rate", str(eval_dir), "--port", "70000"], "--port"),
              (["rate", str(eval_dir), "--summary"], "no ratings database"),
              (["rate", str(eval_dir), "--db", str(tmp_path / "no" / "r.sqlite")], "does not exist"),
-             (["rate", str(eval_dir), "--db", str(tmp_path / "d.sqlite"), "--port", str(busy.getsockname()[1])], "cannot listen")]
+             (["rate", str(eval_dir), "--db", str(tmp_path / "d.sqlite"), "--port", str(busy.getsockname()[1])],
+              "cannot listen")]
     with busy:
         for argv, needle in cases:
             assert main(argv) == 2, argv
@@ -452,7 +468,8 @@ def _answer_all(c, token, study, pick):
     for _ in study.tasks:
         html = c.get(f"/r/{token}").get_data(as_text=True)
         tid = re.search(r'data-task="([0-9a-f]{16})"', html).group(1)
-        resp = c.post(f"/api/r/{token}/answer", json={"task": tid, "submission": secrets.token_hex(6), "answers": pick(tid)})
+        resp = c.post(f"/api/r/{token}/answer",
+                      json={"task": tid, "submission": secrets.token_hex(6), "answers": pick(tid)})
         assert resp.status_code == 200
 
 
@@ -463,7 +480,8 @@ def test_export_summary_and_report_section(client, eval_dir, capsys):
     c, token, study, db = client
     assert main(["rate", str(eval_dir), "--summary", "--db", str(db)]) == 0
     assert "0 answers from 0 raters" in capsys.readouterr().out
-    _answer_all(c, token, study, lambda tid: {**ANSWERS, "worse": "yes" if study.tasks[tid].method == "draft" else "no"})
+    _answer_all(c, token, study,
+                lambda tid: {**ANSWERS, "worse": "yes" if study.tasks[tid].method == "draft" else "no"})
     grace = c.post("/start", data={"name": "Grace & <i>co</i>"}).headers["Location"].rsplit("/", 1)[1]
     _answer_all(c, grace, study, lambda tid: {**ANSWERS, "worse": "yes"})
     out = eval_dir / "results.csv"
@@ -528,7 +546,8 @@ def _playwright():
         pytest.fail("Playwright is missing: `make install` installs it (pinned in requirements/lock.txt)")
     if not os.access(CHROMIUM, os.X_OK):
         if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-            pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium (apt-get install -y chromium)")
+            pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium "
+                        "(apt-get install -y chromium)")
         pytest.skip(f"needs Debian's chromium at {CHROMIUM} (not root: `sudo apt-get install chromium`)")
     return sync_playwright
 
@@ -549,7 +568,8 @@ class Server:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         self.log = log
         with open(log, "a") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "focusnfix", "rate", str(eval_dir), "--db", str(db), "--port", "0"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "focusnfix", "rate", str(eval_dir), "--db", str(db),
+                                          "--port", "0"],
                                          stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
@@ -602,8 +622,8 @@ def served(tmp_path_factory):
 def _rows_of(db: Path, token: str) -> dict:
     con = sqlite3.connect(db)
     try:
-        rows = con.execute("SELECT a.task, a.answers, a.base_side, a.revisions FROM answers a JOIN raters r ON r.id = a.rater_id "
-                           "WHERE r.token = ?", (token,)).fetchall()
+        rows = con.execute("SELECT a.task, a.answers, a.base_side, a.revisions FROM answers a "
+                           "JOIN raters r ON r.id = a.rater_id WHERE r.token = ?", (token,)).fetchall()
     finally:
         con.close()
     return {task: (json.loads(answers), side, rev) for task, answers, side, rev in rows}
@@ -736,7 +756,8 @@ def test_browser_layout_at_phone_and_desktop_width(browser, served):
         page.click("#start button[type=submit]")
         page.wait_for_selector("#answer[data-ready=true]")
         page.keyboard.press("1")
-        page.wait_for_function("[...document.querySelectorAll('.pair img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function("[...document.querySelectorAll('.pair img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
         assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrolling
         left, right = page.locator("#img-left").bounding_box(), page.locator("#img-right").bounding_box()
         assert left["x"] + left["width"] <= right["x"] and abs(left["y"] - right["y"]) < 1  # side by side
@@ -767,7 +788,8 @@ def test_twenty_concurrent_raters_lose_no_answer(served):
         given, statuses = {}, []
         for k, tid in enumerate(tasks):
             answers = {key: vals[(n + k) % len(vals)] for key, vals in options.items()}
-            status, data = _post(server.url, token, {"task": tid, "submission": f"c{n:02d}-{k:02d}-{secrets.token_hex(4)}",
+            status, data = _post(server.url, token, {"task": tid,
+                                                     "submission": f"c{n:02d}-{k:02d}-{secrets.token_hex(4)}",
                                                      "answers": answers})
             statuses.append((status, data.get("status")))
             given[tid] = answers
@@ -824,7 +846,8 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_answer(tmp_path):
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     stored = {(tok, task): (json.loads(a), sub) for tok, task, a, sub in con.execute(
         "SELECT r.token, a.task, a.answers, a.submission FROM answers a JOIN raters r ON r.id = a.rater_id")}
-    dupes = con.execute("SELECT COUNT(*) FROM (SELECT rater_id, task FROM answers GROUP BY rater_id, task HAVING COUNT(*) > 1)")
+    dupes = con.execute("SELECT COUNT(*) FROM (SELECT rater_id, task FROM answers GROUP BY rater_id, task "
+                        "HAVING COUNT(*) > 1)")
     assert dupes.fetchone()[0] == 0
     con.close()
     for key, body in acked.items():  # no acknowledged answer lost
@@ -848,5 +871,6 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_answer(tmp_path):
     finally:
         server.kill()
     con = sqlite3.connect(db)
-    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT rater_id || ':' || task) FROM answers").fetchone() == (len(attempted),) * 2
+    assert (con.execute("SELECT COUNT(*), COUNT(DISTINCT rater_id || ':' || task) FROM answers").fetchone()
+            == (len(attempted),) * 2)
     con.close()

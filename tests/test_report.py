@@ -75,7 +75,8 @@ def make_eval_folder(root: Path, methods=tuple(METHODS)) -> Path:
 def make_run_folder(root: Path) -> Path:
     """A training run: config.yaml, metrics.jsonl, summary.json, samples/*.png."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text("method: fnf\nmodel:\n  path: tiny\nreward:\n  name: color\nobjective:\n  lam: 0.01\n")
+    (root / "config.yaml").write_text("method: fnf\nmodel:\n  path: tiny\nreward:\n  name: color\nobjective:\n"
+                                      "  lam: 0.01\n")
     recs = [{"step": s, "loss": 0.07 - 0.001 * s, "reward": -0.07 + 0.001 * s, "constraint": 0.5 + 0.01 * s,
              "k": 2.0, "lr": 0.01} for s in range(1, 21)]
     (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -196,7 +197,8 @@ def test_run_report(run_dir):
     text = page.read_text(encoding="utf-8")
     for needle in ("<svg", "loss", "constraint", "last 5 logged steps", "final.png", "config.yaml", "lam: 0.01"):
         assert needle in text, needle
-    assert text.index("src='samples/step-000010.png'") < text.index("src='samples/step-000020.png'") < text.index("src='samples/final.png'")
+    assert (text.index("src='samples/step-000010.png'") < text.index("src='samples/step-000020.png'")
+            < text.index("src='samples/final.png'"))
     _check_links(run_dir, page)
 
 

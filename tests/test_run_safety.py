@@ -128,7 +128,8 @@ def test_checkpoint_writer_refuses_nonfinite_tensors(tmp_path):
     opt = torch.optim.AdamW([p])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     with pytest.raises(TrainingDiverged, match="holds NaN or Inf"):
-        save_checkpoint(tmp_path / "step-000001", 1, {"w": torch.tensor([1.0, float("nan")])}, ({}, {"param_groups": [], "scalars": {}}), sched)
+        save_checkpoint(tmp_path / "step-000001", 1, {"w": torch.tensor([1.0, float("nan")])},
+                        ({}, {"param_groups": [], "scalars": {}}), sched)
     assert not list(tmp_path.iterdir())
 
 
@@ -137,14 +138,16 @@ def test_resume_applies_a_changed_lr_and_length_and_records_them(tiny_dir, tmp_p
     run = tmp_path / "run"
     common = {"train.lr_schedule": "linear", "train.checkpoint_every": 1}
     assert main(["train", "--no-progress", *base_overrides(tiny_dir, run, **common, **{"train.lr": 0.01})]) == 0
-    assert main(["train", "--no-progress", "--resume", *base_overrides(tiny_dir, run, **common, **{"train.lr": 0.001, "train.steps": 4})]) == 0
+    assert main(["train", "--no-progress", "--resume",
+                 *base_overrides(tiny_dir, run, **common, **{"train.lr": 0.001, "train.steps": 4})]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[2]["config_changed"] == {"train.steps": [2, 4], "train.lr": [0.01, 0.001]}
     assert all("config_changed" not in r for r in rows[:2] + rows[3:])
     # the logged LR is the schedule's after each step: the new base LR over the new length (4 steps)
     fn = lr_lambda("linear", 0, 4)
-    assert rows[2]["lr"] == pytest.approx(0.001 * fn(3), rel=1e-12) and rows[3]["lr"] == pytest.approx(0.001 * fn(4), abs=1e-15)
+    assert (rows[2]["lr"] == pytest.approx(0.001 * fn(3), rel=1e-12)
+            and rows[3]["lr"] == pytest.approx(0.001 * fn(4), abs=1e-15))
     assert load_config(run / "config.yaml").train.lr == 0.001
 
 
@@ -152,7 +155,8 @@ def test_resume_keys_that_may_change_do_not_include_the_trajectory():
     from focusnfix.runs.resume import RESUMABLE
 
     assert "train.lr" in RESUMABLE and "train.steps" in RESUMABLE
-    for key in ("sampler.steps", "sampler.k", "lora.rank", "train.seed", "train.batch_size", "objective.lam", "reward.name", "method"):
+    for key in ("sampler.steps", "sampler.k", "lora.rank", "train.seed", "train.batch_size", "objective.lam",
+                "reward.name", "method"):
         assert key not in RESUMABLE
 
 
@@ -189,7 +193,8 @@ def test_frozen_rank_fails_the_job_after_the_collective_timeout(tiny_dir, tmp_pa
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "FOCUSNFIX_FAULT": "after-step@1",
            "FOCUSNFIX_FAULT_SIGNAL": "STOP", "FOCUSNFIX_FAULT_RANK": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "focusnfix",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "focusnfix",
            "train", "--no-progress", *base_overrides(tiny_dir, run, **{"train.cpu": True, "train.steps": 3,
                                                                       "train.collective_timeout": 5})]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -220,5 +225,6 @@ def test_frozen_rank_fails_the_job_after_the_collective_timeout(tiny_dir, tmp_pa
     errors = [ln for ln in lines if ln.startswith("focusnfix: error:")]
     assert proc.returncode != 0
     assert len(errors) == 1 and len(errors[0]) < 300, lines[-40:]
-    assert "timed out after train.collective_timeout=5 s" in errors[0] and "no checkpoint was saved yet" in errors[0], errors
+    assert ("timed out after train.collective_timeout=5 s" in errors[0]
+            and "no checkpoint was saved yet" in errors[0]), errors
     assert not (run / ".lock").exists()  # rank 0 failed cleanly and released the run folder

@@ -12,7 +12,8 @@ from focusnfix.sampling import draw_k, generate, predicted_x0, sample
 def test_sampler_matches_diffusers_pipeline(request, which, guidance):
     path = request.getfixturevalue(which)
     backbone = load_backbone(str(path))
-    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)
     prompts, seeds = ["a red circle", "a blue square"], [3, 11]
     ours = generate(backbone, prompts, seeds, steps=8, guidance_scale=guidance, negative_prompt="blurry")
     theirs = pipe(prompts, num_inference_steps=8, guidance_scale=guidance, negative_prompt=["blurry"] * 2,
@@ -62,7 +63,8 @@ def test_k_drawn_once_per_trajectory(tiny_dir, tmp_path):
     from focusnfix.config import load_config
     from focusnfix.training.trainer import Trainer, make_batches
 
-    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{"sampler.steps": 5, "sampler.k": 1, "sampler.k_max": 4}))
+    cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run",
+                                           **{"sampler.steps": 5, "sampler.k": 1, "sampler.k_max": 4}))
     trainer = Trainer(cfg)
     draws = {make_batches(cfg, trainer.prompts, step)[0].k for step in range(30)}
     assert draws <= {1, 2, 3, 4} and len(draws) >= 3

@@ -4,7 +4,6 @@ Every saver must leave the training where it was: the LoRA gradient of the secon
 equals the default's (no checkpointing) within GRAD_RTOL, and the memory it saves is real (tensor
 bytes counted by ``benchmarks/_tensor_memory.py``, which are deterministic: no timing, no RSS)."""
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest

@@ -28,7 +28,8 @@ def test_two_steps_change_every_lora_param_and_no_base_param(tiny_dir, tmp_path)
     lora_after = lora_state(unet)
     unchanged = [n for n in lora_before if torch.equal(lora_before[n], lora_after[n])]
     assert unchanged == []
-    for before, module in ((base_before, unet), (text_before, trainer.backbone.text_encoder), (vae_before, trainer.backbone.vae)):
+    for before, module in ((base_before, unet), (text_before, trainer.backbone.text_encoder),
+                           (vae_before, trainer.backbone.vae)):
         params = dict(module.named_parameters())
         assert all(torch.equal(before[n], params[n]) for n in before)
     trainable = {n for n, p in unet.named_parameters() if p.requires_grad}
@@ -93,10 +94,12 @@ def test_saved_lora_loads_in_diffusers_with_same_images(tiny_dir, tmp_path):
     ours = generate(trainer.backbone, ["a blue square", "a red circle"], [1, 2], steps=6, guidance_scale=5.0)
     meta = json.loads((run / "lora" / "lora_config.json").read_text())
     assert meta["r"] == 2 and meta["lora_alpha"] == 4
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)
     before = pipe(["a blue square", "a red circle"], num_inference_steps=6, guidance_scale=5.0,
                   latents=trainer.backbone.initial_noise([1, 2]), output_type="pt").images
-    pipe.load_lora_weights(run / "lora", weight_name="pytorch_lora_weights.safetensors")  # offline, diffusers < 0.42 needs the name
+    # offline, diffusers < 0.42 needs the name
+    pipe.load_lora_weights(run / "lora", weight_name="pytorch_lora_weights.safetensors")
     theirs = pipe(["a blue square", "a red circle"], num_inference_steps=6, guidance_scale=5.0,
                   latents=trainer.backbone.initial_noise([1, 2]), output_type="pt").images
     assert (ours - before).abs().max() > 1e-3  # training changed the model
@@ -178,8 +181,10 @@ def test_accumulation_invariance(tiny_dir, tmp_path):
     Within GRAD_RTOL = 1e-4 (measured <= 2.2e-6 over CPU kernels); a missing or doubled division by
     train.grad_accum gives a gap of 1 or 0.5, a lost micro-batch one of order 0.5: 5000x the tolerance."""
     for batched in (False, True):
-        a = _step_gradient(tiny_dir, tmp_path / f"a{batched}", **{"train.batch_size": 2, "train.grad_accum": 1, "train.batch_reference": batched})
-        b = _step_gradient(tiny_dir, tmp_path / f"b{batched}", **{"train.batch_size": 1, "train.grad_accum": 2, "train.batch_reference": batched})
+        a = _step_gradient(tiny_dir, tmp_path / f"a{batched}",
+                           **{"train.batch_size": 2, "train.grad_accum": 1, "train.batch_reference": batched})
+        b = _step_gradient(tiny_dir, tmp_path / f"b{batched}",
+                           **{"train.batch_size": 1, "train.grad_accum": 2, "train.batch_reference": batched})
         assert a.norm() > 0 and _relative_gap(a, b) <= GRAD_RTOL, (batched, _relative_gap(a, b))
 
 
@@ -188,7 +193,8 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_dir, tmp_path):
     every CPU kernel measured) and within GRAD_RTOL wherever a recomputation rounds otherwise; a block
     left out of the recomputed graph or recomputed with other weights changes it by order 1."""
     a = _step_gradient(tiny_dir, tmp_path / "a")
-    b = _step_gradient(tiny_dir, tmp_path / "b", **{"sampler.grad_checkpointing": True, "sampler.vae_checkpointing": True})
+    b = _step_gradient(tiny_dir, tmp_path / "b",
+                       **{"sampler.grad_checkpointing": True, "sampler.vae_checkpointing": True})
     assert a.norm() > 0 and _relative_gap(a, b) <= GRAD_RTOL, _relative_gap(a, b)
 
 
@@ -218,15 +224,18 @@ def test_fp16_overflow_backs_off_the_loss_scale_without_counting_as_divergence(t
     """A loss scale far too large overflows fp16: those steps are skipped and the scale halves each
     time (not counted toward train.max_bad_steps=3); then training proceeds and the scale is resumed."""
     out = tmp_path / "run"
-    trainer = Trainer(load_config(None, base_overrides(tiny_dir, out, **{"train.mixed_precision": "fp16", "train.steps": 8})))
+    trainer = Trainer(load_config(None, base_overrides(tiny_dir, out,
+                                                       **{"train.mixed_precision": "fp16", "train.steps": 8})))
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**28)  # here gradients fit from about 2**24
     logs = [trainer.train_step() for _ in range(8)]
     skipped = [entry["skipped"] for entry in logs]
-    assert skipped[:4] == [1.0] * 4 and 0.0 in skipped  # more than max_bad_steps=3 skips in a row, yet no TrainingDiverged
+    # more than max_bad_steps=3 skips in a row, yet no TrainingDiverged
+    assert skipped[:4] == [1.0] * 4 and 0.0 in skipped
     assert [entry["loss_scale"] for entry in logs[:3]] == [2.0**28, 2.0**27, 2.0**26]
     assert all(torch.isfinite(torch.tensor(entry["grad_norm"])) for entry, s in zip(logs, skipped) if not s)
     trainer.save_checkpoint()
-    resumed = Trainer(load_config(None, base_overrides(tiny_dir, out, **{"train.mixed_precision": "fp16", "train.steps": 8})))
+    resumed = Trainer(load_config(None, base_overrides(tiny_dir, out,
+                                                       **{"train.mixed_precision": "fp16", "train.steps": 8})))
     assert resumed.resume() and resumed.scaler.get_scale() == trainer.scaler.get_scale()
 
 

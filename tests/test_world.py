@@ -134,7 +134,8 @@ def test_committed_pipeline_loads_and_generates():
     assert out.images.shape == (1, 3, 64, 64)
     img = out.images[0]
     # a drawn shape, not a flat field: the blue square makes the blue channel differ from red
-    assert float(img.std()) > 0.05 and float((img[2] - img[0]).mean()) > 0.05, (float(img.std()), float((img[2] - img[0]).mean()))
+    assert (float(img.std()) > 0.05
+            and float((img[2] - img[0]).mean()) > 0.05), (float(img.std()), float((img[2] - img[0]).mean()))
 
 
 @committed

@@ -34,8 +34,8 @@ def _sampler_gap(path, steps: int = 4, guidance: float = 5.0) -> tuple[torch.Ten
     backbone = load_backbone(str(path))
     assert isinstance(backbone, SD3Backbone) and backbone.resolution == 64
     ours = generate(backbone, PROMPTS, [3, 11], steps=steps, guidance_scale=guidance)
-    theirs = _sd3(path)(PROMPTS, num_inference_steps=steps, guidance_scale=guidance, latents=backbone.initial_noise([3, 11]),
-                        output_type="pt").images
+    theirs = _sd3(path)(PROMPTS, num_inference_steps=steps, guidance_scale=guidance,
+                        latents=backbone.initial_noise([3, 11]), output_type="pt").images
     return ours, (ours - theirs).abs().max().item()
 
 
@@ -74,7 +74,8 @@ def test_flow_training_trains_resumes_and_loads_in_diffusers(tmp_path):
     assert len(log["losses"]) == 3 and np.isfinite(log["losses"]).all()
     vae, te, _ = TF.load_world_parts(pipeline_path())
     torch.manual_seed(cfg.stage.seed)
-    init = {k: v.clone() for k, v in build_transformer(cfg.model, vae.config.latent_channels, 64, 64).named_parameters()}
+    init = {k: v.clone()
+            for k, v in build_transformer(cfg.model, vae.config.latent_channels, 64, 64).named_parameters()}
     ck = tmp_path / "a" / "ckpt" / "transformer" / "model.safetensors"
     assert _changed(ck, init, "transformer.")  # every trainable parameter moved
     # interrupted after 2 steps and resumed == 3 straight steps
@@ -126,7 +127,8 @@ def test_demo_flow_arch_runs_on_a_tiny_sd3(tmp_path):
 
     from focusnfix.cli.demo import main as demo
 
-    assert demo(["--model", "tiny", "--arch", "flow", "--out", str(tmp_path / "demo"), "--steps", "1", "--seeds", "7"]) == 0
+    assert demo(["--model", "tiny", "--arch", "flow", "--out", str(tmp_path / "demo"), "--steps", "1",
+                 "--seeds", "7"]) == 0
     config = (tmp_path / "demo" / "fnf" / "config.yaml").read_text()
     assert "tiny-sd3" in config
     rows = [json.loads(x) for x in (tmp_path / "demo" / "eval" / "samples.jsonl").read_text().splitlines()]

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     found = floors(args.pyproject, args.build, args.extra, args.all_extras)
     missing = [n for n, v in found.items() if v is None and not args.build]
     if missing:
-        print(f"floors.py: error: {', '.join(missing)} declare no >= floor in {args.pyproject}; add one", file=sys.stderr)
+        print(f"floors.py: error: {', '.join(missing)} declare no >= floor in {args.pyproject}; add one",
+              file=sys.stderr)
         return 2
     for name, version in found.items():
         print(name if version is None else f"{name}=={version}")

@@ -111,6 +111,15 @@ class ObjectiveConfig:
     eps: float = _f(0.0, "Smooth the constraint at I = I0 (ours): sqrt(||d||^2 + e^2) - e, e = eps*sqrt(3*H*W) (eps "
                     "in RMS pixel units, e.g. 1e-3); 0 = the paper's norm, whose gradient has length lambda even when "
                     "I - I0 is rounding noise.", range=(0.0, 1.0))
+    budget: float | None = _f(None, "Collateral budget B (ours): how much the image may change outside the problem "
+                              "mask, as the mean |I - I0| over the pixels and channels outside M in 8-bit grey levels "
+                              "(1.0 = one level per pixel and channel on average; eval's outside change x 255). Set, "
+                              "lambda is a Lagrange multiplier found during training (starting at 0, raised while the "
+                              "measured change exceeds B, lowered while it is below; objective.lam is not used); "
+                              "unset, the fixed objective.lam. docs/tuning.md.", range=(0.0, 255.0), open="lo",
+                              unit="grey levels")
+    budget_rate: float = _f(0.2, "eta: how fast the multiplier of objective.budget adapts: at most a factor e^eta per "
+                            "optimizer step (methods/budget.py).", range=(0.0, 10.0), open="lo")
 
 
 @dataclass
@@ -233,6 +242,10 @@ class Config:
                    f"must satisfy k <= k_max <= sampler.steps, got {s.k_max}")
         _check(self.objective.lam_warmup == 0 or self.method == "fnf", "objective.lam_warmup",
                f"ramps the region constraint of method=fnf only; set it to 0 for method={self.method}")
+        _check(self.objective.budget is None or self.objective.lam_warmup == 0, "objective.lam_warmup",
+               "ramps a fixed lambda; with objective.budget the multiplier starts at 0 by itself: set it to 0")
+        _check(self.objective.budget is None or self.method in ("fnf", "draft"), "objective.budget",
+               f"is for method=fnf (draft ignores it); method={self.method} takes a fixed weight: remove it")
         _warn_lam_as_kl_weight(self)
         _check(not (t.fsdp and t.mixed_precision == "fp16"), "train.mixed_precision",
                "fp16 is not supported with train.fsdp (its loss scaler does not handle sharded gradients); use bf16")

@@ -9,21 +9,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..methods.objective import region_mse, region_of  # noqa: F401 (region_mse: re-exported)
+
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # Wang et al. 2004, for data range 1
-
-
-def _region(mask: torch.Tensor, inside: bool) -> torch.Tensor:
-    hard = (mask > 0.5).float()
-    return hard if inside else 1.0 - hard
-
-
-def region_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inside: bool, power: int = 2) -> torch.Tensor:
-    """Mean squared (``power=2``) or absolute (``power=1``) difference over the region's pixels and
-    channels, ``(B,)``; nan if the region is empty."""
-    r = _region(mask, inside)
-    area = r.flatten(1).sum(1)
-    err = ((a - b).abs() ** power * r).flatten(1).sum(1) / (3 * area).clamp_min(1)
-    return torch.where(area > 0, err, torch.full_like(err, math.nan))
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
@@ -57,7 +45,7 @@ def region_ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inside: bo
     """Mean SSIM over the region, ``(B,)``; nan if the region is empty. The SSIM window (11 px) sees
     across the mask border, so a change only inside lowers outside-SSIM slightly near the border.
     ``smap``: ``ssim_map(a, b)`` if already computed."""
-    r = _region(mask, inside)
+    r = region_of(mask, inside)
     area = r.flatten(1).sum(1)
     value = ((ssim_map(a, b) if smap is None else smap) * r).flatten(1).sum(1) / area.clamp_min(1)
     return torch.where(area > 0, value, torch.full_like(value, math.nan))

@@ -62,6 +62,19 @@ class Method(Protocol):
         """``reference``, ``mask`` and ``images`` rows of a sample grid (no gradient)."""
         ...
 
+    def after_step(self, logs: dict[str, float]) -> None:
+        """Called after each optimizer step that was taken, with the step's logs averaged over micro-batches and
+        ranks (the same on every rank): state updated per step, e.g. the budget's multiplier."""
+        ...
+
+    def state_dict(self) -> dict:
+        """The method's own training state (JSON numbers), saved in every checkpoint; ``{}`` for none."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output on resume."""
+        ...
+
 
 def compact(entry: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The stored form of a reference: CPU tensors, ``images`` as they are (float32; see below), ``mask``

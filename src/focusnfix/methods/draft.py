@@ -5,7 +5,9 @@ from .fnf import FocusNFix
 
 
 class DRaFT(FocusNFix):
-    """Plain reward fine-tuning: L = -r(Î, c). ``objective.lam`` is ignored (λ = 0)."""
+    """Plain reward fine-tuning: L = -r(Î, c). ``objective.lam`` and ``objective.budget`` are ignored (λ = 0)."""
+
+    constrained = False
 
     @staticmethod
     def weight(cfg) -> float:

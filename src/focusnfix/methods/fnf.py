@@ -13,7 +13,8 @@ from ..errors import FocusNFixError
 from ..backbones.lora import adapters_disabled, adapters_per_row
 from ..rewards.base import call_reward
 from ..rewards.compose import problem_mask
-from .objective import fnf_loss, region_constraint
+from .budget import Budget
+from .objective import fnf_loss, outside_change, region_constraint
 from ..sampling import conditioning_rows, grad_checkpointing_on, sample
 from .base import Batch, MethodContext, Reference, expand
 
@@ -29,12 +30,16 @@ class FocusNFix:
         ctx = context or MethodContext()
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
         self.lam = self.weight(cfg)
+        o = cfg.objective  # objective.budget: λ is a multiplier found during training (.budget), starting at 0
+        self.budget = Budget(o.budget, o.budget_rate) if o.budget is not None and self.constrained else None
         # the run's reference cache (focusnfix.training.cache.ReferenceCache), built only when Î0 is needed
         self.cache = ctx.make_cache() if ctx.make_cache is not None and self.needs_reference else None
         self.batch_reference = cfg.train.batch_reference if ctx.batch_reference is None else ctx.batch_reference
         # row chunks of a checkpointed call (sampling.chunked_checkpoint)
         self.checkpoint_chunks = cfg.sampler.checkpoint_chunks
         self.lockstep = ctx.lockstep  # sharded training: bool -> "true on any rank?" (a collective)
+
+    constrained = True  # whether the region constraint applies (DRaFT: no)
 
     @staticmethod
     def weight(cfg: Config) -> float:
@@ -43,7 +48,20 @@ class FocusNFix:
 
     @property
     def needs_reference(self) -> bool:
-        return self.lam > 0
+        return self.lam > 0 or self.budget is not None
+
+    def after_step(self, logs: dict[str, float]) -> None:
+        """After an optimizer step, with its logs averaged over micro-batches and ranks: the budget's dual step."""
+        if self.budget is not None:
+            self.budget.update(logs["outside_change"])
+
+    def state_dict(self) -> dict:
+        """Training state beyond the LoRA and optimizer (checkpointed): the budget's multiplier."""
+        return {"budget": self.budget.state_dict()} if self.budget is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.budget is not None and "budget" in state:
+            self.budget.load_state_dict(state["budget"])
 
     # -- M(Î0) -----------------------------------------------------------------------------
     def mask(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,14 +176,16 @@ class FocusNFix:
                                            self.cfg.objective.eps)
         warmup = self.cfg.objective.lam_warmup  # λ ramps 0 -> λ over the first `warmup` steps (0: off, the paper)
         lam = self.lam * min(1.0, batch.step / warmup) if warmup else self.lam
+        if self.budget is not None:
+            lam = self.budget.lam
         loss = fnf_loss(score, constraint, lam)
         names, values = ["loss", "reward"], [loss.detach(), score.detach().mean()]
-        if ref is not None:
-            names += ["constraint", "mask_frac"]
-            values += [constraint.detach().mean(), ref.mask.mean()]
+        if ref is not None:  # outside_change: grey levels, the budget's measure
+            names += ["constraint", "mask_frac", "outside_change"]
+            values += [constraint.detach().mean(), ref.mask.mean(), outside_change(images, ref.images, ref.mask).mean()]
         read = dict(zip(names, torch.stack([v.float() for v in values]).tolist()))  # one host sync
         logs = {"loss": read.pop("loss"), "reward": read.pop("reward"), "k": batch.k, **read}
-        if warmup:
+        if warmup or self.budget is not None:
             logs["lam"] = lam
         return loss, logs
 

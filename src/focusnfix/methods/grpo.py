@@ -51,6 +51,15 @@ class GRPO:
         self.g = cfg.grpo
         self.lam = kl_weight(cfg) if self.region else 0.0  # the weight of the KL outside the mask
 
+    def after_step(self, logs: dict[str, float]) -> None:
+        """No state updated per step."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore."""
+
     def rule(self, device: torch.device):
         """The stochastic policy for the run's T steps on ``device``: eta-DDIM (UNet families) or the Flow-GRPO
         SDE (flow families)."""

@@ -46,3 +46,24 @@ def fnf_loss(score: torch.Tensor, constraint: torch.Tensor | None, lam: float) -
     if lam != 0.0:
         loss = loss + lam * constraint
     return loss.mean()
+
+
+def region_of(mask: torch.Tensor, inside: bool) -> torch.Tensor:
+    hard = (mask > 0.5).float()
+    return hard if inside else 1.0 - hard
+
+
+def region_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inside: bool, power: int = 2) -> torch.Tensor:
+    """Mean squared (``power=2``) or absolute (``power=1``) difference over the region's pixels and
+    channels, ``(B,)``; nan if the region is empty."""
+    r = region_of(mask, inside)
+    area = r.flatten(1).sum(1)
+    err = ((a - b).abs() ** power * r).flatten(1).sum(1) / (3 * area).clamp_min(1)
+    return torch.where(area > 0, err, torch.full_like(err, math.nan))
+
+
+def outside_change(images: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """c = 255 · mean over the pixels and channels outside M of |Î − Î0|, per image ``(B,)``, in 8-bit grey levels:
+    the measure of ``objective.budget`` (:mod:`.budget`), and eval's ``outside_mae`` × 255 (M binarised at 0.5).
+    An image without an outside region changed nothing there: 0."""
+    return torch.nan_to_num(255.0 * region_mse(images.detach(), ref, mask, inside=False, power=1), nan=0.0)

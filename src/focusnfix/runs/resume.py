@@ -139,10 +139,11 @@ def remove_newer_checkpoints(root: str | Path, ckpt: Path) -> list[Path]:
     return newer
 
 
-def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler) -> int:
+def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler) -> tuple[int, dict]:
     """Load checkpoint ``ckpt`` into the LoRA of ``unet`` (checked to fit before the optimizer), the optimizer, the
-    LR schedule and the fp16 loss scaler; return its step. A checkpoint beyond ``train.steps`` (``steps``) or
-    with non-finite LoRA weights is refused with one line before anything is loaded."""
+    LR schedule and the fp16 loss scaler; return its step and ``trainer.json`` (with the method's state). A
+    checkpoint beyond ``train.steps`` (``steps``) or with non-finite LoRA weights is refused with one line before
+    anything is loaded."""
     step = checkpoint_step(ckpt)
     if step > steps:
         raise FocusNFixError(f"train.steps={steps} is below the checkpoint's step {step}; give train.steps >= {step}")
@@ -154,7 +155,7 @@ def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler) -> int:
     state = load_training_state(ckpt, optimizer, scheduler)
     if "scaler" in state:
         scaler.load_state_dict(state["scaler"])
-    return state["step"]
+    return state["step"], state
 
 
 def tidy_after_restore(out: Path, step: int, checkpoint: Path | None, changed: dict[str, list]) -> None:

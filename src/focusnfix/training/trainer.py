@@ -84,7 +84,8 @@ class Trainer:
         if ckpt is None:
             return False
         t, changed = self.cfg.train, config_changes(self.out / "config.yaml", to_dict(self.cfg))
-        self.step = restore(ckpt, t.steps, self.backbone.unet, self.optimizer, self.scheduler, self.scaler)
+        self.step, state = restore(ckpt, t.steps, self.backbone.unet, self.optimizer, self.scheduler, self.scaler)
+        self.method.load_state_dict(state.get("method", {}))
         self.config_changed = changed
         if {"train.lr", "train.steps"} & set(changed):
             continue_schedule(self.optimizer, self.scheduler, t.lr)
@@ -93,15 +94,14 @@ class Trainer:
         return True
 
     def save_checkpoint(self, lora: dict[str, torch.Tensor] | None = None) -> Path:
-        """Main process writes the state atomically; all ranks wait for it. ``lora``: an already
-        gathered :func:`lora_state`."""
+        """Main process writes the state atomically; all ranks wait. ``lora``: an already gathered LoRA state."""
         folder = self.out / "checkpoints" / f"step-{self.step:06d}"
         if self.ranks.holds_state():
             lora = lora if lora is not None else lora_state(self.backbone.unet)
             optimizer = optimizer_files(self.optimizer)
         if self.accelerator.is_main_process:
             save_checkpoint(folder, self.step, lora, optimizer, self.scheduler,
-                            extra={"scaler": self.scaler.state_dict()})
+                            extra={"scaler": self.scaler.state_dict(), "method": self.method.state_dict()})
             fault_point("checkpoint-saved", self.step)
             prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints, self.step)
         self.accelerator.wait_for_everyone()
@@ -143,6 +143,7 @@ class Trainer:
             self.scaler.step(self.optimizer)  # = optimizer.step() without fp16
             self.bad_steps = 0
             grad_norm, weights_ok = self._norm_and_weights_finite(norm)  # one host sync for both
+            self.method.after_step(totals)  # e.g. the budget's multiplier, from the step's averaged logs
             if not weights_ok:  # finite gradients, yet the update overflowed: nothing to skip back to
                 raise TrainingDiverged(f"the LoRA weights became NaN/Inf in step {self.step + 1} (train.lr={t.lr:g}); "
                                        f"{kept_checkpoint(self.out)}: lower train.lr, then rerun with --resume")
@@ -178,8 +179,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def sample_grid(self, name: str) -> Path | None:
-        """Save rows of I0 | mask | I for the sample prompts and seeds (main process writes; sharded,
-        every rank runs the model)."""
+        """Save rows of I0 | mask | I for the sample prompts and seeds (main process writes; sharded, all ranks run)."""
         if not (self.accelerator.is_main_process or self.sharded):
             return None
         d = self.cfg.data

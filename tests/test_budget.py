@@ -1,0 +1,109 @@
+"""The collateral budget (objective.budget): the multiplier's update law, λ = 0 is DRaFT, the budget's measure is
+eval's outside change in grey levels, the multiplier in checkpoints (exact resume), and the config's rules."""
+import json
+import math
+
+import pytest
+import torch
+from conftest import base_overrides
+
+from focusnfix.backbones.lora import lora_state
+from focusnfix.config import load_config
+from focusnfix.errors import ConfigError
+from focusnfix.evaluation.metrics import change_metrics
+from focusnfix.methods import DRaFT
+from focusnfix.methods.budget import LAM_FLOOR, Budget
+from focusnfix.methods.objective import outside_change
+from focusnfix.training.trainer import Trainer
+
+
+def test_multiplier_stays_zero_with_slack_and_grows_geometrically_when_violated():
+    b = Budget(budget=1.0, rate=0.2)
+    for change in (0.0, 0.5, 0.99):
+        assert b.update(change) == 0.0  # slack: lambda stays 0, the step is DRaFT's
+    lams = [b.update(3.0) for _ in range(5)]  # violated: e clipped to 1, (lam + floor) grows by e^0.2 a step
+    for i, lam in enumerate(lams, 1):
+        assert math.isclose(lam + LAM_FLOOR, LAM_FLOOR * math.exp(0.2 * i), rel_tol=1e-12)
+    top = b.lam
+    assert b.update(float("nan")) == top  # a non-finite measurement changes nothing
+    assert b.update(0.5) < top  # slack again: it shrinks (e = -0.5)
+    while b.lam > 0:
+        b.update(0.0)
+    assert b.lam == 0.0  # and returns to exactly 0
+
+
+def test_multiplier_state_round_trips_exactly_through_json():
+    b = Budget(2.0, 0.3)
+    for change in (5.0, 4.0, 2.5, 1.0):
+        b.update(change)
+    c = Budget(2.0, 0.3)
+    c.load_state_dict(json.loads(json.dumps(b.state_dict())))
+    assert c.lam == b.lam and c.update(3.0) == b.update(3.0)
+
+
+def test_outside_change_is_evals_outside_mae_in_grey_levels():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(3, 3, 16, 16, generator=gen)
+    images = (base + 0.05 * torch.randn(3, 3, 16, 16, generator=gen)).clamp(0, 1)
+    mask = (torch.rand(3, 1, 16, 16, generator=gen) > 0.7).float()
+    mask[2] = 1.0  # nothing outside: no collateral change
+    ours = outside_change(images, base, mask)
+    theirs = change_metrics(images, base, mask)["outside_mae"] * 255
+    assert torch.equal(ours[:2], theirs[:2]) and ours[2] == 0.0 and math.isnan(theirs[2])
+
+
+def test_zero_multiplier_is_drafts_gradient(tiny_dir, tmp_path):
+    """Step 0 of a budget run (lambda = 0) takes exactly DRaFT's gradient; the reference is only measured.
+    train.batch_reference=false, so that the trained pass runs the same batches as DRaFT's (bitwise)."""
+    grads = {}
+    for method in ("fnf", "draft"):
+        trainer = Trainer(load_config(None, base_overrides(
+            tiny_dir, tmp_path / method, method=method, **{"objective.budget": 1.0, "train.batch_reference": False})))
+        with torch.no_grad():  # a LoRA away from its init, so that I != I0
+            gen = torch.Generator().manual_seed(0)
+            for p in trainer.params:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+        logs = trainer.accumulate_gradients()
+        grads[method] = torch.cat([p.grad.flatten() for p in trainer.params])
+        if method == "fnf":
+            assert logs["lam"] == 0.0 and logs["outside_change"] > 0
+        else:
+            assert isinstance(trainer.method, DRaFT) and "outside_change" not in logs
+    assert torch.equal(grads["fnf"], grads["draft"])
+
+
+def test_budget_multiplier_is_logged_checkpointed_and_resumed_exactly(tiny_dir, tmp_path):
+    extra = {"train.steps": 6, "train.checkpoint_every": 3, "objective.budget": 0.01, "objective.budget_rate": 1.0}
+    straight = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "a", **extra)))
+    straight.train(progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lam"] == 0.0 and rows[-1]["lam"] > 0  # 0.01 grey levels is soon exceeded: lambda rises
+    assert all(r["outside_change"] >= 0 for r in rows)
+    saved = json.loads((tmp_path / "a" / "checkpoints" / "step-000006" / "trainer.json").read_text())
+    assert saved["method"]["budget"]["lam"] == straight.method.budget.lam
+
+    interrupted = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b", **extra)))
+    interrupted.out.mkdir(parents=True)
+    for _ in range(3):
+        interrupted.train_step()
+    interrupted.save_checkpoint()
+    del interrupted
+    resumed = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b", **extra)))
+    resumed.train(resume=True, progress=False)
+    a, b = lora_state(straight.backbone.unet), lora_state(resumed.backbone.unet)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert resumed.method.budget.lam == straight.method.budget.lam
+    later = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lam"] for r in later] == [r["lam"] for r in rows[3:]]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"objective.budget": 0}, "objective.budget must be in (0, 255]"),
+    ({"objective.budget": 1, "objective.lam_warmup": 5}, "objective.lam_warmup"),
+    ({"objective.budget": 1, "method": "grpo"}, "objective.budget is for method=fnf"),
+    ({"objective.budget_rate": 0}, "objective.budget_rate must be in (0, 10]"),
+])
+def test_budget_config_errors_are_one_line(tiny_dir, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[").replace("]", r"\]")
+                       .replace(")", r"\)")):
+        load_config(None, base_overrides(tiny_dir, tmp_path, **overrides))
