@@ -102,7 +102,8 @@ def pareto_plot(points: list[dict], x: str, x_lower: bool, title: str, xlabel: s
         panel.line([(p[x], p["defect"]) for p in front], COLORS[method])
         for p in mine:
             on = p in front
-            tag = (f"{p['steps']}" if method == "draft" else f"lam {p['lam']:g}/{p['steps']}") if on else None
+            setting = f"B {p['budget']:g}" if p.get("budget") is not None else f"lam {p['lam']:g}"
+            tag = (f"{p['steps']}" if method == "draft" else f"{setting}/{p['steps']}") if on else None
             panel.point(p[x], p["defect"], COLORS[method], (p[f"{x}_lo"], p[f"{x}_hi"]),
                         (p["defect_lo"], p["defect_hi"]), filled=on, text=tag)
     for p in points:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 METRICS = {"defect": "{judge}", "alignment": "alignment", "outside": "outside_mae", "inside": "inside_mae",
-           "reward": "reward"}
+           "reward": "reward", "collateral": "collateral_35", "collateral30": "collateral_30"}
 TOL = 0.015  # 1.5 points
 
 
@@ -44,13 +44,14 @@ def make_point(fam: str, steps: int, per_seed: list[dict], train_s: list[float])
     keys = per_seed[0]["keys"]
     if any(p["keys"] != keys for p in per_seed):
         raise SystemExit(f"pareto: {fam} at {steps} steps was evaluated on different images for different seeds")
-    lam = 0.0 if fam in ("draft", "base") else float(fam.split("-l", 1)[1])
+    kind = fam[len("fnf-")] if fam.startswith("fnf-") else None  # l: a fixed λ, b: a budget (grey levels)
+    lam = float(fam[len("fnf-l"):]) if kind == "l" else (None if kind == "b" else 0.0)
     point = {"family": fam, "method": fam.split("-")[0], "lam": lam, "steps": steps, "n_seeds": len(per_seed),
-             "n_images": len(keys)}
+             "n_images": len(keys), "budget": float(fam[len("fnf-b"):]) if kind == "b" else None}
     for k in METRICS:
         ci = bootstrap_ci(np.stack([p[k] for p in per_seed]))
         point.update({k: ci["mean"], f"{k}_lo": ci["lo"], f"{k}_hi": ci["hi"], f"{k}_seed_std": ci["seed_std"]})
-    for k in ("defect", "alignment"):
+    for k in ("defect", "alignment", "collateral"):
         vals = np.concatenate([p[k] for p in per_seed])
         vals = vals[np.isfinite(vals)]
         point[f"{k}_wilson"] = list(wilson(float(vals.sum()), int(vals.size)))
@@ -114,7 +115,12 @@ def label(p: dict | None) -> str:
     if p is None:
         return "none"
     return ("base" if p["family"] == "base"
-            else f"{'DRaFT' if p['method'] == 'draft' else 'FnF λ=' + format(p['lam'], 'g')} {p['steps']} st")
+            else f"{'DRaFT' if p['method'] == 'draft' else knob(p)} {p['steps']} st")
+
+
+def knob(p: dict) -> str:
+    """A Focus-N-Fix point's setting: its fixed λ or its budget (grey levels)."""
+    return f"FnF B={p['budget']:g}" if p.get("budget") is not None else f"FnF λ={p['lam']:g}"
 
 
 def ci(p: dict, k: str, scale: float = 1.0, fmt: str = ".3g") -> str:
@@ -123,13 +129,15 @@ def ci(p: dict, k: str, scale: float = 1.0, fmt: str = ".3g") -> str:
 
 def points_table(points: list[dict]) -> str:
     head = ("| point | seeds x images | defect rate % [95% CI] | seed sd | Wilson 95% | alignment % [CI] | "
-            "outside change [CI] | proxy reward | train s |")
-    lines = [head, "|" + "---|" * 9]
+            "outside change, grey levels [CI] | collateral rate % (PSNR out < 35 dB) [CI] | < 30 dB % | proxy reward | "
+            "train s |")
+    lines = [head, "|" + "---|" * 11]
     for p in points:
         w = p["defect_wilson"]
         lines.append(f"| {label(p)} | {p['n_seeds']} x {p['n_images']} | {ci(p, 'defect', 100, '.1f')} | "
                      f"{p['defect_seed_std'] * 100:.1f} | [{w[0] * 100:.1f}, {w[1] * 100:.1f}] | "
-                     f"{ci(p, 'alignment', 100, '.1f')} | {ci(p, 'outside', 1, '.3g')} | "
+                     f"{ci(p, 'alignment', 100, '.1f')} | {ci(p, 'outside', 255, '.3g')} | "
+                     f"{ci(p, 'collateral', 100, '.1f')} | {p['collateral30'] * 100:.1f} | "
                      f"{p['reward']:.3g} | {p['train_s']:.0f} |")
     return "\n".join(lines)
 

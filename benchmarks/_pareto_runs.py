@@ -17,12 +17,25 @@ FLOW_CONFIGS = {"artifact": ROOT / "configs" / "world-flow-artifact.yaml",
 
 
 # -- training -------------------------------------------------------------------------------------
-def run_name(lam: float, seed: int) -> str:
-    return f"{family(lam)}-s{seed}"
+def run_name(knob: float | str, seed: int) -> str:
+    """``knob``: a fixed λ (0 = DRaFT) or a family name (``fnf-b1``: Focus-N-Fix with a collateral budget of 1)."""
+    return f"{knob if isinstance(knob, str) else family(knob)}-s{seed}"
 
 
 def family(lam: float) -> str:
     return "draft" if lam == 0 else f"fnf-l{lam:g}"
+
+
+def budget_family(budget: float) -> str:
+    return f"fnf-b{budget:g}"
+
+
+def family_overrides(fam: str) -> list[str]:
+    """The config keys of a family: DRaFT, a fixed λ (``fnf-l0.2``) or a budget in grey levels (``fnf-b1``)."""
+    if fam == "draft":
+        return ["method=draft"]
+    kind, value = fam[len("fnf-")], fam[len("fnf-") + 1:]
+    return ["method=fnf", f"objective.lam={value}" if kind == "l" else f"objective.budget={value}"]
 
 
 def export_dir(run: Path, steps: int) -> Path:
@@ -39,21 +52,21 @@ def config_of(defect: str, arch: str = "unet") -> Path:
     return FLOW_CONFIGS[defect] if arch == "flow" else DEFECTS[defect][0]
 
 
-def train_run(defect: str, lam: float, seed: int, exports: list[int], work: Path, overrides: list[str],
+def train_run(defect: str, knob: float | str, seed: int, exports: list[int], work: Path, overrides: list[str],
               arch: str = "unet") -> Path:
-    """Train one (λ, seed) run to max(exports), exporting a LoRA at every length; skip it when done."""
+    """Train one (λ or family, seed) run to max(exports), exporting a LoRA at every length; skip it when done."""
     from focusnfix.runs.checkpoint import latest_checkpoint
     from focusnfix.config import load_config
     from focusnfix.training.trainer import Trainer, check_output_dir
 
-    out = work / defect / run_name(lam, seed)
+    out = work / defect / run_name(knob, seed)
     if (out / "bench.json").is_file() and all((export_dir(out, n) / "pytorch_lora_weights.safetensors").is_file()
                                               for n in exports):
         return out
     if (out / "summary.json").is_file():
         raise SystemExit(f"pareto: {out} finished without the LoRAs of lengths {exports}; "
                          "use another --work for a new grid")
-    method = ["method=draft"] if lam == 0 else ["method=fnf", f"objective.lam={lam}"]
+    method = family_overrides(knob if isinstance(knob, str) else family(knob))
     cfg = load_config(config_of(defect, arch), [*method, f"train.seed={seed}", f"train.output_dir={out}",
                                                 f"train.steps={max(exports)}",
                                                 f"train.checkpoint_every={reduce(math.gcd, exports)}",

@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 from _pareto_plots import curves_plot, pareto_plot  # noqa: E402
 from _pareto_points import TOL, choose, collect, equal_defect_table, label, points_table, reduction_text  # noqa: E402
-from _pareto_runs import DEFECTS, eval_run, export_dir, run_name, step_seconds, train_run  # noqa: E402, F401 (export_dir: tests)
+from _pareto_runs import DEFECTS, budget_family, eval_run, export_dir, run_name, step_seconds, train_run  # noqa: E402, F401 (export_dir: tests)
 
 
 def html_report(result: dict, texts: dict[str, str], plots: list[Path], path: Path) -> Path:
@@ -92,12 +92,12 @@ def html_report(result: dict, texts: dict[str, str], plots: list[Path], path: Pa
 # -- the sweep ------------------------------------------------------------------------------------
 def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tuple[dict, dict[str, str], list[Path]]:
     judge = DEFECTS[defect][1]
-    lams = [0.0, *args.defect_lambdas.get(defect, args.lambdas)]
+    knobs = [0.0, *args.defect_lambdas.get(defect, args.lambdas), *[budget_family(b) for b in args.budgets]]
     curve = sorted({n for n in range(args.curve_every, max(args.lengths) + 1, args.curve_every)}
                    if args.curve_every else set())
     exports = sorted(set(args.lengths) | set(curve))
-    runs = {run_name(lam, s): train_run(defect, lam, s, exports, work, args.set, args.arch)
-            for lam in lams for s in args.seeds}
+    runs = {run_name(knob, s): train_run(defect, knob, s, exports, work, args.set, args.arch)
+            for knob in knobs for s in args.seeds}
     out, texts, plots = {"runs": {}}, {}, []
     for name, run in runs.items():
         out["runs"][name] = {"train_s": json.loads((run / "bench.json").read_text())["train_s"],
@@ -169,6 +169,8 @@ def main(argv=None) -> int:
                    help="Focus-N-Fix λ (DRaFT, λ = 0, always runs)")
     p.add_argument("--defect-lambdas", action="append", default=[], metavar="DEFECT=L1,L2,...",
                    help="a λ grid for one defect instead of --lambdas, e.g. unwanted=0.1,0.2,0.45 (repeatable)")
+    p.add_argument("--budgets", type=float, nargs="+", default=[],
+                   help="Focus-N-Fix with these collateral budgets (objective.budget, grey levels) beside the λ grid")
     p.add_argument("--lengths", type=int, nargs="+", default=[30, 60, 120, 240],
                    help="training lengths (steps) of the grid")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")

@@ -107,3 +107,17 @@ def test_budget_config_errors_are_one_line(tiny_dir, tmp_path, overrides, messag
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[").replace("]", r"\]")
                        .replace(")", r"\)")):
         load_config(None, base_overrides(tiny_dir, tmp_path, **overrides))
+
+
+def test_collateral_flags_follow_psnr_outside_the_mask():
+    """collateral_35 / _30: 1 where PSNR outside M is below 35 / 30 dB, 0 above, nan without an outside region;
+    outside_grey is outside_mae in grey levels."""
+    base = torch.full((4, 3, 8, 8), 0.5)
+    mask = torch.zeros(4, 1, 8, 8)
+    mask[3] = 1.0
+    # uniform outside changes d give PSNR = -20 log10(d): 0.01 -> 40 dB, 0.02 -> 34 dB, 0.05 -> 26 dB
+    images = base + torch.tensor([0.01, 0.02, 0.05, 0.3]).view(4, 1, 1, 1)
+    m = change_metrics(images, base, mask)
+    assert m["collateral_35"][:3].tolist() == [0.0, 1.0, 1.0] and m["collateral_30"][:3].tolist() == [0.0, 0.0, 1.0]
+    assert math.isnan(m["collateral_35"][3]) and math.isnan(m["collateral_30"][3])
+    assert torch.allclose(m["outside_grey"][:3], torch.tensor([2.55, 5.1, 12.75]), rtol=1e-5)

@@ -400,3 +400,4 @@ def test_run_page_names_the_weight_the_method_used():
     assert _weight({"objective": {"lam": 1.0}, "grpo": {"kl_weight": 0.1}}, "fnf-grpo") == ("KL weight", 0.1)
     assert _weight({"objective": {"lam": 0.3}, "grpo": {"kl_weight": None}}, "fnf-grpo") == ("KL weight", 0.3)
     assert _weight({"objective": {"lam": 1.0}}, "draft")[1] is None
+    assert _weight({"objective": {"lam": 1.0, "budget": 2.0}}, "fnf") == ("collateral budget (grey levels)", 2.0)

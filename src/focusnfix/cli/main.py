@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             if e.code is None or isinstance(e.code, int):
                 return int(e.code or 0)
             return _fail(2, str(e.code))
-        except BaseException as e:  # noqa: BLE001: every failure ends as one line with a status
+        except BaseException as e:  # noqa: BLE001  (every failure ends as one line with a status)
             status, message = describe_error(e)
             if args.debug:
                 traceback.print_exc()

@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from ..methods.objective import region_mse, region_of  # noqa: F401 (region_mse: re-exported)
 
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # Wang et al. 2004, for data range 1
+# The collateral rate: the share of images whose region outside M changed perceptibly, PSNR outside M below these
+# (dB). The image-level analog of the paper's human question "were other aspects degraded?"; 35 dB is about where
+# a change of a few grey levels becomes visible side by side, 30 dB clearly visible.
+COLLATERAL_DB = (35, 30)
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
@@ -52,12 +56,16 @@ def region_ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, inside: bo
 
 
 def change_metrics(images: torch.Tensor, base: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean absolute change, MSE, PSNR and SSIM of ``images`` against ``base`` inside and outside
-    ``mask``, each ``(B,)``."""
+    """Mean absolute change, MSE, PSNR and SSIM of ``images`` against ``base`` inside and outside ``mask``, the
+    outside change in grey levels, and the collateral flags, each ``(B,)``."""
     out, smap = {}, ssim_map(images, base)  # one SSIM map for both regions
     for where, inside in (("inside", True), ("outside", False)):
         out[f"{where}_mae"] = region_mse(images, base, mask, inside, power=1)
         mse = region_mse(images, base, mask, inside)
         out[f"{where}_mse"], out[f"{where}_psnr"] = mse, psnr(mse)
         out[f"{where}_ssim"] = region_ssim(images, base, mask, inside, smap)
+    out["outside_grey"] = 255.0 * out["outside_mae"]  # the unit of objective.budget
+    for db in COLLATERAL_DB:  # 1 where the outside changed perceptibly, nan where there is no outside
+        psnr_out = out["outside_psnr"]
+        out[f"collateral_{db}"] = torch.where(psnr_out.isnan(), psnr_out, (psnr_out < db).to(psnr_out.dtype))
     return out

@@ -149,7 +149,7 @@ def summary_table(rows: list[dict[str, Any]], methods: list[str], reference: str
     return f"{table(header, body, classes, cls='metrics')}{note}</p>"
 
 
-HEADLINE_OUTSIDE = ("outside_mae", "outside_mse", "outside_ssim", "outside_psnr")
+HEADLINE_OUTSIDE = ("outside_grey", "outside_mae", "outside_mse", "outside_ssim", "outside_psnr")
 
 
 def headline_metrics(rows: list[dict[str, Any]], metrics: dict[str, Metric]) -> list[Metric]:
@@ -162,10 +162,13 @@ def headline_metrics(rows: list[dict[str, Any]], metrics: dict[str, Metric]) -> 
     if align is not None:
         chosen.append(align)
     outside = next((metrics[n] for n in HEADLINE_OUTSIDE if n in metrics), None)
-    return chosen + ([outside] if outside else [])
+    collateral = metrics.get("collateral_35") if has_values(rows, "collateral_35") else None
+    return chosen + ([outside] if outside else []) + ([collateral] if collateral else [])
 
 
-HEADLINE_LABELS = {"outside_mae": "|change| outside mask", "outside_mse": "MSE outside mask",
+HEADLINE_LABELS = {"outside_grey": "|change| outside mask (grey levels)",
+                   "collateral_35": "collateral rate (PSNR out < 35 dB)", "outside_mae": "|change| outside mask",
+                   "outside_mse": "MSE outside mask",
                    "outside_ssim": "SSIM outside mask", "outside_psnr": "PSNR outside mask (dB)",
                    "reward": "target reward"}
 

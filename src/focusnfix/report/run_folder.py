@@ -9,7 +9,8 @@ from typing import Any
 from .page import esc, fmt, image, meta_list, page, read_json, read_jsonl, table, url
 from .plots import Series, color, line_chart
 
-CURVE_ORDER = ("loss", "reward", "constraint", "k", "mask_frac", "grad_norm", "lr", "seconds")
+CURVE_ORDER = ("loss", "reward", "constraint", "outside_change", "lam", "k", "mask_frac", "grad_norm", "lr",
+               "seconds")
 
 
 def _config(folder: Path) -> tuple[dict[str, Any], str]:
@@ -193,11 +194,14 @@ def _samples(folder: Path, cfg: dict[str, Any], last_step: Any) -> str:
 
 
 def _weight(cfg: dict, method) -> tuple[str, object]:
-    """The constraint's weight as the run used it: lambda (fnf), the KL weight (fnf-grpo, ``grpo.kl_weight`` or its
-    former key ``objective.lam``), none for DRaFT and plain GRPO."""
+    """The constraint's weight as the run used it: lambda (fnf) or its collateral budget (λ then found during
+    training), the KL weight (fnf-grpo, ``grpo.kl_weight`` or its former key ``objective.lam``), none for DRaFT
+    and plain GRPO."""
     if method == "fnf-grpo":
         kl = _get(cfg, "grpo.kl_weight")
         return "KL weight", kl if kl is not None else _get(cfg, "objective.lam")
+    if method in ("fnf", None) and _get(cfg, "objective.budget") is not None:  # λ: found during training (curve)
+        return "collateral budget (grey levels)", _get(cfg, "objective.budget")
     return "lambda", _get(cfg, "objective.lam") if method in ("fnf", None) else None
 
 

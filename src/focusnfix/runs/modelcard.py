@@ -204,7 +204,11 @@ def _method_rows(cfg: dict) -> list[tuple[str, str]]:
     rows = []
     if "mask" in sections:  # fnf: objective.lam; fnf-grpo: grpo.kl_weight (unset: objective.lam, its old key)
         lam = o.get("lam") if "objective" in sections or g.get("kl_weight") is None else g.get("kl_weight")
-        rows.append(("λ (region constraint)", f"{lam} ({o.get('norm', 'fro')} norm)"))
+        if "objective" in sections and o.get("budget") is not None:  # λ was a multiplier found during training
+            rows.append(("collateral budget", f"{o['budget']:g} grey levels (mean |Î − Î0| outside M(Î0), 8-bit); "
+                                              "λ found during training (see the λ curve in metrics.jsonl)"))
+        else:
+            rows.append(("λ (region constraint)", f"{lam} ({o.get('norm', 'fro')} norm)"))
         source = MASK_SOURCES.get(mask.get("source"), str(mask.get("source")))
         cut = f"quantile {mask['quantile']}" if mask.get("quantile") else f"threshold {mask.get('threshold')}"
         rows.append(("mask M(Î0)", f"{source}, {cut}, dilated {mask.get('dilate')} px"))
@@ -224,7 +228,7 @@ def _metric_lines(run: Path) -> list[str]:
         return []
     first, last = rows[0], rows[-1]
     parts = [f"{key} {first[key]:.4g} (step {first.get('step')}) → {last[key]:.4g} (step {last.get('step')})"
-             for key in ("reward", "constraint")
+             for key in ("reward", "constraint", "outside_change", "lam")
              if isinstance(first.get(key), (int, float)) and isinstance(last.get(key), (int, float))]
     return ["Training batches (not a held-out evaluation): " + "; ".join(parts) + ".", ""]
 
