@@ -12,7 +12,7 @@ from focusnfix.config import load_config
 from focusnfix.errors import ConfigError
 from focusnfix.evaluation.metrics import change_metrics
 from focusnfix.methods import DRaFT
-from focusnfix.methods.budget import LAM_FLOOR, Budget
+from focusnfix.methods.budget import DOMINANCE, LAM_FLOOR, Budget
 from focusnfix.methods.objective import outside_change
 from focusnfix.training.trainer import Trainer
 
@@ -32,13 +32,24 @@ def test_multiplier_stays_zero_with_slack_and_grows_geometrically_when_violated(
     assert b.lam == 0.0  # and returns to exactly 0
 
 
+def test_anti_windup_caps_growth_at_the_dominance_of_the_reward_pull():
+    """An unreachable budget raises λ only to DOMINANCE x the smoothed λ_eq, and the cap never pushes λ down."""
+    b = Budget(budget=0.5, rate=0.2)
+    for _ in range(300):  # the change stays at 0.7 > 0.5 whatever λ does
+        b.update(0.7, lam_eq=0.05)
+    assert math.isclose(b.lam, DOMINANCE * 0.05, rel_tol=1e-9)
+    b.update(0.7, lam_eq=0.0)  # the reward stops pulling: the cap drops to 0, λ holds (no growth, no cut)
+    assert math.isclose(b.lam, DOMINANCE * 0.05, rel_tol=1e-9)
+    assert b.update(0.25, lam_eq=0.0) < DOMINANCE * 0.05  # slack still lowers it
+
+
 def test_multiplier_state_round_trips_exactly_through_json():
     b = Budget(2.0, 0.3)
-    for change in (5.0, 4.0, 2.5, 1.0):
-        b.update(change)
+    for change, eq in ((5.0, 1.0), (4.0, 0.5), (2.5, 0.7), (1.0, 0.2)):
+        b.update(change, eq)
     c = Budget(2.0, 0.3)
     c.load_state_dict(json.loads(json.dumps(b.state_dict())))
-    assert c.lam == b.lam and c.update(3.0) == b.update(3.0)
+    assert c.lam == b.lam and c.lam_eq == b.lam_eq and c.update(3.0, 0.4) == b.update(3.0, 0.4)
 
 
 def test_outside_change_is_evals_outside_mae_in_grey_levels():
@@ -66,7 +77,7 @@ def test_zero_multiplier_is_drafts_gradient(tiny_dir, tmp_path):
         logs = trainer.accumulate_gradients()
         grads[method] = torch.cat([p.grad.flatten() for p in trainer.params])
         if method == "fnf":
-            assert logs["lam"] == 0.0 and logs["outside_change"] > 0
+            assert logs["lam"] == 0.0 and logs["outside_change"] > 0 and logs["lam_eq"] > 0
         else:
             assert isinstance(trainer.method, DRaFT) and "outside_change" not in logs
     assert torch.equal(grads["fnf"], grads["draft"])

@@ -53,7 +53,14 @@ class FocusNFix:
     def after_step(self, logs: dict[str, float]) -> None:
         """After an optimizer step, with its logs averaged over micro-batches and ranks: the budget's dual step."""
         if self.budget is not None:
-            self.budget.update(logs["outside_change"])
+            self.budget.update(logs["outside_change"], logs["lam_eq"])
+
+    def _lam_eq(self, score: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Batch mean of λ_eq = ‖∂r/∂Î‖ / (the penalty's pull on Î per unit λ: 1 for the Frobenius norm, 1/√(3HW) for
+        rms), the λ at which the two terms pull equally on each image (methods/budget.py); no gradient is kept."""
+        (pull,) = torch.autograd.grad(score.sum(), images, retain_graph=True)
+        unit = 1.0 if self.cfg.objective.norm == "fro" else images[0].numel() ** -0.5
+        return pull.detach().flatten(1).norm(dim=1).mean() / unit
 
     def state_dict(self) -> dict:
         """Training state beyond the LoRA and optimizer (checkpointed): the budget's multiplier."""
@@ -183,6 +190,9 @@ class FocusNFix:
         if ref is not None:  # outside_change: grey levels, the budget's measure
             names += ["constraint", "mask_frac", "outside_change"]
             values += [constraint.detach().mean(), ref.mask.mean(), outside_change(images, ref.images, ref.mask).mean()]
+        if self.budget is not None:  # λ_eq: where the constraint pulls on Î as hard as the reward (anti-windup)
+            names.append("lam_eq")
+            values.append(self._lam_eq(score, images))
         read = dict(zip(names, torch.stack([v.float() for v in values]).tolist()))  # one host sync
         logs = {"loss": read.pop("loss"), "reward": read.pop("reward"), "k": batch.k, **read}
         if warmup or self.budget is not None:
