@@ -141,8 +141,14 @@ def curves_plot(points: list[dict], title: str, path: Path) -> Path:
                 panel.point(p["steps"] + dodge, p[k], color[f], yerr=(p[f"{k}_lo"], p[f"{k}_hi"]), r=3)
         panel.point(0, base[k], COLORS["base"], r=3)
         if i == 0:
-            panel.legend([("DRaFT" if f == "draft" else f"FnF lam={f.split('-l')[1]}", color[f]) for f in fams],
+            panel.legend([("DRaFT" if f == "draft" else family_label(f), color[f]) for f in fams],
                          bottom=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def family_label(fam: str) -> str:
+    """``fnf-l0.2`` -> ``FnF lam=0.2``; ``fnf-b1`` -> ``FnF budget=1`` (grey levels)."""
+    kind, value = fam[len("fnf-")], fam[len("fnf-") + 1:]
+    return f"FnF lam={value}" if kind == "l" else f"FnF budget={value}"
