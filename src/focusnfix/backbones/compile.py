@@ -26,12 +26,17 @@ unchanged; only ``unet.forward`` is replaced.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..errors import FocusNFixError
 
 # Inductor settings used for the UNet; see the module docstring for why layout optimization is off.
 INDUCTOR_OPTIONS = {"layout_optimization": False}
+# Under ATEN_CPU_CAPABILITY=default (ATen's baseline kernels, as on CPUs without AVX2) inductor (torch 2.13) still
+# emits at::vec C++ that then fails to compile ("'at::vec' has not been declared"): scalar C++ kernels instead.
+SCALAR_CPP = {"cpp.simdlen": 1}
 _HINT = "set model.compile=false to run without torch.compile"
 
 
@@ -42,7 +47,8 @@ def compile_unet(unet) -> None:
     if getattr(unet, "_focusnfix_compiled", False):
         return
     try:
-        compiled = torch.compile(unet.forward, options=dict(INDUCTOR_OPTIONS))
+        scalar = os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "default"
+        compiled = torch.compile(unet.forward, options={**INDUCTOR_OPTIONS, **(SCALAR_CPP if scalar else {})})
     except Exception as e:  # e.g. torch.compile unsupported on this Python/platform
         raise FocusNFixError(f"torch.compile is not available here ({_first_line(e)}); {_HINT}") from None
 
