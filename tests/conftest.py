@@ -84,3 +84,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+def interrupted_then_resumed(tiny_dir, out, stop_at: int, **extra):
+    """A run stopped after its step-``stop_at`` checkpoint (what ``train`` does before the process dies), then
+    resumed with ``--resume`` to ``train.steps``; returns the resumed Trainer."""
+    from focusnfix.config import load_config
+    from focusnfix.training.trainer import Trainer
+
+    interrupted = Trainer(load_config(None, base_overrides(tiny_dir, out, **extra)))
+    interrupted.out.mkdir(parents=True)
+    for _ in range(stop_at):
+        interrupted.train_step()
+    interrupted.save_checkpoint()
+    del interrupted
+    resumed = Trainer(load_config(None, base_overrides(tiny_dir, out, **extra)))
+    resumed.train(resume=True, progress=False)
+    return resumed

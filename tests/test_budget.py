@@ -2,10 +2,11 @@
 eval's outside change in grey levels, the multiplier in checkpoints (exact resume), and the config's rules."""
 import json
 import math
+import re
 
 import pytest
 import torch
-from conftest import base_overrides
+from conftest import base_overrides, interrupted_then_resumed
 
 from focusnfix.backbones.lora import lora_state
 from focusnfix.config import load_config
@@ -84,7 +85,9 @@ def test_zero_multiplier_is_drafts_gradient(tiny_dir, tmp_path):
 
 
 def test_budget_multiplier_is_logged_checkpointed_and_resumed_exactly(tiny_dir, tmp_path):
-    extra = {"train.steps": 6, "train.checkpoint_every": 3, "objective.budget": 0.01, "objective.budget_rate": 1.0}
+    # reference_cache off: with the in-memory cache a resumed run is equal only up to rounding (issue 26, item 7)
+    extra = {"train.steps": 6, "train.checkpoint_every": 3, "objective.budget": 0.01, "objective.budget_rate": 1.0,
+             "train.reference_cache": "off"}
     straight = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "a", **extra)))
     straight.train(progress=False)
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -93,14 +96,7 @@ def test_budget_multiplier_is_logged_checkpointed_and_resumed_exactly(tiny_dir, 
     saved = json.loads((tmp_path / "a" / "checkpoints" / "step-000006" / "trainer.json").read_text())
     assert saved["method"]["budget"]["lam"] == straight.method.budget.lam
 
-    interrupted = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b", **extra)))
-    interrupted.out.mkdir(parents=True)
-    for _ in range(3):
-        interrupted.train_step()
-    interrupted.save_checkpoint()
-    del interrupted
-    resumed = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b", **extra)))
-    resumed.train(resume=True, progress=False)
+    resumed = interrupted_then_resumed(tiny_dir, tmp_path / "b", 3, **extra)
     a, b = lora_state(straight.backbone.unet), lora_state(resumed.backbone.unet)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert resumed.method.budget.lam == straight.method.budget.lam
@@ -115,8 +111,7 @@ def test_budget_multiplier_is_logged_checkpointed_and_resumed_exactly(tiny_dir, 
     ({"objective.budget_rate": 0}, "objective.budget_rate must be in (0, 10]"),
 ])
 def test_budget_config_errors_are_one_line(tiny_dir, tmp_path, overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[").replace("]", r"\]")
-                       .replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, base_overrides(tiny_dir, tmp_path, **overrides))
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import base_overrides
+from conftest import base_overrides, interrupted_then_resumed
 from diffusers import StableDiffusionPipeline
 
 from focusnfix.config import load_config
@@ -113,14 +113,7 @@ def test_resume_continues_the_same_trajectory(tiny_dir, tmp_path, schedule):
     straight = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "a", **extra)))
     straight.train(progress=False)
 
-    interrupted = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b", **extra)))
-    interrupted.out.mkdir(parents=True)
-    for _ in range(3):  # what `train` does before the process is stopped after the step-3 checkpoint
-        interrupted.train_step()
-    interrupted.save_checkpoint()
-    del interrupted
-    resumed = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "b", **extra)))
-    resumed.train(resume=True, progress=False)
+    resumed = interrupted_then_resumed(tiny_dir, tmp_path / "b", 3, **extra)
 
     a, b = lora_state(straight.backbone.unet), lora_state(resumed.backbone.unet)
     assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
