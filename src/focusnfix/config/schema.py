@@ -120,6 +120,13 @@ class ObjectiveConfig:
                               unit="grey levels")
     budget_rate: float = _f(0.2, "eta: how fast the multiplier of objective.budget adapts: at most a factor e^eta per "
                             "optimizer step (methods/budget.py).", range=(0.0, 10.0), open="lo")
+    trajectory_weight: float = _f(0.0, "rho (ours): also constrain the early, gradient-free steps of the trajectory: "
+                                  "at objective.trajectory_steps random steps among the first T-K, the fine-tuned "
+                                  "model's x0 prediction outside M (on the latent grid) is held to the frozen model's, "
+                                  "weighted lambda*rho beside the image term (methods/objective.py). 0 = the paper's "
+                                  "loss.", range=(0.0, 1e6))
+    trajectory_steps: int = _f(1, "J: steps per micro-batch that carry objective.trajectory_weight's term (each: one "
+                               "model call with gradient and one frozen call).", range=(1, 1000), unit="steps")
 
 
 @dataclass
@@ -246,6 +253,8 @@ class Config:
                "ramps a fixed lambda; with objective.budget the multiplier starts at 0 by itself: set it to 0")
         _check(self.objective.budget is None or self.method in ("fnf", "draft"), "objective.budget",
                f"is for method=fnf (draft ignores it); method={self.method} takes a fixed weight: remove it")
+        _check(self.objective.trajectory_weight == 0 or self.method in ("fnf", "draft"), "objective.trajectory_weight",
+               f"is for method=fnf (draft ignores it); remove it for method={self.method}")
         _warn_lam_as_kl_weight(self)
         _check(not (t.fsdp and t.mixed_precision == "fp16"), "train.mixed_precision",
                "fp16 is not supported with train.fsdp (its loss scaler does not handle sharded gradients); use bf16")

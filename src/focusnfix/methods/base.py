@@ -19,6 +19,7 @@ class Batch:
     seeds: list[int]
     k: int
     step: int = 0  # the optimizer step (from 0) the batch belongs to: schedules such as objective.lam_warmup
+    early: tuple[int, ...] = ()  # steps among the first T-K carrying objective.trajectory_weight's term (sorted)
 
 
 @dataclass

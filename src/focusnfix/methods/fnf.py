@@ -14,7 +14,7 @@ from ..backbones.lora import adapters_disabled, adapters_per_row
 from ..rewards.base import call_reward
 from ..rewards.compose import problem_mask
 from .budget import Budget
-from .objective import fnf_loss, outside_change, region_constraint
+from .objective import fnf_loss, latent_region_constraint, outside_change, region_constraint
 from ..sampling import conditioning_rows, grad_checkpointing_on, sample
 from .base import Batch, MethodContext, Reference, expand
 
@@ -94,7 +94,8 @@ class FocusNFix:
         s = self.cfg.sampler
         return self.backbone.encode(prompts, s.negative_prompt, s.guidance_scale)
 
-    def reference_and_trained(self, prompts: list[str], seeds: list[int], k: int) -> tuple[Reference, torch.Tensor]:
+    def reference_and_trained(self, prompts: list[str], seeds: list[int], k: int,
+                              capture: dict | None = None) -> tuple[Reference, torch.Tensor]:
         """(Î0 with M(Î0), Î) for one micro-batch.
 
         Î0 and Î start from the same x_T, so on a reference-cache miss (with ``train.batch_reference``)
@@ -102,7 +103,8 @@ class FocusNFix:
         batch with per-row adapters (:func:`~focusnfix.lora.adapters_per_row`): T-K calls fewer than
         two separate passes. Then Î0 finishes its K steps without gradient and Î with gradient.
 
-        The prompts are encoded once (B rows); the reference rows reuse theirs."""
+        The prompts are encoded once (B rows); the reference rows reuse theirs. ``capture``: the trained
+        trajectory's latents x_j before the steps j it names (:meth:`trained_images`)."""
         entries, missing = self._lookup(prompts, seeds)
         s, split = self.cfg.sampler, self.cfg.sampler.steps - k
         cond = self.encode(prompts)
@@ -110,13 +112,15 @@ class FocusNFix:
             if missing:
                 fresh = self._compute_reference(*_pick(missing, prompts, seeds), cond=conditioning_rows(cond, missing))
                 self._store(entries, missing, prompts, seeds, fresh)
-            return self._stack(entries), self.trained_images(prompts, seeds, k, cond=cond)
+            return self._stack(entries), self.trained_images(prompts, seeds, k, cond=cond, capture=capture)
         ref_prompts, ref_seeds = _pick(missing, prompts, seeds)
         device = self.backbone.device
         active = torch.tensor([0.0] * len(missing) + [1.0] * len(prompts), device=device)  # θ0 rows, then θ rows
         with torch.no_grad(), adapters_per_row(self.backbone.unet, active):
             both = conditioning_rows(cond, missing + list(range(len(prompts))))
-            x = sample(self.backbone, both, self.backbone.initial_noise(ref_seeds + seeds), s.steps, last=split)
+            noise = self.backbone.initial_noise(ref_seeds + seeds)
+            x = sample(self.backbone, both, noise, s.steps, last=split,
+                       callback=_capturer(capture, noise, rows=slice(len(missing), None)))
         fresh = self._compute_reference(ref_prompts, ref_seeds, latents=x[: len(missing)], first=split,
                                         cond=conditioning_rows(cond, missing))
         self._store(entries, missing, prompts, seeds, fresh)
@@ -159,21 +163,25 @@ class FocusNFix:
 
     # -- Î with gradient through the last K steps ----------------------------------------------
     def trained_images(self, prompts: list[str], seeds: list[int], k: int, latents: torch.Tensor | None = None,
-                       first: int = 0, cond=None) -> torch.Tensor:
+                       first: int = 0, cond=None, capture: dict | None = None) -> torch.Tensor:
         """Î with gradient through its last K steps and the decode; checkpointed calls (``sampler.grad_checkpointing``,
-        ``sampler.vae_checkpointing``) run as ``checkpoint_chunks`` row chunks, so backward recomputes one at a time."""
+        ``sampler.vae_checkpointing``) run as ``checkpoint_chunks`` row chunks, so backward recomputes one at a time.
+        ``capture``: ``{j: None}`` for steps j >= ``first``, filled with the (detached) latents x_j entering step j."""
         s = self.cfg.sampler
         cond = self.encode(prompts) if cond is None else cond
         x = self.backbone.initial_noise(seeds) if latents is None else latents
         latents = sample(self.backbone, cond, x, s.steps, k=k,
                          grad_checkpointing=grad_checkpointing_on(s.grad_checkpointing, k),
-                         first=first, chunks=self.checkpoint_chunks)
+                         first=first, chunks=self.checkpoint_chunks,
+                         callback=_capturer(capture, x.detach() if first == 0 else None))
         return self.backbone.decode(latents, grad_checkpointing=s.vae_checkpointing, chunks=self.checkpoint_chunks)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """L = mean over the batch of -r(Î, c) + λ ‖(1 - M(Î0)) ⊙ (Î - Î0)‖."""
+        rho = self.cfg.objective.trajectory_weight  # ρ: the early steps' term (objective.latent_region_constraint)
+        capture = dict.fromkeys(batch.early) if self.needs_reference and rho > 0 and batch.early else None
         if self.needs_reference:
-            ref, images = self.reference_and_trained(batch.prompts, batch.seeds, batch.k)
+            ref, images = self.reference_and_trained(batch.prompts, batch.seeds, batch.k, capture=capture)
         else:
             ref, images = None, self.trained_images(batch.prompts, batch.seeds, batch.k)
         score = call_reward(self.reward, images, batch.prompts).score
@@ -181,6 +189,10 @@ class FocusNFix:
         if ref is not None:
             constraint = region_constraint(images, ref.images, ref.mask, self.cfg.objective.norm,
                                            self.cfg.objective.eps)
+            if capture:
+                early = self.trajectory_term(batch.prompts, capture, ref.mask, images[0].numel(),
+                                             self.cfg.sampler.steps - batch.k)
+                constraint = constraint + rho * early
         warmup = self.cfg.objective.lam_warmup  # λ ramps 0 -> λ over the first `warmup` steps (0: off, the paper)
         lam = self.lam * min(1.0, batch.step / warmup) if warmup else self.lam
         if self.budget is not None:
@@ -190,6 +202,9 @@ class FocusNFix:
         if ref is not None:  # outside_change: grey levels, the budget's measure
             names += ["constraint", "mask_frac", "outside_change"]
             values += [constraint.detach().mean(), ref.mask.mean(), outside_change(images, ref.images, ref.mask).mean()]
+        if capture:
+            names.append("trajectory")
+            values.append(early.detach().mean())
         if self.budget is not None:  # λ_eq: where the constraint pulls on Î as hard as the reward (anti-windup)
             names.append("lam_eq")
             values.append(self._lam_eq(score, images))
@@ -199,6 +214,26 @@ class FocusNFix:
             logs["lam"] = lam
         return loss, logs
 
+    def trajectory_term(self, prompts: list[str], inputs: dict[int, torch.Tensor], mask: torch.Tensor,
+                        image_numel: int, early_steps: int) -> torch.Tensor:
+        """(T − K) × the mean over the steps j in ``inputs`` (latents x_j of the trained trajectory entering step j) of
+        ‖(1 − M↓) ⊙ (step_θ(x_j) − step_θ0(x_j))‖ per sample, ``(B,)``: how differently the fine-tuned and the frozen
+        model move the same latents outside the mask at step j (x_{j+1} by the sampler's own step rule), summed over
+        the ``early_steps`` = T − K gradient-free steps by the J-step sample. The fine-tuned call carries gradient,
+        the frozen one none (:func:`~.objective.latent_region_constraint`)."""
+        s, bb = self.cfg.sampler, self.backbone
+        if getattr(self, "_rule_for", None) != (s.steps, str(bb.device)):
+            self._rule, self._rule_for = bb.step_rule(s.steps, bb.device), (s.steps, str(bb.device))
+        rule, cond, grid = self._rule, self.encode(prompts), bb.latent_mask(mask)
+        terms = []
+        for j, x in sorted(inputs.items()):
+            t = rule.timesteps[j]
+            with torch.no_grad(), adapters_disabled(bb.unet):
+                frozen = rule(bb.model_fn(x, t, cond), j, t, x)
+            tuned = rule(bb.model_fn(x, t, cond), j, t, x)
+            terms.append(latent_region_constraint(tuned, frozen, grid, image_numel, self.cfg.objective.norm))
+        return early_steps * torch.stack(terms).mean(0)
+
     @torch.no_grad()
     def preview(self, prompts: list[str], seeds: list[int]) -> dict[str, torch.Tensor]:
         """Î0, M(Î0) and Î for the sample grids (no gradient)."""
@@ -206,6 +241,21 @@ class FocusNFix:
         ref = self.reference(prompts, seeds, cond=cond)
         images = self.trained_images(prompts, seeds, k=0, cond=cond)
         return {"reference": ref.images, "mask": ref.mask, "images": images}
+
+
+def _capturer(capture: dict | None, noise: torch.Tensor | None, rows: slice = slice(None)):
+    """A sampler callback that stores the latents entering each step named in ``capture`` (a dict ``{j: None}``,
+    filled in place; rows ``rows`` of the sampled batch); ``noise``: x_T, the input of step 0. None: no callback."""
+    if not capture:
+        return None
+    if noise is not None and 0 in capture:
+        capture[0] = noise[rows].detach()
+
+    def store(i: int, t, x: torch.Tensor) -> None:  # x: the latents after step i, entering step i + 1
+        if i + 1 in capture:
+            capture[i + 1] = x[rows]
+
+    return store
 
 
 def _pick(indices: list[int], prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:

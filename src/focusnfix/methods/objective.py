@@ -9,6 +9,15 @@ mask (1 = problem). With λ = 0 the loss is exactly DRaFT's ``-r(Î, c)``.
 ``sqrt(3·H·W)``, i.e. the root-mean-square pixel change outside the mask, so λ means the same
 at every resolution.
 
+``objective.trajectory_weight`` = ρ > 0 (ours, not in the paper) adds λρ · (T − K) · mean_j ‖(1 − M↓) ⊙ (Δx_j^θ
+− Δx_j^θ0)‖ over J random steps j of the first T − K: Δx_j is one step of the sampler from the fine-tuned
+trajectory's latents x_j, taken by the fine-tuned model (with gradient) and by the frozen model (without),
+compared outside the mask on the latent grid, so the sum estimates how far the LoRA moves the early, gradient-
+free steps outside M. DRaFT-K's gradient reaches only the last K steps, but a LoRA acts at every step: on the
+world (K = 2 of T = 20), a trained LoRA applied only in the first T − K steps made about 90 % of its change
+outside M and all of its fix, applied only in the last K steps about 15 % and no fix (BENCHMARKS.md, "Where the
+change comes from"), so the image term alone can neither see nor hold most of what it constrains.
+
 ``eps > 0`` smooths the norm at Î = Î0 (ours, not in the paper). The norm is not squared, so its
 gradient ``λ (Î - Î0) / ‖Î - Î0‖`` has length λ however small the difference: a fresh LoRA whose Î
 differs from Î0 only by rounding (another batch size in the reference pass, GPU kernels) is pushed with
@@ -38,6 +47,17 @@ def region_constraint(images: torch.Tensor, ref: torch.Tensor, mask: torch.Tenso
     else:
         value = diff.flatten(1).norm(dim=1)
     return value / root_n if norm == "rms" else value
+
+
+def latent_region_constraint(pred: torch.Tensor, ref: torch.Tensor, latent_mask: torch.Tensor, image_numel: int,
+                             norm: str = "fro") -> torch.Tensor:
+    """‖(1 − M↓) ⊙ (a − b)‖ per sample ``(B,)`` on the latent grid (M↓: the backbone's ``latent_mask``): one step of
+    ``objective.trajectory_weight``'s term (ours). In the image term's units: the rms over the latent elements, times
+    sqrt(3·H·W) (``image_numel``) for ``norm="fro"``, so ρ = 1 weighs an rms latent change like the same rms pixel
+    change."""
+    diff = (1.0 - latent_mask) * (pred - ref)
+    rms = diff.flatten(1).norm(dim=1) / math.sqrt(diff[0].numel())
+    return rms * math.sqrt(image_numel) if norm == "fro" else rms
 
 
 def fnf_loss(score: torch.Tensor, constraint: torch.Tensor | None, lam: float) -> torch.Tensor:
