@@ -104,10 +104,26 @@ def test_budget_multiplier_is_logged_checkpointed_and_resumed_exactly(tiny_dir, 
     assert [r["lam"] for r in later] == [r["lam"] for r in rows[3:]]
 
 
+def test_fnf_grpo_budget_measures_the_frozen_policys_rollout_and_resumes_exactly(tiny_dir, tmp_path):
+    """fnf-grpo with objective.budget: the KL's weight starts at 0, the measure is the outside change against the
+    frozen policy's rollout from the same noise (0 at the fresh LoRA, > 0 once it moved), and the weight is
+    checkpointed: a resumed run takes the same steps."""
+    extra = {"method": "fnf-grpo", "train.steps": 4, "train.checkpoint_every": 2, "objective.budget": 0.01,
+             "objective.budget_rate": 1.0, "grpo.group_size": 2, "grpo.timesteps": 2}
+    straight = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "a", **extra)))
+    straight.train(progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lam"] == 0.0 and rows[0]["outside_change"] == 0.0  # B = 0 at init: Î = Î0 exactly
+    assert rows[-1]["outside_change"] > 0 and rows[-1]["lam"] > 0  # moved past 0.01 grey levels: the weight rose
+    resumed = interrupted_then_resumed(tiny_dir, tmp_path / "b", 2, **extra)
+    a, b = lora_state(straight.backbone.unet), lora_state(resumed.backbone.unet)
+    assert all(torch.equal(a[n], b[n]) for n in a) and resumed.method.lam == straight.method.lam
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"objective.budget": 0}, "objective.budget must be in (0, 255]"),
     ({"objective.budget": 1, "objective.lam_warmup": 5}, "objective.lam_warmup"),
-    ({"objective.budget": 1, "method": "grpo"}, "objective.budget is for method=fnf"),
+    ({"objective.budget": 1, "method": "grpo"}, "objective.budget is for method=fnf and fnf-grpo"),
     ({"objective.budget_rate": 0}, "objective.budget_rate must be in (0, 10]"),
 ])
 def test_budget_config_errors_are_one_line(tiny_dir, tmp_path, overrides, message):

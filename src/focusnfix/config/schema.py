@@ -115,8 +115,8 @@ class ObjectiveConfig:
                               "mask, as the mean |I - I0| over the pixels and channels outside M in 8-bit grey levels "
                               "(1.0 = one level per pixel and channel on average; eval's outside change x 255). Set, "
                               "lambda is a Lagrange multiplier found during training (starting at 0, raised while the "
-                              "measured change exceeds B, lowered while it is below; objective.lam is not used); "
-                              "unset, the fixed objective.lam. docs/tuning.md.", range=(0.0, 255.0), open="lo",
+                              "measured change exceeds B, lowered while it is below; objective.lam is not used, nor "
+                              "fnf-grpo's grpo.kl_weight); unset, the fixed weight. docs/tuning.md.", range=(0.0, 255.0), open="lo",
                               unit="grey levels")
     budget_rate: float = _f(0.2, "eta: how fast the multiplier of objective.budget adapts: at most a factor e^eta per "
                             "optimizer step (methods/budget.py).", range=(0.0, 10.0), open="lo")
@@ -251,8 +251,9 @@ class Config:
                f"ramps the region constraint of method=fnf only; set it to 0 for method={self.method}")
         _check(self.objective.budget is None or self.objective.lam_warmup == 0, "objective.lam_warmup",
                "ramps a fixed lambda; with objective.budget the multiplier starts at 0 by itself: set it to 0")
-        _check(self.objective.budget is None or self.method in ("fnf", "draft"), "objective.budget",
-               f"is for method=fnf (draft ignores it); method={self.method} takes a fixed weight: remove it")
+        _check(self.objective.budget is None or self.method in ("fnf", "draft", "fnf-grpo"), "objective.budget",
+               f"is for method=fnf and fnf-grpo (draft ignores it); method={self.method} takes a fixed weight: "
+               "remove it")
         _check(self.objective.trajectory_weight == 0 or self.method in ("fnf", "draft"), "objective.trajectory_weight",
                f"is for method=fnf (draft ignores it); remove it for method={self.method}")
         _warn_lam_as_kl_weight(self)

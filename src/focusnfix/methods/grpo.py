@@ -37,6 +37,8 @@ from ..rewards.base import call_reward
 from ..rewards.compose import problem_mask
 from ..sampling import gaussian_log_prob, sample_stochastic
 from .base import Batch, MethodContext
+from .budget import Budget
+from .objective import outside_change
 
 
 class GRPO:
@@ -50,15 +52,26 @@ class GRPO:
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
         self.g = cfg.grpo
         self.lam = kl_weight(cfg) if self.region else 0.0  # the weight of the KL outside the mask
+        # objective.budget (fnf-grpo): the KL's weight is a multiplier found during training (methods/budget.py)
+        o = cfg.objective
+        self.budget = Budget(o.budget, o.budget_rate) if self.region and o.budget is not None else None
+        if self.budget is not None:
+            self.lam = self.budget.lam
 
     def after_step(self, logs: dict[str, float]) -> None:
-        """No state updated per step."""
+        """The budget's dual step from the step's measured outside change (fnf-grpo with objective.budget). No
+        anti-windup cap: a policy gradient gives no reward gradient on the image to scale it by (the KL acts outside
+        M, the policy gradient inside, so a large weight holds the rest of the image without drowning the push)."""
+        if self.budget is not None:
+            self.lam = self.budget.update(logs["outside_change"])
 
     def state_dict(self) -> dict:
-        return {}
+        return {"budget": self.budget.state_dict()} if self.budget is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        """Nothing to restore."""
+        if self.budget is not None and "budget" in state:
+            self.budget.load_state_dict(state["budget"])
+            self.lam = self.budget.lam
 
     def rule(self, device: torch.device):
         """The stochastic policy for the run's T steps on ``device``: eta-DDIM (UNet families) or the Flow-GRPO
@@ -90,8 +103,24 @@ class GRPO:
             G = self.g.group_size
             mask = (mask.view(-1, G, *mask.shape[1:]).amax(1, keepdim=True).expand(-1, G, *mask.shape[1:])
                     .reshape(mask.shape))
+        change = self.reference_change(cond, noise, seeds, prompts, images) if self.budget is not None else None
         return {"prompts": prompts, "seeds": seeds, "cond": cond, "timesteps": timesteps, "xs": xs,
-                "log_probs": log_probs, "stds": stds, "score": score, "adv": adv, "mask": mask}
+                "log_probs": log_probs, "stds": stds, "score": score, "adv": adv, "mask": mask, "change": change}
+
+    def reference_change(self, cond, noise: torch.Tensor, seeds: list[int], prompts: list[str],
+                         images: torch.Tensor) -> float:
+        """The budget's measure for a policy: Î0 is the frozen policy's rollout from the same x_T and the same
+        transition noise (both drawn from the seeds, so Î0 is what the frozen model samples for this trajectory),
+        M(Î0) its problem mask (all zeros for a reward that cannot say where: the whole image counts), and the
+        measure the mean over the samples of fnf's outside change in grey levels (:func:`~.objective.outside_change`).
+        One extra rollout without gradient per step."""
+        s = self.cfg.sampler
+        with adapters_disabled(self.backbone.unet):
+            _, xs, _, _ = sample_stochastic(self.backbone, cond, noise, s.steps, self.rule(noise.device), seeds)
+            reference = self.backbone.decode(xs[-1])
+        mask = self.image_mask(reference, prompts, call_reward(self.reward, reference, prompts))
+        mask = torch.zeros_like(reference[:, :1]) if mask is None else mask
+        return outside_change(images, reference, mask).mean().item()
 
     def image_mask(self, images: torch.Tensor, prompts: list[str], out) -> torch.Tensor | None:
         """M ``(B,1,H,W)`` of the sampled images, or None for plain GRPO / a reward that cannot say where
@@ -139,6 +168,8 @@ class GRPO:
         if self.region:
             logs["kl_outside"] = kl_total / len(steps)
             logs["mask_frac"] = 1.0 if mask is None else mask.mean().item()
+        if self.budget is not None:
+            logs.update(outside_change=roll["change"], lam=self.lam)
         return loss, logs
 
     def step_loss(self, mean, x_next, std, old_lp, adv, mask, x, t, i, cond, rule) -> tuple[torch.Tensor, torch.Tensor]:
