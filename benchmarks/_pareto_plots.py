@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from _pareto_runs import VARIANTS
+
 
 # -- plots (PIL only: matplotlib is not a dependency) --------------------------------------------------
 COLORS = {"draft": (200, 60, 40), "fnf": (40, 90, 200), "base": (20, 20, 20)}
@@ -150,5 +152,7 @@ def curves_plot(points: list[dict], title: str, path: Path) -> Path:
 
 def family_label(fam: str) -> str:
     """``fnf-l0.2`` -> ``FnF lam=0.2``; ``fnf-b1`` -> ``FnF budget=1`` (grey levels)."""
+    if fam in VARIANTS:
+        return fam
     kind, value = fam[len("fnf-")], fam[len("fnf-") + 1:]
     return f"FnF lam={value}" if kind == "l" else f"FnF budget={value}"

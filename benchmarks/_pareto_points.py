@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from _pareto_runs import step_seconds
+from _pareto_runs import VARIANTS, family_info, step_seconds
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,10 +44,9 @@ def make_point(fam: str, steps: int, per_seed: list[dict], train_s: list[float])
     keys = per_seed[0]["keys"]
     if any(p["keys"] != keys for p in per_seed):
         raise SystemExit(f"pareto: {fam} at {steps} steps was evaluated on different images for different seeds")
-    kind = fam[len("fnf-")] if fam.startswith("fnf-") else None  # l: a fixed λ, b: a budget (grey levels)
-    lam = float(fam[len("fnf-l"):]) if kind == "l" else (None if kind == "b" else 0.0)
-    point = {"family": fam, "method": fam.split("-")[0], "lam": lam, "steps": steps, "n_seeds": len(per_seed),
-             "n_images": len(keys), "budget": float(fam[len("fnf-b"):]) if kind == "b" else None}
+    method, lam, budget = ("base", 0.0, None) if fam == "base" else family_info(fam)
+    point = {"family": fam, "method": method, "lam": lam, "steps": steps, "n_seeds": len(per_seed),
+             "n_images": len(keys), "budget": budget, "variant": fam in VARIANTS}
     for k in METRICS:
         ci = bootstrap_ci(np.stack([p[k] for p in per_seed]))
         point.update({k: ci["mean"], f"{k}_lo": ci["lo"], f"{k}_hi": ci["hi"], f"{k}_seed_std": ci["seed_std"]})
@@ -119,7 +118,9 @@ def label(p: dict | None) -> str:
 
 
 def knob(p: dict) -> str:
-    """A Focus-N-Fix point's setting: its fixed λ or its budget (grey levels)."""
+    """A Focus-N-Fix point's setting: its fixed λ or its budget (grey levels); a variant's family name."""
+    if p.get("variant"):
+        return p["family"]
     return f"FnF B={p['budget']:g}" if p.get("budget") is not None else f"FnF λ={p['lam']:g}"
 
 

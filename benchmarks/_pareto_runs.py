@@ -30,12 +30,32 @@ def budget_family(budget: float) -> str:
     return f"fnf-b{budget:g}"
 
 
+VARIANTS: dict[str, list[str]] = {}  # pareto.py --variant NAME=key=value,...: families with their own training keys
+
+
 def family_overrides(fam: str) -> list[str]:
-    """The config keys of a family: DRaFT, a fixed λ (``fnf-l0.2``) or a budget in grey levels (``fnf-b1``)."""
+    """The config keys of a family: DRaFT, a fixed λ (``fnf-l0.2``), a budget in grey levels (``fnf-b1``), or a
+    variant (``VARIANTS``: method=fnf unless it says otherwise)."""
+    if fam in VARIANTS:
+        keys = VARIANTS[fam]
+        return keys if any(k.startswith("method=") for k in keys) else ["method=fnf", *keys]
     if fam == "draft":
         return ["method=draft"]
     kind, value = fam[len("fnf-")], fam[len("fnf-") + 1:]
     return ["method=fnf", f"objective.lam={value}" if kind == "l" else f"objective.budget={value}"]
+
+
+def family_info(fam: str) -> tuple[str, float | None, float | None]:
+    """(method, fixed λ or None, budget or None) of a family name (see :func:`family_overrides`)."""
+    if fam in VARIANTS:
+        keys = dict(k.split("=", 1) for k in family_overrides(fam))
+        lam, budget = keys.get("objective.lam"), keys.get("objective.budget")
+        return (keys["method"], None if lam is None or budget is not None else float(lam),
+                None if budget is None else float(budget))
+    if fam == "draft":
+        return "draft", 0.0, None
+    kind, value = fam[len("fnf-")], float(fam[len("fnf-") + 1:])
+    return "fnf", value if kind == "l" else None, value if kind == "b" else None
 
 
 def export_dir(run: Path, steps: int) -> Path:

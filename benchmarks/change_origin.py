@@ -95,7 +95,8 @@ def main(argv=None) -> int:
             grey = outside_change(img, ref, mask)
             rate = float((judge(img)[defect] > 0.5).float().mean())
             rows[name] = {"defect_rate": rate, "outside_grey": float(grey.mean()),
-                          "outside_grey_clean": float(grey[~had].mean()), "outside_grey_defect": float(grey[had].mean())}
+                          "outside_grey_clean": float(grey[~had].mean()),
+                          "outside_grey_defect": float(grey[had].mean())}
             r = rows[name]
             lines.append(f"| {ck} | {name} | {100 * rate:.1f} | {r['outside_grey']:.3f} | "
                          f"{r['outside_grey_clean']:.3f} | {r['outside_grey_defect']:.3f} |")

@@ -68,7 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 from _pareto_plots import curves_plot, pareto_plot  # noqa: E402
 from _pareto_points import TOL, choose, collect, equal_defect_table, label, points_table, reduction_text  # noqa: E402
-from _pareto_runs import DEFECTS, budget_family, eval_run, export_dir, run_name, step_seconds, train_run  # noqa: E402, F401 (export_dir: tests)
+from _pareto_runs import (DEFECTS, VARIANTS, budget_family, eval_run, export_dir, run_name,  # noqa: E402, F401
+                          step_seconds, train_run)  # (export_dir: tests)
 
 
 def html_report(result: dict, texts: dict[str, str], plots: list[Path], path: Path) -> Path:
@@ -92,7 +93,8 @@ def html_report(result: dict, texts: dict[str, str], plots: list[Path], path: Pa
 # -- the sweep ------------------------------------------------------------------------------------
 def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tuple[dict, dict[str, str], list[Path]]:
     judge = DEFECTS[defect][1]
-    knobs = [0.0, *args.defect_lambdas.get(defect, args.lambdas), *[budget_family(b) for b in args.budgets]]
+    knobs = [0.0, *args.defect_lambdas.get(defect, args.lambdas), *[budget_family(b) for b in args.budgets],
+             *VARIANTS]
     curve = sorted({n for n in range(args.curve_every, max(args.lengths) + 1, args.curve_every)}
                    if args.curve_every else set())
     exports = sorted(set(args.lengths) | set(curve))
@@ -171,6 +173,9 @@ def main(argv=None) -> int:
                    help="a λ grid for one defect instead of --lambdas, e.g. unwanted=0.1,0.2,0.45 (repeatable)")
     p.add_argument("--budgets", type=float, nargs="+", default=[],
                    help="Focus-N-Fix with these collateral budgets (objective.budget, grey levels) beside the λ grid")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=key=value,key=value",
+                   help="a Focus-N-Fix family with its own training keys (method=fnf unless given), e.g. "
+                        "global-b1=objective.budget=1,mask.source=none (repeatable); run names NAME-sSEED")
     p.add_argument("--lengths", type=int, nargs="+", default=[30, 60, 120, 240],
                    help="training lengths (steps) of the grid")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
@@ -208,6 +213,14 @@ def main(argv=None) -> int:
             p.error(f"--defect-lambdas {item!r}: expected DEFECT=L1,L2,... with DEFECT one of {', '.join(DEFECTS)}")
         grids[defect] = [lam for lam in lams if lam != 0]
     args.defect_lambdas = grids
+    for item in args.variant:
+        name, _, keys = item.partition("=")
+        pairs = [k.strip() for k in keys.split(",") if k.strip()]
+        if not name or "-s" in name or name == "draft" or name.startswith("fnf-") or not pairs \
+                or any("=" not in k for k in pairs):
+            p.error(f"--variant {item!r}: expected NAME=key=value,key=value with NAME free of '-s', not draft, "
+                    "not starting fnf-")
+        VARIANTS[name] = pairs
     import torch
 
     from focusnfix.evaluation.world_metrics import world_metrics

@@ -123,3 +123,19 @@ def test_skip_above_gives_clean_images_an_empty_mask():
     assert plain[1].sum() > 0  # saliency of a clean image still marks something (normalised per image)
     assert gated[1].sum() == 0 and torch.equal(gated[0], plain[0])
     assert gated[0, :, :16, :16].mean() > gated[0, :, 16:, 16:].mean()
+
+
+def test_mask_source_none_is_the_global_constraint():
+    """mask.source=none: M = 0 everywhere (the constraint covers the whole image), whatever the reward says."""
+    from focusnfix.config import MaskConfig
+    from focusnfix.rewards.compose import mask_from
+
+    class Loud:
+        name = "loud"
+
+        def __call__(self, images, prompts):
+            raise AssertionError("the reward is not asked for a map")
+
+    images = torch.rand(2, 3, 8, 8)
+    mask, heat = mask_from(Loud(), images, ["a", "b"], MaskConfig(source="none"))
+    assert mask.shape == (2, 1, 8, 8) and not mask.any() and not heat.any()

@@ -176,3 +176,28 @@ def test_reduction_rule_and_check():
     assert not reduction_check(base, {"defect": 0.10, "outside": 0.011}, draft[0])["outside"]["met"]
     zero = reduction_check(base, {"defect": 0.10, "outside": 0.0}, {"outside": 0.0})  # DRaFT changed nothing outside
     assert not zero["met"] and zero["outside"]["ratio"] is None and "vs DRaFT's 0" in describe_reduction(zero)
+
+
+def test_variant_families_carry_their_own_training_keys():
+    """--variant NAME=key=value,...: a family with its own training keys (method=fnf unless given), read back as
+    (method, λ, budget) for the tables; malformed variants are refused."""
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    import _pareto_runs as runs
+
+    bench = _load_bench()
+    try:
+        with pytest.raises(SystemExit):
+            bench.main(["--variant", "fnf-x=objective.budget=1"])  # the fnf- prefix is the built-in families'
+        with pytest.raises(SystemExit):
+            bench.main(["--variant", "bad=objective.budget"])  # key without value
+        runs.VARIANTS.update({"global-b1": ["objective.budget=1", "mask.source=none"],
+                              "draft-lr": ["method=draft", "train.lr=3e-4"]})
+        assert runs.family_overrides("global-b1") == ["method=fnf", "objective.budget=1", "mask.source=none"]
+        assert runs.family_info("global-b1") == ("fnf", None, 1.0)
+        assert runs.family_info("draft-lr") == ("draft", None, None)
+        assert runs.family_info("fnf-l0.2") == ("fnf", 0.2, None) and runs.family_info("fnf-b2") == ("fnf", None, 2.0)
+        assert runs.family_info("draft") == ("draft", 0.0, None)
+    finally:
+        runs.VARIANTS.clear()

@@ -83,8 +83,9 @@ class RewardConfig:
 
 @dataclass
 class MaskConfig:
-    source: str = _f("auto", "Where M(I0) comes from: heatmap, saliency, or auto (heatmap if the reward has one).",
-                     choices=("auto", "heatmap", "saliency"))
+    source: str = _f("auto", "Where M(I0) comes from: heatmap, saliency, or auto (heatmap if the reward has one); "
+                     "none: M = 0, the constraint over the whole image (a global constraint, for comparison).",
+                     choices=("auto", "heatmap", "saliency", "none"))
     threshold: float = _f(0.5, "Absolute threshold on the [0,1] heatmap (saliency maps are max-normalised first).",
                           range=(0.0, 1.0))
     quantile: float | None = _f(None, "If set (0-1), threshold each map at this quantile instead of `threshold`.",
@@ -116,8 +117,8 @@ class ObjectiveConfig:
                               "(1.0 = one level per pixel and channel on average; eval's outside change x 255). Set, "
                               "lambda is a Lagrange multiplier found during training (starting at 0, raised while the "
                               "measured change exceeds B, lowered while it is below; objective.lam is not used, nor "
-                              "fnf-grpo's grpo.kl_weight); unset, the fixed weight. docs/tuning.md.", range=(0.0, 255.0), open="lo",
-                              unit="grey levels")
+                              "fnf-grpo's grpo.kl_weight); unset, the fixed weight. docs/tuning.md.",
+                              range=(0.0, 255.0), open="lo", unit="grey levels")
     budget_rate: float = _f(0.2, "eta: how fast the multiplier of objective.budget adapts: at most a factor e^eta per "
                             "optimizer step (methods/budget.py).", range=(0.0, 10.0), open="lo")
     trajectory_weight: float = _f(0.0, "rho (ours): also constrain the early, gradient-free steps of the trajectory: "

@@ -46,6 +46,9 @@ def mask_from(reward, images: torch.Tensor, prompts: Sequence[str], m) -> tuple[
     Images whose score is already ``>= m.skip_above`` get an empty mask: nothing to fix, so the
     region constraint then covers the whole image (saliency maps are normalised per image and would
     otherwise mark arbitrary regions of clean images)."""
+    if m.source == "none":  # M = 0: the constraint covers the whole image (the global comparison)
+        empty = torch.zeros_like(images[:, :1])
+        return empty, empty
     heat, score = problem_map(reward, images, prompts, m.source)
     mask = heatmap_to_mask(heat, m.threshold, m.quantile, m.dilate, m.blur, m.min_area)
     if m.skip_above is not None:
