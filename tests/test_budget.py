@@ -84,15 +84,33 @@ def test_zero_multiplier_is_drafts_gradient(tiny_dir, tmp_path):
     assert torch.equal(grads["fnf"], grads["draft"])
 
 
+def test_slack_steps_skip_the_reference_and_are_drafts_steps(tiny_dir, tmp_path):
+    """objective.budget_measure_every = 4 and a budget that never binds (λ = 0): only one step in 4 computes Î0 (and
+    logs the change), and the LoRA after those steps is DRaFT's, bit for bit (train.batch_reference=false: the same
+    UNet batches)."""
+    extra = {"train.steps": 6, "train.batch_reference": False, "objective.budget_measure_every": 4}
+    runs = {}
+    for method, more in (("fnf", {"objective.budget": 200.0}), ("draft", {})):
+        runs[method] = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / method, method=method,
+                                                                **extra, **more)))
+        runs[method].train(progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "fnf" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "outside_change" in r] == [1, 5]
+    assert all(r["lam"] == 0.0 for r in rows)
+    a, b = lora_state(runs["fnf"].backbone.unet), lora_state(runs["draft"].backbone.unet)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_budget_multiplier_is_logged_checkpointed_and_resumed_exactly(tiny_dir, tmp_path):
     # reference_cache off: with the in-memory cache a resumed run is equal only up to rounding (issue 26, item 7)
     extra = {"train.steps": 6, "train.checkpoint_every": 3, "objective.budget": 0.01, "objective.budget_rate": 1.0,
-             "train.reference_cache": "off"}
+             "train.reference_cache": "off", "objective.budget_measure_every": 4}
     straight = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "a", **extra)))
     straight.train(progress=False)
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["lam"] == 0.0 and rows[-1]["lam"] > 0  # 0.01 grey levels is soon exceeded: lambda rises
-    assert all(r["outside_change"] >= 0 for r in rows)
+    # Î = Î0 at step 0 (no violation); in the slack only step 4 measures again, then λ > 0 and every step does
+    assert [r["step"] for r in rows if "outside_change" in r] == [1, 5, 6] and rows[5]["lam"] > 0
     saved = json.loads((tmp_path / "a" / "checkpoints" / "step-000006" / "trainer.json").read_text())
     assert saved["method"]["budget"]["lam"] == straight.method.budget.lam
 

@@ -121,6 +121,10 @@ class ObjectiveConfig:
                               range=(0.0, 255.0), open="lo", unit="grey levels")
     budget_rate: float = _f(0.2, "eta: how fast the multiplier of objective.budget adapts: at most a factor e^eta per "
                             "optimizer step (methods/budget.py).", range=(0.0, 10.0), open="lo")
+    budget_measure_every: int = _f(1, "While objective.budget's multiplier is 0 (slack), compute the frozen reference "
+                                   "to measure the change on one optimizer step in N only; the others are DRaFT "
+                                   "steps (the same gradient, no reference pass). 1 = every step.", range=(1, 10**6),
+                                   unit="steps")
     trajectory_weight: float = _f(0.0, "rho (ours): also constrain the early, gradient-free steps of the trajectory: "
                                   "at objective.trajectory_steps random steps among the first T-K, the fine-tuned "
                                   "model's x0 prediction outside M (on the latent grid) is held to the frozen model's, "

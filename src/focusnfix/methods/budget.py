@@ -16,7 +16,11 @@ advance and differs by orders of magnitude between rewards and resolutions:
     e = clip((c̄ − B) / B, −1, 1)          (the relative violation)
     λ ← max(0, (λ + λ_floor) · exp(η · e) − λ_floor)
 
-λ starts at 0 and stays 0 while there is slack (c̄ < B): early steps move as fast as DRaFT's. Once c̄ exceeds B,
+λ starts at 0 and stays 0 while there is slack (c̄ < B): early steps move as fast as DRaFT's. With
+``objective.budget_measure_every`` = N > 1, while λ = 0 the frozen model's Î0 is computed (to measure c̄) on one
+optimizer step in N only; the others are DRaFT steps, the same gradient without the reference pass (λ = 0 weighs the
+constraint by nothing), so the slack costs DRaFT's time per step plus 1/N of the reference. The first violation
+measured starts λ growing, at most N − 1 steps late. Once c̄ exceeds B,
 λ grows geometrically (at most a factor e^η per step) from the floor λ_floor, so it reaches any scale in
 log(λ*/λ_floor)/η steps, and shrinks again when the change falls below the budget. ``objective.budget_rate`` is η.
 

@@ -51,9 +51,19 @@ class FocusNFix:
         return self.lam > 0 or self.budget is not None
 
     def after_step(self, logs: dict[str, float]) -> None:
-        """After an optimizer step, with its logs averaged over micro-batches and ranks: the budget's dual step."""
-        if self.budget is not None:
+        """After an optimizer step, with its logs averaged over micro-batches and ranks: the budget's dual step (on
+        the steps that measured the change: :meth:`measures`)."""
+        if self.budget is not None and "outside_change" in logs:
             self.budget.update(logs["outside_change"], logs["lam_eq"])
+
+    def measures(self, step: int) -> bool:
+        """Whether optimizer step ``step`` computes Î0 (and so the constraint and the measured change): always with
+        a fixed λ > 0 or a positive multiplier; in a budget's slack (λ = 0) one step in
+        ``objective.budget_measure_every``, the others are DRaFT steps (λ = 0 weighs the constraint by nothing, so
+        their gradient is the same without Î0)."""
+        if self.budget is None:
+            return self.needs_reference
+        return self.budget.lam > 0 or step % self.cfg.objective.budget_measure_every == 0
 
     def _lam_eq(self, score: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Batch mean of λ_eq = ‖∂r/∂Î‖ / (the penalty's pull on Î per unit λ: 1 for the Frobenius norm, 1/√(3HW) for
@@ -179,8 +189,9 @@ class FocusNFix:
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """L = mean over the batch of -r(Î, c) + λ ‖(1 - M(Î0)) ⊙ (Î - Î0)‖."""
         rho = self.cfg.objective.trajectory_weight  # ρ: the early steps' term (objective.latent_region_constraint)
-        capture = dict.fromkeys(batch.early) if self.needs_reference and rho > 0 and batch.early else None
-        if self.needs_reference:
+        measured = self.measures(batch.step)
+        capture = dict.fromkeys(batch.early) if measured and rho > 0 and batch.early else None
+        if measured:
             ref, images = self.reference_and_trained(batch.prompts, batch.seeds, batch.k, capture=capture)
         else:
             ref, images = None, self.trained_images(batch.prompts, batch.seeds, batch.k)
@@ -205,7 +216,7 @@ class FocusNFix:
         if capture:
             names.append("trajectory")
             values.append(early.detach().mean())
-        if self.budget is not None:  # λ_eq: where the constraint pulls on Î as hard as the reward (anti-windup)
+        if self.budget is not None and measured:  # λ_eq: where the constraint pulls on Î as hard as the reward
             names.append("lam_eq")
             values.append(self._lam_eq(score, images))
         read = dict(zip(names, torch.stack([v.float() for v in values]).tolist()))  # one host sync

@@ -226,10 +226,13 @@ def _metric_lines(run: Path) -> list[str]:
     rows = [r for r in read_metrics(run / "metrics.jsonl") if isinstance(r.get("reward"), (int, float))]
     if not rows:
         return []
-    first, last = rows[0], rows[-1]
-    parts = [f"{key} {first[key]:.4g} (step {first.get('step')}) → {last[key]:.4g} (step {last.get('step')})"
-             for key in ("reward", "constraint", "outside_change", "lam")
-             if isinstance(first.get(key), (int, float)) and isinstance(last.get(key), (int, float))]
+    parts = []
+    for key in ("reward", "constraint", "outside_change", "lam"):  # a budget's slack steps do not measure the change
+        having = [r for r in rows if isinstance(r.get(key), (int, float))]
+        if having:
+            first, last = having[0], having[-1]
+            parts.append(f"{key} {first[key]:.4g} (step {first.get('step')}) → {last[key]:.4g} "
+                         f"(step {last.get('step')})")
     return ["Training batches (not a held-out evaluation): " + "; ".join(parts) + ".", ""]
 
 
