@@ -8,6 +8,7 @@ For each checkpoint (its ``lora.safetensors``) the world's split (27 captions x 
 DRaFT-K's gradient never reaches), in the last K steps only, and in the last 5 steps only; each against the frozen
 model's images of the same noise. Printed per variant: the defect judge's rate, and the mean |change| outside
 M(I0) in grey levels, over all images, over the images the base model drew clean, and over those with the defect.
+``--grid`` also saves the images (every-step variant) with their |change| maps.
 """
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="configs/world-artifact.yaml", help="the runs' world config")
     p.add_argument("--split", default="val", choices=list(SEEDS))
     p.add_argument("--batch", type=int, default=18)
+    p.add_argument("--prompts", type=int, default=27, help="captions of the split used (max 27)")
     p.add_argument("--out", default="benchmarks/results/change_origin.json")
+    p.add_argument("--grid", default=None, help="also save a PNG: per row (5 images the base model drew with the "
+                   "defect, 3 without) base | M(I0) | each checkpoint's image and its |change| x 20")
     args = p.parse_args(argv)
 
     import torch
@@ -56,7 +60,7 @@ def main(argv=None) -> int:
     add_lora(bb.unet, cfg.lora.rank, cfg.lora.alpha, list(cfg.lora.targets or bb.lora_targets))
     reward, judge = build_reward(cfg.reward.name, **cfg.reward.args), DefectJudge()
     defect = JUDGE.get(cfg.reward.name, "artifact")
-    records = load_prompt_set(f"world:{args.split}")
+    records = load_prompt_set(f"world:{args.split}")[:args.prompts]
     prompts = [r.prompt for r in records for _ in SEEDS[args.split]]
     seeds = [sd for _ in records for sd in SEEDS[args.split]]
 
@@ -87,25 +91,41 @@ def main(argv=None) -> int:
     lines = ["| checkpoint | LoRA on in | defect rate % | outside change, grey levels | on clean base images | "
              "on defect base images |", "|---|---|---|---|---|---|",
              f"| base | (none) | {100 * had.float().mean():.1f} | 0 | 0 | 0 |"]
+    picked = [*had.nonzero().flatten()[:5].tolist(), *(~had).nonzero().flatten()[:3].tolist()]
+    columns = [ref[picked], mask[picked].expand(-1, 3, -1, -1)]
     for ck in args.checkpoints:
         load_lora_state(bb.unet, load_file(str(Path(ck) / "lora.safetensors")))
         rows = {}
         for name, on in variants.items():
             img = images(on)
+            if on == (0, steps):
+                columns += [img[picked], ((img[picked] - ref[picked]).abs().mean(1, keepdim=True) * 20).clamp(0, 1)
+                            .expand(-1, 3, -1, -1)]
             grey = outside_change(img, ref, mask)
             rate = float((judge(img)[defect] > 0.5).float().mean())
             rows[name] = {"defect_rate": rate, "outside_grey": float(grey.mean()),
-                          "outside_grey_clean": float(grey[~had].mean()),
-                          "outside_grey_defect": float(grey[had].mean())}
+                          "outside_grey_clean": float(grey[~had].mean()) if (~had).any() else None,
+                          "outside_grey_defect": float(grey[had].mean()) if had.any() else None}
             r = rows[name]
             lines.append(f"| {ck} | {name} | {100 * rate:.1f} | {r['outside_grey']:.3f} | "
-                         f"{r['outside_grey_clean']:.3f} | {r['outside_grey_defect']:.3f} |")
+                         f"{_num(r['outside_grey_clean'])} | {_num(r['outside_grey_defect'])} |")
             print(lines[-1], flush=True)
         result["runs"][ck] = rows
+    if args.grid:
+        from PIL import Image
+
+        grid = torch.cat([torch.cat(list(col), 1) for col in columns], 2)  # (3, rows*H, cols*W)
+        pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(pixels).resize((pixels.shape[1] * 2, pixels.shape[0] * 2), Image.NEAREST).save(args.grid)
+        result["grid"] = args.grid
     result["seconds"] = time.perf_counter() - t0
     print("\n".join(lines))
     write_result(args.out, result)
     return 0
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 if __name__ == "__main__":

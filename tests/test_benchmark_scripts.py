@@ -65,3 +65,40 @@ def test_grpo_step_worker_runs():
     res = _load("grpo_step").worker("fnf-grpo", 1, 1)
     assert len(res["seconds"]) == 1 and res["seconds"][0] > 0
     assert res["reward_evaluations"] == 2 * 4 and res["peak_rss_mb"] > 0  # 2 prompts x G = 4
+
+
+def test_change_origin_splits_a_loras_change_by_steps(tmp_path):
+    """benchmarks/change_origin.py on 2 world captions: a LoRA at its init (B = 0) changes nothing in any variant;
+    a perturbed one changes the image when on in every step, and the grid has 2 + 2 columns."""
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from focusnfix.config import load_config
+    from focusnfix.training.trainer import Trainer
+
+    t = Trainer(load_config(str(BENCH.parent / "configs" / "world-artifact.yaml"),
+                            [f"train.output_dir={tmp_path / 'run'}"]))
+    from focusnfix.backbones.lora import lora_state
+
+    names = lora_state(t.backbone.unet)
+    (tmp_path / "zero").mkdir()
+    save_file({n: v.contiguous() for n, v in names.items()}, str(tmp_path / "zero" / "lora.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    moved = {n: (torch.randn(v.shape, generator=g) * 0.05 if "lora_B" in n else v) for n, v in names.items()}
+    (tmp_path / "moved").mkdir()
+    save_file({n: v.contiguous() for n, v in moved.items()}, str(tmp_path / "moved" / "lora.safetensors"))
+    del t
+    bench = _load("change_origin")
+    out, grid = tmp_path / "origin.json", tmp_path / "grid.png"
+    assert bench.main([str(tmp_path / "zero"), str(tmp_path / "moved"), "--prompts", "2", "--out", str(out),
+                       "--grid", str(grid)]) == 0
+    res = json.loads(out.read_text())
+    zero, moved = res["runs"][str(tmp_path / "zero")], res["runs"][str(tmp_path / "moved")]
+    assert res["images"] == 4 and len(zero) == len(moved) == 4
+    assert all(v["outside_grey"] == 0 and v["defect_rate"] == res["base_defect_rate"] for v in zero.values())
+    assert moved["every step"]["outside_grey"] > 0
+    width, height = Image.open(grid).size
+    defects = round(res["base_defect_rate"] * 4)
+    rows = min(5, defects) + min(3, 4 - defects)  # up to 5 images with the defect, then up to 3 without
+    assert width == 2 * 64 * (2 + 2 * 2) and height == 2 * 64 * rows
