@@ -14,9 +14,10 @@ at every resolution.
 trajectory's latents x_j, taken by the fine-tuned model (with gradient) and by the frozen model (without),
 compared outside the mask on the latent grid, so the sum estimates how far the LoRA moves the early, gradient-
 free steps outside M. DRaFT-K's gradient reaches only the last K steps, but a LoRA acts at every step: on the
-world (K = 2 of T = 20), a trained LoRA applied only in the first T − K steps made about 90 % of its change
+world (K = 2 of T = 20), a trained LoRA applied only in the first T − K steps made 90-95 % of its change
 outside M and all of its fix, applied only in the last K steps about 15 % and no fix (BENCHMARKS.md, "Where the
-change comes from"), so the image term alone can neither see nor hold most of what it constrains.
+change comes from"), so the image term's gradient does not see most of what it constrains (giving it every step,
+K = T, did not lower the change on the world either; the early-step term holds it, and the fix with it).
 
 ``eps > 0`` smooths the norm at Î = Î0 (ours, not in the paper). The norm is not squared, so its
 gradient ``λ (Î - Î0) / ‖Î - Î0‖`` has length λ however small the difference: a fresh LoRA whose Î
