@@ -109,3 +109,20 @@ def test_steps_are_drawn_per_optimizer_step_and_only_when_on(tiny_dir, tmp_path)
 def test_config_refuses_the_term_for_other_methods(tiny_dir, tmp_path):
     with pytest.raises(ConfigError, match="objective.trajectory_weight"):
         load_config(None, base_overrides(tiny_dir, tmp_path, method="grpo", **{"objective.trajectory_weight": 1.0}))
+
+
+def test_clean_weight_scales_the_constraint_of_images_with_nothing_to_fix(tiny_dir, tmp_path):
+    """objective.clean_weight = c: an image whose M(I0) is empty weighs its constraint c times (with
+    mask.source=none every mask is empty, so the logged constraint and the loss's penalty scale by c)."""
+    logs = {}
+    for c in (1.0, 3.0):
+        t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / f"c{c}", **{
+            "objective.lam": 0.5, "objective.clean_weight": c, "mask.source": "none"})))
+        _perturb_lora(t.backbone.unet, seed=4)
+        loss, logs[c] = t.method.loss(Batch(prompts=PROMPTS, seeds=SEEDS, k=2))
+        logs[c]["loss_value"] = loss.item()
+    assert logs[1.0]["constraint"] > 1e-3 and logs[1.0]["mask_frac"] == 0.0
+    assert logs[3.0]["constraint"] == pytest.approx(3 * logs[1.0]["constraint"], rel=1e-6)
+    assert logs[3.0]["loss_value"] - logs[1.0]["loss_value"] == pytest.approx(
+        0.5 * 2 * logs[1.0]["constraint"], rel=1e-5)
+    assert logs[3.0]["outside_change"] == logs[1.0]["outside_change"]  # the budget's measure is not weighted

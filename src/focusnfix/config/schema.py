@@ -125,6 +125,9 @@ class ObjectiveConfig:
                                    "to measure the change on one optimizer step in N only; the others are DRaFT "
                                    "steps (the same gradient, no reference pass). 1 = every step.", range=(1, 10**6),
                                    unit="steps")
+    clean_weight: float = _f(1.0, "c (ours): the constraint's weight on images whose mask M(I0) is empty (nothing to "
+                             "fix there, so the whole image should stay) is lambda*c, on the others lambda. 1 = the "
+                             "paper's one weight.", range=(0.0, 1e6))
     trajectory_weight: float = _f(0.0, "rho (ours): also constrain the early, gradient-free steps of the trajectory: "
                                   "at objective.trajectory_steps random steps among the first T-K, the fine-tuned "
                                   "model's x0 prediction outside M (on the latent grid) is held to the frozen model's, "

@@ -200,6 +200,10 @@ class FocusNFix:
         if ref is not None:
             constraint = region_constraint(images, ref.images, ref.mask, self.cfg.objective.norm,
                                            self.cfg.objective.eps)
+            c = self.cfg.objective.clean_weight  # images with nothing to fix (empty M) weigh c times more
+            if c != 1.0:
+                empty = ref.mask.flatten(1).amax(1) < 0.5
+                constraint = torch.where(empty, c * constraint, constraint)
             if capture:
                 early = self.trajectory_term(batch.prompts, capture, ref.mask, images[0].numel(),
                                              self.cfg.sampler.steps - batch.k)
