@@ -119,7 +119,8 @@ def pareto_plot(points: list[dict], x: str, x_lower: bool, title: str, xlabel: s
 
 
 def curves_plot(points: list[dict], title: str, path: Path) -> Path:
-    """Proxy (training reward on the val images) and gold (judge defect rate, oracle alignment) vs training steps."""
+    """Proxy (training reward on the val images), gold (judge defect rate, oracle alignment) and the collateral rate
+    (share of images with PSNR outside M(I0) below 35 dB) vs training steps."""
     from PIL import Image, ImageDraw
 
     base = next(p for p in points if p["method"] == "base")
@@ -127,12 +128,13 @@ def curves_plot(points: list[dict], title: str, path: Path) -> Path:
     color = {f: COLORS["draft"] if f == "draft" else SHADES[i % len(SHADES)]
              for i, f in enumerate(f for f in fams if f != "draft")}
     color["draft"] = COLORS["draft"]
-    img = Image.new("RGB", (1200, 430), "white")
+    img = Image.new("RGB", (1600, 430), "white")
     draw = ImageDraw.Draw(img)
     steps = (0, max(p["steps"] for p in points))
     for i, (k, name) in enumerate((("reward", "proxy: training reward (higher better)"),
                                    ("defect", "gold: defect rate (judge)"),
-                                   ("alignment", "gold: alignment-oracle accuracy"))):
+                                   ("alignment", "gold: alignment-oracle accuracy"),
+                                   ("collateral", "collateral rate (PSNR outside M < 35 dB)"))):
         panel = Panel(draw, (400 * i, 0, 400 * (i + 1), 430), steps, _lim(points, k), f"{title}: {name}",
                       "training steps", "")
         for j, f in enumerate(fams):
