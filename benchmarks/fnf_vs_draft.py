@@ -5,7 +5,8 @@
 
 "cold": every step computes I0 and M(I0) (cache off), with the frozen model's first T-K steps batched
 with the trained model's (``train.batch_reference``, the default) or as a separate pass ("2pass");
-"warm": a fixed pool of (prompt, seed) pairs whose references are already cached. Variants run
+"warm": a fixed pool of (prompt, seed) pairs whose references are already cached; "slack-4": a collateral budget
+while its multiplier is 0, computing the reference on one step in 4 (``objective.budget_measure_every``). Variants run
 interleaved (round-robin) so machine noise hits all of them alike; the first step of every run
 (warm-up) is not timed. Each step is timed twice: wall clock and the process's CPU time
 (``time.process_time``; one torch thread). On a shared machine the CPU time is the steadier measure
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
 
-def make_trainer(args, method: str, cache: str, out: Path, batch_reference: bool = True):
+def make_trainer(args, method: str, cache: str, out: Path, batch_reference: bool = True, extra: tuple = ()):
     from focusnfix.config import load_config
     from focusnfix.training.trainer import Trainer
 
@@ -37,7 +38,7 @@ def make_trainer(args, method: str, cache: str, out: Path, batch_reference: bool
                  f"sampler.k={args.k}", f"train.batch_size={args.batch}", f"train.reference_cache={cache}",
                  "data.seed_pool=2", "data.prompts=[a red circle, a blue square]", f"train.output_dir={out}",
                  "lora.rank=4", "reward.name=color", "mask.threshold=0.3", "train.steps=100000",
-                 f"train.batch_reference={batch_reference}"]
+                 f"train.batch_reference={batch_reference}", *extra]
     return Trainer(load_config(None, overrides))
 
 
@@ -108,17 +109,22 @@ def floor(c: dict[str, float], steps: int, k: int) -> dict[str, float]:
     # batched: the T-K shared no-grad steps at twice the batch, then K steps for each of I0 and I
     batched = (steps - k) * c["unet_nograd_2x_batch_per_row"] + k * (c["unet_nograd_base"] + c["unet_grad"]) \
         + c["vae_nograd"] + c["mask"] + c["vae_grad"]
-    return {"draft": draft, "fnf-cold": batched, "fnf-cold-2pass": draft + reference, "fnf-warm": draft}
+    return {"draft": draft, "fnf-cold": batched, "fnf-cold-2pass": draft + reference, "fnf-warm": draft,
+            "fnf-slack-4": draft + (batched - draft) / 4}
 
 
-VARIANTS = {"draft": ("draft", "off", True), "fnf-cold": ("fnf", "off", True), "fnf-cold-2pass": ("fnf", "off", False),
-            "fnf-warm": ("fnf", "memory", True)}
+# name: (method, reference cache, batch_reference, extra keys). fnf-slack-4: a budget in its slack (lambda = 0, a
+# budget it never reaches) measuring the change on one step in 4 (objective.budget_measure_every), cache off
+VARIANTS = {"draft": ("draft", "off", True, ()), "fnf-cold": ("fnf", "off", True, ()),
+            "fnf-cold-2pass": ("fnf", "off", False, ()), "fnf-warm": ("fnf", "memory", True, ()),
+            "fnf-slack-4": ("fnf", "off", True, ("objective.budget=250", "objective.budget_measure_every=4"))}
 
 
 def run_batch(args, batch: int, tmp: Path) -> dict:
     """All variants at one batch size, interleaved; the rows and component costs."""
     args.batch = batch
-    trainers = {name: make_trainer(args, m, c, tmp / f"{name}-b{batch}", b) for name, (m, c, b) in VARIANTS.items()}
+    trainers = {name: make_trainer(args, m, c, tmp / f"{name}-b{batch}", b, x)
+                for name, (m, c, b, x) in VARIANTS.items()}
     warm = trainers["fnf-warm"].method
     warm.reference(["a red circle", "a blue square"] * 2, [0, 0, 1, 1])  # the whole pool (seed_pool = 2)
     for trainer in trainers.values():  # warm-up: one untimed step each

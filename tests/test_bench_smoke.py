@@ -25,7 +25,7 @@ def test_fnf_vs_draft_and_inference_scripts(tmp_path):
     assert _load("fnf_vs_draft").main(["--steps", "1", "--repeats", "1", "--sampler-steps", "3",
                                        "--out", str(tmp_path / "a.json")]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "a.json").read_text())["rows"]}
-    assert set(rows) == {"draft", "fnf-cold", "fnf-cold-2pass", "fnf-warm"}
+    assert set(rows) == {"draft", "fnf-cold", "fnf-cold-2pass", "fnf-warm", "fnf-slack-4"}
     assert _load("inference").main(["--steps", "3", "--repeats", "1", "--batch", "2",
                                     "--out", str(tmp_path / "b.json")]) == 0
     assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 5
