@@ -30,3 +30,15 @@ def test_readme_lists_every_config_key_with_its_default():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for key, default, _ in field_help():
         assert f"| `{key}` | `{default}` |" in readme, f"README config table is missing or stale for {key}"
+
+
+def test_readme_config_table_matches_the_schema_help():
+    """tools/readme_config_table.py --check: every row's default and help text as the schema has them."""
+    import importlib.util
+    from pathlib import Path
+
+    tool = Path(__file__).parents[1] / "tools" / "readme_config_table.py"
+    spec = importlib.util.spec_from_file_location("_readme_table", tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0, "run: python tools/readme_config_table.py"

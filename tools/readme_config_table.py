@@ -1,0 +1,58 @@
+"""Rewrite the README's configuration table rows from the schema (``focusnfix.config.field_help``).
+
+    python tools/readme_config_table.py          # rewrite README.md in place
+    python tools/readme_config_table.py --check  # exit 1 when a row is missing or stale
+
+Rows are ``| `key` | `default` | help |`` with ``||`` written ``//`` and ``|`` escaped, in schema order; a key's
+row replaces the old one, a new key's row goes after the previous key's. Other README lines are left alone.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def row(key: str, default: str, text: str) -> str:
+    return f"| `{key}` | `{default}` | {text.replace('||', '//').replace('|', chr(92) + '|')} |"
+
+
+def rewrite(readme: str) -> str:
+    from focusnfix.config import field_help
+
+    lines = readme.splitlines()
+    where = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"\| `([a-z_.0-9]+)` \| `", line))}
+    previous = None
+    for key, default, text in field_help():
+        new = row(key, default, text)
+        if key in where:
+            lines[where[key]] = new
+        else:
+            if previous is None:
+                raise SystemExit(f"readme_config_table: no row before {key} to insert after")
+            at = where[previous] + 1
+            lines.insert(at, new)
+            where = {k: (i + 1 if i >= at else i) for k, i in where.items()}
+            where[key] = at
+        previous = key
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args(argv)
+    old = README.read_text()
+    new = rewrite(old)
+    if args.check:
+        print("README config table up to date" if new == old else "README config table is stale")
+        return 0 if new == old else 1
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
