@@ -143,6 +143,24 @@ def points_table(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
+BUDGET_TOL = 0.25  # issue 25: the measured outside change within ±25 % of the budget
+
+
+def budget_table(points: list[dict]) -> str | None:
+    """Is each budget honoured? Measured mean outside change (grey levels, with its CI) over the budget, per budget
+    point (None when there is none)."""
+    rows = [p for p in points if p.get("budget") is not None]
+    if not rows:
+        return None
+    lines = ["| point | budget, grey levels | measured outside change [CI] | measured / budget | within ±25 % |",
+             "|---|---|---|---|---|"]
+    for p in rows:
+        ratio = p["outside"] * 255 / p["budget"]
+        lines.append(f"| {label(p)} | {p['budget']:g} | {ci(p, 'outside', 255, '.3g')} | {ratio:.2f} | "
+                     f"{'yes' if abs(ratio - 1) <= BUDGET_TOL else 'no'} |")
+    return "\n".join(lines)
+
+
 def equal_defect_table(rows: list[dict], test: list[dict] | None = None) -> str:
     """Markdown; with ``test``, the val-chosen pairs are looked up on the test points."""
     find = {(p["family"], p["steps"]): p for p in (test or [])}

@@ -67,7 +67,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 from _pareto_plots import curves_plot, pareto_plot  # noqa: E402
-from _pareto_points import TOL, choose, collect, equal_defect_table, label, points_table, reduction_text  # noqa: E402
+from _pareto_points import (TOL, budget_table, choose, collect, equal_defect_table, label, points_table,  # noqa: E402
+                            reduction_text)
 from _pareto_runs import (DEFECTS, VARIANTS, budget_family, eval_run, export_dir, run_name,  # noqa: E402, F401
                           step_seconds, train_run)  # (export_dir: tests)
 
@@ -112,6 +113,8 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
     out["val"] = {"points": val_points, "curve_points": curve_points, **chosen}
     texts[f"{defect}: val points"] = points_table(val_points)
     texts[f"{defect}: equal-defect (val)"] = equal_defect_table(chosen["equal_defect"])
+    if budget_table(val_points):
+        texts[f"{defect}: budgets honoured? (val)"] = budget_table(val_points)
     texts[f"{defect}: selection (val)"] = (f"rule: {chosen['rule']}\nrecommended: {label(chosen['recommended'])} "
                                            f"({chosen['why']})\n"
                                            f"DRaFT best: {label(chosen['draft_best'])}\n"
@@ -137,6 +140,8 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
                        if p["method"] == "base" or (p["family"], p["steps"]) in picked]
         out["test"] = {"points": test_points, "picked_on_val": sorted(picked)}
         texts[f"{defect}: test points (chosen on val)"] = points_table(test_points)
+        if budget_table(test_points):
+            texts[f"{defect}: budgets honoured? (test)"] = budget_table(test_points)
         texts[f"{defect}: equal-defect (pairs matched on val, numbers on test)"] = equal_defect_table(
             chosen["equal_defect"], test_points)
         rec = chosen["recommended"] and next((p for p in test_points
