@@ -98,21 +98,29 @@ def pareto_plot(points: list[dict], x: str, x_lower: bool, title: str, xlabel: s
     img = Image.new("RGB", (760, 500), "white")
     panel = Panel(ImageDraw.Draw(img), (0, 0, 760, 500), _lim(points, x), _lim(points, "defect"), title, xlabel,
                   "defect rate (judge), lower is better")
-    for method in ("draft", "fnf"):
-        mine = [p for p in points if p["method"] == method]
+    groups = {  # each with its own front: DRaFT, Focus-N-Fix with a fixed λ, with a budget, and any variants
+        "DRaFT (filled: front; tag = steps)": (COLORS["draft"], [p for p in points if p["method"] == "draft"]),
+        "Focus-N-Fix, fixed lam (filled: front)": (COLORS["fnf"], [p for p in points if p["method"] == "fnf"
+                                                                   and not p.get("variant") and p["budget"] is None]),
+        "Focus-N-Fix, budget (filled: front)": (SHADES[1], [p for p in points if p["method"] == "fnf"
+                                                             and not p.get("variant") and p["budget"] is not None]),
+        "variants (--variant; filled: front)": (SHADES[2], [p for p in points if p.get("variant")]),
+    }
+    for color, mine in groups.values():
         front = pareto_front(mine, x, "defect", x_lower=x_lower)
-        panel.line([(p[x], p["defect"]) for p in front], COLORS[method])
+        panel.line([(p[x], p["defect"]) for p in front], color)
         for p in mine:
             on = p in front
-            setting = f"B {p['budget']:g}" if p.get("budget") is not None else f"lam {p['lam']:g}"
-            tag = (f"{p['steps']}" if method == "draft" else f"{setting}/{p['steps']}") if on else None
-            panel.point(p[x], p["defect"], COLORS[method], (p[f"{x}_lo"], p[f"{x}_hi"]),
-                        (p["defect_lo"], p["defect_hi"]), filled=on, text=tag)
+            setting = (p["family"] if p.get("variant") else f"B {p['budget']:g}" if p.get("budget") is not None
+                       else f"lam {p['lam']:g}")
+            tag = (f"{p['steps']}" if p["method"] == "draft" and not p.get("variant") else f"{setting}/{p['steps']}")
+            panel.point(p[x], p["defect"], color, (p[f"{x}_lo"], p[f"{x}_hi"]),
+                        (p["defect_lo"], p["defect_hi"]), filled=on, text=tag if on else None)
     for p in points:
         if p["method"] == "base":
             panel.point(p[x], p["defect"], COLORS["base"], yerr=(p["defect_lo"], p["defect_hi"]), text="base")
-    panel.legend([("DRaFT (filled: front; tag = steps)", COLORS["draft"]),
-                  ("Focus-N-Fix, all lam (filled: front)", COLORS["fnf"]), ("base model", COLORS["base"])])
+    panel.legend([(name, color) for name, (color, mine) in groups.items() if mine]
+                 + [("base model", COLORS["base"])])
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path

@@ -42,7 +42,9 @@ def family_overrides(fam: str) -> list[str]:
     if fam == "draft":
         return ["method=draft"]
     kind, value = fam[len("fnf-")], fam[len("fnf-") + 1:]
-    return ["method=fnf", f"objective.lam={value}" if kind == "l" else f"objective.budget={value}"]
+    # a fixed λ clears the shipped configs' budget (which would otherwise take precedence)
+    return ["method=fnf", *([f"objective.lam={value}", "objective.budget=null"] if kind == "l"
+                            else [f"objective.budget={value}"])]
 
 
 def family_info(fam: str) -> tuple[str, float | None, float | None]:

@@ -106,7 +106,8 @@ class _PreviousFocusNFix(FocusNFix):
     (2B rows), again for the reference (B rows) and looked up for the trained pass; float32 cache entries
     with the heatmap."""
 
-    def reference_and_trained(self, prompts, seeds, k):
+    def reference_and_trained(self, prompts, seeds, k, capture=None):
+        assert capture is None  # objective.trajectory_weight is off here (it postdates this path)
         entries, missing = self._lookup(prompts, seeds)
         s, split = self.cfg.sampler, self.cfg.sampler.steps - k
         if not (missing and self.batch_reference and split > 0):

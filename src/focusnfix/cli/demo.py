@@ -3,7 +3,7 @@
     python -m focusnfix.cli.demo [--out runs/demo] [--steps N] [--arch unet|flow]
 
 1. Fine-tunes the world's trained 64 px model (docs/world.md) against its localized *artifact*
-   with the artifact reward (a heatmap model): Focus-N-Fix (λ > 0) and DRaFT (λ = 0), same budget.
+   with the artifact reward (a heatmap model): Focus-N-Fix (the config's collateral budget) and DRaFT, same compute.
 2. Generates base, DRaFT and Focus-N-Fix images for held-out prompts (world:heldout) and held-out
    noise seeds, and measures them with `focusnfix eval`: the reward, the change inside and outside
    the base image's mask, and the world's independent judges (defect judge, alignment oracle).
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         build_tiny_sd3_pipeline(out / "tiny-sd3")
         model = [f"model.path={out / 'tiny-sd3'}"]
     start = time.perf_counter()
-    for method in ("fnf", "draft"):  # same config and budget; DRaFT is lambda = 0
+    for method in ("fnf", "draft"):  # the same config and steps; DRaFT ignores the budget
         overrides = ([f"train.output_dir={out / method}", f"method={method}", *model]
                      + ([f"train.steps={args.steps}"] if args.steps else []))
         cfg = load_config(config, overrides)

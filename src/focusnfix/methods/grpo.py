@@ -60,8 +60,9 @@ class GRPO:
 
     def after_step(self, logs: dict[str, float]) -> None:
         """The budget's dual step from the step's measured outside change (fnf-grpo with objective.budget). No
-        anti-windup cap: a policy gradient gives no reward gradient on the image to scale it by (the KL acts outside
-        M, the policy gradient inside, so a large weight holds the rest of the image without drowning the push)."""
+        anti-windup cap: a policy gradient gives no reward gradient on the image to scale it by. On the world a budget
+        of 0.2 wound the weight up to 56-162 and held the fix to −13 % (BENCHMARKS.md, "Region-aware GRPO with a
+        budget"): a cap for policies is open work."""
         if self.budget is not None:
             self.lam = self.budget.update(logs["outside_change"])
 

@@ -41,8 +41,8 @@ def make_batches(cfg: Config, prompts: list[str], step: int, rank: int = 0, worl
     k = draw_k(cfg.sampler.k, cfg.sampler.k_max, torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1))))
     early = ()  # objective.trajectory_weight: J steps of the first T-K, shared by the step's trajectories
     if cfg.objective.trajectory_weight > 0 and cfg.sampler.steps > k:
-        j = min(cfg.objective.trajectory_steps, cfg.sampler.steps - k)
-        early = tuple(sorted(int(i) for i in rng.choice(cfg.sampler.steps - k, size=j, replace=False)))
+        count = min(cfg.objective.trajectory_steps, cfg.sampler.steps - k)
+        early = tuple(sorted(int(i) for i in rng.choice(cfg.sampler.steps - k, size=count, replace=False)))
     mine = range(rank * t.batch_size * t.grad_accum, (rank + 1) * t.batch_size * t.grad_accum, t.batch_size)
     return [Batch(prompts=[prompts[i] for i in idx[j: j + t.batch_size]],
                   seeds=[int(s) for s in seeds[j: j + t.batch_size]], k=k, step=step, early=early)
