@@ -101,3 +101,14 @@ def interrupted_then_resumed(tiny_dir, out, stop_at: int, **extra):
     resumed = Trainer(load_config(None, base_overrides(tiny_dir, out, **extra)))
     resumed.train(resume=True, progress=False)
     return resumed
+
+
+def perturb_lora(unet, seed=0):
+    """Move every LoRA B away from its zero init (N(0, 0.05²), seeded), so that Î differs from Î0."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)

@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from conftest import base_overrides
+from conftest import base_overrides, perturb_lora
 
 from focusnfix.training.cache import ReferenceCache, reference_fingerprint
 from focusnfix.config import load_config
@@ -77,14 +77,6 @@ def test_every_key_part_changes_the_fingerprint_and_lora_does_not(trainer):
     assert len(set(variants)) == len(variants) and base not in variants
 
 
-def _perturb_lora(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in unet.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-
-
 def test_adapters_per_row_runs_theta0_and_theta_in_one_batch(tiny_dir, tmp_path):
     """Row 0 with adapters off equals the adapters-disabled UNet, row 1 the fine-tuned one, in one call
     (with CFG's doubled batch); and the LoRA really changes the output, so the check can fail."""
@@ -92,7 +84,7 @@ def test_adapters_per_row_runs_theta0_and_theta_in_one_batch(tiny_dir, tmp_path)
 
     t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "run")))
     bb = t.backbone
-    _perturb_lora(bb.unet)
+    perturb_lora(bb.unet)
     with torch.no_grad():
         cond = bb.encode(PROMPTS, "", 5.0)
         x = bb.initial_noise(SEEDS)
@@ -111,7 +103,7 @@ def test_batched_reference_equals_separate_passes(tiny_dir, tmp_path):
     to float rounding, for a fine-tuned LoRA, a cached/missing mix, and K = T (nothing to share)."""
     t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / "run",
                                                  **{"sampler.steps": 6, "data.seed_pool": 16})))
-    _perturb_lora(t.backbone.unet, seed=1)
+    perturb_lora(t.backbone.unet, seed=1)
     method = t.method
     method.cache = ReferenceCache(method.cache.fingerprint, None)
     method.reference(PROMPTS[:1], SEEDS[:1])  # the first pair cached, the second missing

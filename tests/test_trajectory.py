@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import base_overrides
+from conftest import base_overrides, perturb_lora
 
 from focusnfix.backbones.lora import adapters_disabled
 from focusnfix.config import load_config
@@ -21,14 +21,6 @@ PROMPTS, SEEDS = ["a red circle", "a blue square"], [5, 9]
 REL = 1e-4
 
 
-def _perturb_lora(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in unet.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-
-
 def _trainer(tiny_dir, out, **extra):
     return Trainer(load_config(None, base_overrides(tiny_dir, out, **{
         "sampler.steps": 6, "objective.trajectory_weight": 1.0, "objective.trajectory_steps": 2, **extra})))
@@ -36,7 +28,7 @@ def _trainer(tiny_dir, out, **extra):
 
 def test_term_equals_the_hand_computed_steps(tiny_dir, tmp_path):
     t = _trainer(tiny_dir, tmp_path / "run", **{"train.batch_reference": False})
-    _perturb_lora(t.backbone.unet)
+    perturb_lora(t.backbone.unet)
     bb, method, early = t.backbone, t.method, (0, 3)
     _, logs = method.loss(Batch(prompts=PROMPTS, seeds=SEEDS, k=2, early=early))
 
@@ -64,7 +56,7 @@ def test_term_equals_the_hand_computed_steps(tiny_dir, tmp_path):
 def test_batched_reference_hands_the_term_the_trained_rows(tiny_dir, tmp_path):
     """On a reference-cache miss the early steps of Î0 and Î run as one batch; the term must read Î's rows."""
     t = _trainer(tiny_dir, tmp_path / "run")
-    _perturb_lora(t.backbone.unet, seed=2)
+    perturb_lora(t.backbone.unet, seed=2)
     values = {}
     for flag in (False, True):
         t.method.batch_reference = flag
@@ -79,7 +71,7 @@ def test_term_carries_gradient_into_the_lora(tiny_dir, tmp_path):
     grads = {}
     for rho in (0.0, 1.0):
         t = _trainer(tiny_dir, tmp_path / f"run{rho}", **{"objective.trajectory_weight": rho, "objective.lam": 1.0})
-        _perturb_lora(t.backbone.unet, seed=3)
+        perturb_lora(t.backbone.unet, seed=3)
         loss, _ = t.method.loss(Batch(prompts=PROMPTS, seeds=SEEDS, k=2, early=(0, 2)))
         loss.backward()
         grads[rho] = torch.cat([p.grad.flatten() for n, p in t.backbone.unet.named_parameters()
@@ -118,7 +110,7 @@ def test_clean_weight_scales_the_constraint_of_images_with_nothing_to_fix(tiny_d
     for c in (1.0, 3.0):
         t = Trainer(load_config(None, base_overrides(tiny_dir, tmp_path / f"c{c}", **{
             "objective.lam": 0.5, "objective.clean_weight": c, "mask.source": "none"})))
-        _perturb_lora(t.backbone.unet, seed=4)
+        perturb_lora(t.backbone.unet, seed=4)
         loss, logs[c] = t.method.loss(Batch(prompts=PROMPTS, seeds=SEEDS, k=2))
         logs[c]["loss_value"] = loss.item()
     assert logs[1.0]["constraint"] > 1e-3 and logs[1.0]["mask_frac"] == 0.0
