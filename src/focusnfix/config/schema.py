@@ -121,18 +121,18 @@ class ObjectiveConfig:
                               range=(0.0, 255.0), open="lo", unit="grey levels")
     budget_rate: float = _f(0.2, "eta: how fast the multiplier of objective.budget adapts: at most a factor e^eta per "
                             "optimizer step (methods/budget.py).", range=(0.0, 10.0), open="lo")
-    budget_measure_every: int = _f(1, "While objective.budget's multiplier is 0 (slack), compute the frozen reference "
-                                   "to measure the change on one optimizer step in N only; the others are DRaFT "
-                                   "steps (the same gradient, no reference pass). 1 = every step.", range=(1, 10**6),
-                                   unit="steps")
+    budget_measure_every: int = _f(1, "fnf: while objective.budget's multiplier is 0 (slack), compute the frozen "
+                                   "reference to measure the change on one optimizer step in N only; the others are "
+                                   "DRaFT steps (the same gradient, no reference pass). 1 = every step.",
+                                   range=(1, 10**6), unit="steps")
     clean_weight: float = _f(1.0, "c (ours): the constraint's weight on images whose mask M(I0) is empty (nothing to "
                              "fix there, so the whole image should stay) is lambda*c, on the others lambda. 1 = the "
                              "paper's one weight.", range=(0.0, 1e6))
     trajectory_weight: float = _f(0.0, "rho (ours): also constrain the early, gradient-free steps of the trajectory: "
                                   "at objective.trajectory_steps random steps among the first T-K, the fine-tuned "
-                                  "model's x0 prediction outside M (on the latent grid) is held to the frozen model's, "
-                                  "weighted lambda*rho beside the image term (methods/objective.py). 0 = the paper's "
-                                  "loss.", range=(0.0, 1e6))
+                                  "model's sampler step outside M (on the latent grid) is held to the frozen model's "
+                                  "step from the same latents, weighted lambda*rho beside the image term "
+                                  "(methods/objective.py). 0 = the paper's loss.", range=(0.0, 1e6))
     trajectory_steps: int = _f(1, "J: steps per micro-batch that carry objective.trajectory_weight's term (each: one "
                                "model call with gradient and one frozen call).", range=(1, 1000), unit="steps")
 

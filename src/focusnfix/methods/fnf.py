@@ -236,10 +236,9 @@ class FocusNFix:
         model move the same latents outside the mask at step j (x_{j+1} by the sampler's own step rule), summed over
         the ``early_steps`` = T − K gradient-free steps by the J-step sample. The fine-tuned call carries gradient,
         the frozen one none (:func:`~.objective.latent_region_constraint`)."""
-        s, bb = self.cfg.sampler, self.backbone
-        if getattr(self, "_rule_for", None) != (s.steps, str(bb.device)):
-            self._rule, self._rule_for = bb.step_rule(s.steps, bb.device), (s.steps, str(bb.device))
-        rule, cond, grid = self._rule, self.encode(prompts), bb.latent_mask(mask)
+        bb = self.backbone
+        rule = bb.step_rule(self.cfg.sampler.steps, bb.device)  # a private scheduler copy, as every sampler call makes
+        cond, grid = self.encode(prompts), bb.latent_mask(mask)  # the conditioning is cached while training
         terms = []
         for j, x in sorted(inputs.items()):
             t = rule.timesteps[j]

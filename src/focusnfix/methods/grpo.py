@@ -51,12 +51,15 @@ class GRPO:
         """``context`` is not used: no deterministic reference (so no reference cache), no collective in the loss."""
         self.backbone, self.reward, self.cfg = backbone, reward, cfg
         self.g = cfg.grpo
-        self.lam = kl_weight(cfg) if self.region else 0.0  # the weight of the KL outside the mask
+        self.fixed_lam = kl_weight(cfg) if self.region else 0.0
         # objective.budget (fnf-grpo): the KL's weight is a multiplier found during training (methods/budget.py)
         o = cfg.objective
         self.budget = Budget(o.budget, o.budget_rate) if self.region and o.budget is not None else None
-        if self.budget is not None:
-            self.lam = self.budget.lam
+
+    @property
+    def lam(self) -> float:
+        """The weight of the KL outside the mask: the budget's multiplier, else grpo.kl_weight (0 for plain GRPO)."""
+        return self.budget.lam if self.budget is not None else self.fixed_lam
 
     def after_step(self, logs: dict[str, float]) -> None:
         """The budget's dual step from the step's measured outside change (fnf-grpo with objective.budget). No
@@ -64,7 +67,7 @@ class GRPO:
         of 0.2 wound the weight up to 56-162 and held the fix to −13 % (BENCHMARKS.md, "Region-aware GRPO with a
         budget"): a cap for policies is open work."""
         if self.budget is not None:
-            self.lam = self.budget.update(logs["outside_change"])
+            self.budget.update(logs["outside_change"])
 
     def state_dict(self) -> dict:
         return {"budget": self.budget.state_dict()} if self.budget is not None else {}
@@ -72,7 +75,6 @@ class GRPO:
     def load_state_dict(self, state: dict) -> None:
         if self.budget is not None and "budget" in state:
             self.budget.load_state_dict(state["budget"])
-            self.lam = self.budget.lam
 
     def rule(self, device: torch.device):
         """The stochastic policy for the run's T steps on ``device``: eta-DDIM (UNet families) or the Flow-GRPO

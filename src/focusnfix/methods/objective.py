@@ -15,7 +15,7 @@ trajectory's latents x_j, taken by the fine-tuned model (with gradient) and by t
 compared outside the mask on the latent grid, so the sum estimates how far the LoRA moves the early, gradient-
 free steps outside M. DRaFT-K's gradient reaches only the last K steps, but a LoRA acts at every step: on the
 world (K = 2 of T = 20), a trained LoRA applied only in the first T − K steps made 90-95 % of its change
-outside M and all of its fix, applied only in the last K steps about 15 % and no fix (BENCHMARKS.md, "Where the
+outside M and all of its fix, applied only in the last K steps 15-30 % and no fix (BENCHMARKS.md, "Where the
 change comes from"), so the image term's gradient does not see most of what it constrains (giving it every step,
 K = T, did not lower the change on the world either; the early-step term holds it, and the fix with it).
 
