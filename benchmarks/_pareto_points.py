@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 METRICS = {"defect": "{judge}", "alignment": "alignment", "outside": "outside_mae", "inside": "inside_mae",
            "reward": "reward", "collateral": "collateral_35", "collateral30": "collateral_30"}
 TOL = 0.015  # 1.5 points
+ALIGN_WITHIN = 0.05  # issue 25: DRaFT's reference keeps alignment within 5 points of the base model's
+ALIGN_TOL = 0.01  # issue 25: Focus-N-Fix's alignment at least the reference's - 1 point
 
 
 # -- points ---------------------------------------------------------------------------------------
@@ -77,7 +79,7 @@ def collect(evals: dict[str, Path], runs: dict[str, Path], judge: str, lengths: 
 
 # -- choosing and reporting -------------------------------------------------------------------------
 def choose(points: list[dict]) -> dict:
-    """Selection, equal-defect matches and the target check on one split's points."""
+    """Selection, equal-defect matches and the target checks on one split's points."""
     from focusnfix.evaluation.pareto import (REDUCTION_RULE, SELECTION_RULE, best_point, describe_target, equal_defect,
                                              select_lowest_defect, select_point, target_check)
 
@@ -89,11 +91,38 @@ def choose(points: list[dict]) -> dict:
     if rec is not None and draft:
         out["target"] = target_check(out["draft_best"], rec, TOL)
         out["target_text"] = describe_target(out["target"], TOL)
+    out.update(reference_target(points))
     out["reduction_rule"], out["lowest_defect"] = REDUCTION_RULE, select_lowest_defect(draft, fnf)
     reduction = reduction_text(points, out["lowest_defect"])
     if reduction:
         out["reduction"], out["reduction_text"] = reduction
     return out
+
+
+def reference_target(points: list[dict], chosen: dict | None = None) -> dict:
+    """Issue 25's target on one split: DRaFT's reference point (:data:`REFERENCE_RULE`), the Focus-N-Fix point
+    chosen against it (``chosen``, e.g. the one picked on val, or :func:`select_point` with the reference and
+    ALIGN_TOL), and the check (defect within TOL, outside <= 1/3, alignment >= reference - ALIGN_TOL, collateral
+    rate <= 1/2). Empty without base, DRaFT or Focus-N-Fix points."""
+    from focusnfix.evaluation.pareto import REFERENCE_RULE, describe_target, draft_reference, select_point, target_check
+
+    base = next((p for p in points if p["method"] == "base"), None)
+    draft = [p for p in points if p["method"] == "draft"]
+    fnf = [p for p in points if p["method"] == "fnf"]
+    if base is None or not draft or not fnf:
+        return {}
+    ref = draft_reference(draft, base, ALIGN_WITHIN)
+    if chosen is None:
+        chosen, _ = select_point(draft, fnf, TOL, ref=ref, align_tol=ALIGN_TOL)
+    else:
+        chosen = next((p for p in fnf if (p["family"], p["steps"]) == (chosen["family"], chosen["steps"])), None)
+        if chosen is None:
+            return {}
+    check = target_check(ref, chosen, TOL, align_tol=ALIGN_TOL, collateral_ratio=0.5)
+    return {"reference_rule": REFERENCE_RULE.format(within_pts=ALIGN_WITHIN * 100), "draft_reference": ref,
+            "reference_pick": chosen, "reference_target": check,
+            "reference_text": f"{label(chosen)} vs DRaFT reference {label(ref)}: "
+                              f"{describe_target(check, TOL, align_tol=ALIGN_TOL)}"}
 
 
 def reduction_text(points: list[dict], point: dict | None) -> tuple[dict, str] | None:

@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 from _pareto_plots import curves_plot, pareto_plot  # noqa: E402
 from _pareto_points import (TOL, budget_table, choose, collect, equal_defect_table, label, points_table,  # noqa: E402
-                            reduction_text)
+                            reduction_text, reference_target)
 from _pareto_runs import (DEFECTS, VARIANTS, budget_family, eval_run, export_dir, run_name,  # noqa: E402, F401
                           step_seconds, train_run)  # (export_dir: tests)
 
@@ -99,16 +99,24 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
     curve = sorted({n for n in range(args.curve_every, max(args.lengths) + 1, args.curve_every)}
                    if args.curve_every else set())
     exports = sorted(set(args.lengths) | set(curve))
-    runs = {run_name(knob, s): train_run(defect, knob, s, exports, work, args.set, args.arch)
+    # Focus-N-Fix families may stop earlier than DRaFT (--fnf-lengths): DRaFT's reference points need its longer runs
+    fnf_exports = sorted({n for n in exports if n <= max(args.fnf_lengths)} | set(args.fnf_lengths))
+    runs = {run_name(knob, s): train_run(defect, knob, s, exports if knob == 0.0 else fnf_exports, work, args.set,
+                                         args.arch)
             for knob in knobs for s in args.seeds}
+    lengths = sorted(set(args.lengths) | set(args.fnf_lengths))
     out, texts, plots = {"runs": {}}, {}, []
     for name, run in runs.items():
         out["runs"][name] = {"train_s": json.loads((run / "bench.json").read_text())["train_s"],
                              "steps_s": {n: step_seconds(run).get(n) for n in exports}}
-    val = {name: eval_run(defect, "val", run, exports, args.eval_seeds, args.prompts, work, args.set, judges, args.arch)
+    val = {name: eval_run(defect, "val", run, exports if name.startswith("draft-") else fnf_exports, args.eval_seeds,
+                          args.prompts, work, args.set, judges, args.arch)
            for name, run in runs.items()}
-    val_points = collect(val, runs, judge, args.lengths)
-    curve_points = collect(val, runs, judge, exports)
+    def asked(points: list[dict]) -> list[dict]:  # a Focus-N-Fix eval folder may hold lengths beyond --fnf-lengths
+        return [p for p in points if p["method"] in ("base", "draft") or p["steps"] in args.fnf_lengths]
+
+    val_points = asked(collect(val, runs, judge, lengths))
+    curve_points = collect(val, runs, judge, sorted(set(exports) | set(fnf_exports)))
     chosen = choose(val_points)
     out["val"] = {"points": val_points, "curve_points": curve_points, **chosen}
     texts[f"{defect}: val points"] = points_table(val_points)
@@ -119,6 +127,8 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
                                            f"({chosen['why']})\n"
                                            f"DRaFT best: {label(chosen['draft_best'])}\n"
                                            f"target (val): {chosen.get('target_text', 'n/a')}\n"
+                                           f"issue 25's target (val; {chosen.get('reference_rule', 'n/a')}): "
+                                           f"{chosen.get('reference_text', 'n/a')}\n"
                                            f"lowest defect rate changing less than DRaFT ({chosen['reduction_rule']}): "
                                            f"{chosen.get('reduction_text', 'none')}")
     for x, lower, xl in (("outside", True, "mean |change| outside M(I0), lower is better"),
@@ -136,7 +146,7 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
             if lengths:
                 test_evals[name] = eval_run(defect, "test", run, lengths, args.test_seeds, args.prompts, work, args.set,
                                             judges, args.arch)
-        test_points = [p for p in collect(test_evals, runs, judge, args.lengths)
+        test_points = [p for p in asked(collect(test_evals, runs, judge, lengths))
                        if p["method"] == "base" or (p["family"], p["steps"]) in picked]
         out["test"] = {"points": test_points, "picked_on_val": sorted(picked)}
         texts[f"{defect}: test points (chosen on val)"] = points_table(test_points)
@@ -154,6 +164,11 @@ def sweep_defect(defect: str, args, work: Path, plots_dir: Path, judges) -> tupl
             out["test"]["target"] = target_check(best, rec, TOL)
             texts[f"{defect}: target (test)"] = (f"{label(rec)} vs DRaFT best on test {label(best)}: "
                                                  f"{describe_target(out['test']['target'], TOL)}")
+        if chosen.get("reference_pick"):
+            ref25 = reference_target(test_points, chosen["reference_pick"])
+            if ref25:
+                out["test"]["reference_target"] = ref25["reference_target"]
+                texts[f"{defect}: issue 25's target (test, point chosen on val)"] = ref25["reference_text"]
         reduction = reduction_text(test_points, chosen["lowest_defect"])
         if reduction:
             out["test"]["reduction"] = reduction[0]
@@ -183,6 +198,9 @@ def main(argv=None) -> int:
                         "global-b1=objective.budget=1,mask.source=none (repeatable); run names NAME-sSEED")
     p.add_argument("--lengths", type=int, nargs="+", default=[30, 60, 120, 240],
                    help="training lengths (steps) of the grid")
+    p.add_argument("--fnf-lengths", type=int, nargs="+", default=None,
+                   help="training lengths of the Focus-N-Fix families (default: --lengths); DRaFT always runs to "
+                        "--lengths, whose points are the references")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--eval-split", nargs="+", default=["val", "test"], choices=["val", "test"],
                    help="val: choose (always run); test: report the chosen points")
@@ -207,6 +225,7 @@ def main(argv=None) -> int:
     args.work = args.work or f"runs/pareto{suffix}"
     args.out = args.out or f"benchmarks/results/pareto{suffix}.json"
     args.lambdas = [lam for lam in args.lambdas if lam != 0]
+    args.fnf_lengths = args.fnf_lengths or args.lengths
     grids = {}
     for item in args.defect_lambdas:
         defect, _, values = item.partition("=")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from focusnfix.evaluation.pareto import (best_point, bootstrap_ci, describe_target, equal_defect, pareto_front,
-                                         select_point, target_check, wilson)
+from focusnfix.evaluation.pareto import (best_point, bootstrap_ci, describe_target, draft_reference, equal_defect,
+                                         pareto_front, select_point, target_check, wilson)
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -105,6 +105,31 @@ def _load_bench():
     return module
 
 
+def test_issue25_reference_rule_and_full_target():
+    base = {**_pt("base", 0.50, 0.0, 0.80, 0, 0.0, "base")}
+    draft = [_pt("d30", 0.38, 0.010, 0.72, 30, method="draft"), _pt("d60", 0.21, 0.018, 0.48, 60, method="draft"),
+             _pt("d120", 0.11, 0.054, 0.23, 120, method="draft")]
+    # no DRaFT point keeps alignment within 5 points of base (0.72 < 0.75): the shortest one is the reference
+    assert draft_reference(draft, base)["name"] == "d30"
+    # one that does (0.76 >= 0.75): the lowest defect rate among those that keep it
+    assert draft_reference([*draft, _pt("d45", 0.30, 0.012, 0.76, 45, method="draft")], base)["name"] == "d45"
+    assert draft_reference([_pt("a", 0.3, 0.01, 0.78, 60, method="draft"), _pt("b", 0.2, 0.01, 0.751, 120,
+                                                                                  method="draft")], base)["name"] == "b"
+    ref = draft_reference(draft, base)
+    fnf = [{**_pt("f1", 0.39, 0.003, 0.715), "collateral": 0.20}, {**_pt("f2", 0.37, 0.004, 0.69), "collateral": 0.1}]
+    ref = {**ref, "collateral": 0.5}
+    # alignment may fall 1 point below the reference's: f1 (-0.5 pt) qualifies, f2 (-3 pts) does not
+    chosen, why = select_point(draft, fnf, ref=ref, align_tol=0.01)
+    assert chosen["name"] == "f1" and why == "rule"
+    check = target_check(ref, chosen, align_tol=0.01, collateral_ratio=0.5)
+    assert check["met"] and check["collateral"]["ratio"] == pytest.approx(0.4)
+    assert check["alignment"]["margin"] == pytest.approx(0.005)
+    worse = target_check(ref, {**chosen, "collateral": 0.3}, align_tol=0.01, collateral_ratio=0.5)
+    assert not worse["met"] and not worse["collateral"]["met"] and worse["outside"]["met"]
+    assert "collateral rate 0.60x DRaFT's (> 0.50x)" in describe_target(worse, align_tol=0.01)
+    assert "collateral" not in target_check(ref, chosen)  # the older targets are unchanged
+
+
 def test_pareto_sweep_end_to_end_on_the_world(tmp_path):
     """DRaFT and FnF (λ = 0.45), lengths 1 and 2 from one training each, 1 val and 1 test image, then a rerun
     that trains and evaluates nothing."""
@@ -154,6 +179,13 @@ def test_pareto_sweep_end_to_end_on_the_world(tmp_path):
     assert bench.main(argv) == 0  # resumable: everything is found finished
     assert {f: f.stat().st_mtime_ns for f in marks} == marks
     assert json.loads(out.read_text())["defects"]["artifact"]["val"]["points"] == res["val"]["points"]
+    assert "issue 25" in (work / "pareto.html").read_text() and res["val"]["draft_reference"]["method"] == "draft"
+
+    # Focus-N-Fix families stopped earlier than DRaFT (--fnf-lengths): found finished, its step-2 point left out
+    assert bench.main([*argv, "--fnf-lengths", "1"]) == 0
+    short = {(p["family"], p["steps"]) for p in json.loads(out.read_text())["defects"]["artifact"]["val"]["points"]}
+    assert short == {("base", 0), ("draft", 1), ("draft", 2), ("fnf-l0.45", 1)}
+    assert {f: f.stat().st_mtime_ns for f in marks} == marks
 
 
 def test_reduction_rule_and_check():

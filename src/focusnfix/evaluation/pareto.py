@@ -136,12 +136,15 @@ SELECTION_RULE = ("on the validation split: among Focus-N-Fix points whose defec
                   "defect rate")
 
 
-def select_point(draft: Sequence[dict], fnf: Sequence[dict], tol: float = 0.015) -> tuple[dict | None, str]:
-    """The recommended Focus-N-Fix point by :data:`SELECTION_RULE`; returns (point, which clause chose it)."""
+def select_point(draft: Sequence[dict], fnf: Sequence[dict], tol: float = 0.015, ref: dict | None = None,
+                 align_tol: float = 0.0) -> tuple[dict | None, str]:
+    """The recommended Focus-N-Fix point by :data:`SELECTION_RULE`; returns (point, which clause chose it).
+    ``ref`` replaces DRaFT's best point as the reference (issue 25: :func:`draft_reference`) and ``align_tol`` lets
+    the alignment fall that far below the reference's."""
     if not draft or not fnf:
         return None, "no points"
-    ref = best_point(draft)
-    aligned = [p for p in fnf if p["alignment"] >= ref["alignment"] - 1e-12]
+    ref = ref or best_point(draft)
+    aligned = [p for p in fnf if p["alignment"] >= ref["alignment"] - align_tol - 1e-12]
     ok = [p for p in aligned if p["defect"] <= ref["defect"] + tol + 1e-12]
     if ok:
         return min(ok, key=lambda p: (p["outside"], p["steps"])), "rule"
@@ -151,28 +154,52 @@ def select_point(draft: Sequence[dict], fnf: Sequence[dict], tol: float = 0.015)
     return best_point(fnf), "fallback: no point keeps alignment; lowest defect rate"
 
 
-def target_check(draft_best: dict, point: dict, tol: float = 0.015, outside_ratio: float = 1 / 3) -> dict:
+REFERENCE_RULE = ("DRaFT's reference point (issue 25): the lowest defect rate among DRaFT's points whose alignment is "
+                  "within {within_pts:g} points of the base model's; where none is, its shortest training length")
+
+
+def draft_reference(draft: Sequence[dict], base: dict, within: float = 0.05) -> dict:
+    """DRaFT's point by :data:`REFERENCE_RULE`: the fix DRaFT reaches without losing prompt alignment (a DRaFT point
+    that reward-hacks away the prompt is not a fix to match)."""
+    if not draft:
+        raise ValueError("draft_reference: no points")
+    kept = [p for p in draft if p["alignment"] >= base["alignment"] - within - 1e-12]
+    return best_point(kept) if kept else min(draft, key=lambda p: (p["steps"], p["defect"]))
+
+
+def target_check(draft_best: dict, point: dict, tol: float = 0.015, outside_ratio: float = 1 / 3,
+                 align_tol: float = 0.0, collateral_ratio: float | None = None) -> dict:
     """The issue's target: ``point`` reaches DRaFT's best defect rate within ``tol``, its outside change
-    is at most ``outside_ratio`` of DRaFT's, and its alignment is at least DRaFT's. Each part with its
+    is at most ``outside_ratio`` of DRaFT's, and its alignment is at least DRaFT's − ``align_tol``; with
+    ``collateral_ratio`` also its collateral rate at most that share of DRaFT's (issue 25: 1/2). Each part with its
     margin (positive = met with room to spare)."""
     defect_margin = draft_best["defect"] + tol - point["defect"]
     ratio = _ratio(point["outside"], draft_best["outside"])
-    align_margin = point["alignment"] - draft_best["alignment"]
+    align_margin = point["alignment"] - draft_best["alignment"] + align_tol
     parts = {"defect": {"met": defect_margin >= -1e-12, "margin": defect_margin},
              "outside": {"met": ratio is not None and ratio <= outside_ratio + 1e-12, "ratio": ratio},
              "alignment": {"met": align_margin >= -1e-12, "margin": align_margin}}
+    if collateral_ratio is not None:
+        c = _ratio(point["collateral"], draft_best["collateral"])
+        parts["collateral"] = {"met": c is not None and c <= collateral_ratio + 1e-12, "ratio": c,
+                               "limit": collateral_ratio}
     return {"met": all(v["met"] for v in parts.values()), **parts}
 
 
-def describe_target(check: dict, tol: float = 0.015, outside_ratio: float = 1 / 3) -> str:
+def describe_target(check: dict, tol: float = 0.015, outside_ratio: float = 1 / 3, align_tol: float = 0.0) -> str:
     """One line: met, or by how much each part is missed."""
     d, o, a = check["defect"], check["outside"], check["alignment"]
-    parts = [f"defect rate {'within' if d['met'] else 'misses'} DRaFT best + {tol * 100:g} pts "
+    parts = [f"defect rate {'within' if d['met'] else 'misses'} DRaFT + {tol * 100:g} pts "
              f"by {abs(d['margin']) * 100:.1f} pts",
              f"outside change {o['ratio']:.2f}x DRaFT's ({'<=' if o['met'] else '>'} {outside_ratio:.2f}x)"
              if o["ratio"] is not None
              else "outside change: DRaFT's is 0",
-             f"alignment {a['margin'] * 100:+.1f} pts vs DRaFT ({'kept' if a['met'] else 'lower'})"]
+             f"alignment {(a['margin'] - align_tol) * 100:+.1f} pts vs DRaFT ({'kept' if a['met'] else 'lower'}"
+             f"{f', tolerance {align_tol * 100:g} pts' if align_tol else ''})"]
+    if "collateral" in check:
+        c = check["collateral"]
+        parts.append(f"collateral rate {c['ratio']:.2f}x DRaFT's ({'<=' if c['met'] else '>'} {c['limit']:.2f}x)"
+                     if c["ratio"] is not None else "collateral rate: DRaFT's is 0")
     return ("MET: " if check["met"] else "NOT MET: ") + "; ".join(parts)
 
 
