@@ -63,6 +63,40 @@ def test_corrupted_newest_checkpoint_is_skipped(tiny_dir, tmp_path, uninterrupte
     assert max((resumed[n] - uninterrupted[n]).abs().max().item() for n in resumed) <= 1e-6
 
 
+def test_damaged_checkpoint_with_a_rewritten_manifest_falls_back(tiny_dir, tmp_path, uninterrupted):
+    """Issue 26 #8: a checkpoint whose file was damaged and whose manifest was rewritten to match passes the
+    checksum test; it used to stop the resume with status 1 ("unexpected ..."). Found automatically it is skipped for
+    the next older checkpoint; named explicitly it is refused with one line (status 2) and nothing changes."""
+    import json
+
+    from focusnfix.runs.checkpoint import MANIFEST, sha256
+
+    out = tmp_path / "run"
+    _killed_run(tiny_dir, out, "after-step@4")  # checkpoints of steps 2 and 3 remain (keep 2)
+    newest = out / "checkpoints" / "step-000003"
+    (newest / "optimizer.json").write_text('{"param_groups": [')  # torn JSON
+    manifest = json.loads((newest / MANIFEST).read_text())
+    manifest["files"]["optimizer.json"] = sha256(newest / "optimizer.json")
+    (newest / MANIFEST).write_text(json.dumps(manifest))
+    assert latest_checkpoint(out / "checkpoints") == newest  # the checksums pass
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    files = lambda: {f: f.read_bytes() for f in out.rglob("*") if f.is_file() and f.name != ".lock"}  # noqa: E731
+    before = files()
+    named = subprocess.run([sys.executable, "-m", "focusnfix", "train", "--no-progress",
+                            *base_overrides(tiny_dir, out, **EXTRA), "--resume", str(newest)],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert named.returncode == 2, named.stderr[-2000:]
+    assert len(named.stderr.strip().splitlines()) == 1 and "cannot be read" in named.stderr
+    assert files() == before  # nothing changed (the killed run's stale .lock aside)
+
+    with pytest.warns(UserWarning, match="step-000003.? matches its manifest but cannot be read"):
+        resumed = _resume(tiny_dir, out)
+    assert max((resumed[n] - uninterrupted[n]).abs().max().item() for n in resumed) <= 1e-6
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
 class NaNAfter:
     """A reward that turns NaN from the given call on (to test non-finite step handling)."""
 

@@ -179,6 +179,19 @@ def test_eval_resume_with_other_settings_starts_afresh_and_lock(tiny_dir, lora_r
     assert "starting afresh" in capsys.readouterr().out
     assert sum(n for _, n in again.calls) == 4
 
+    # issue 26 #9: a torn .work/state.json (a crash while an older version wrote it) used to fail every rerun with
+    # status 1 until the folder was deleted by hand; now it is unknown settings: the eval starts afresh
+    monkeypatch.setattr(focusnfix.sampling, "generate", Recorder(real, fail_after=1))
+    assert main([*argv, "--out", str(tmp_path / "torn"), "--set", "sampler.steps=2"]) == 130
+    state = tmp_path / ".partial-torn" / ".work" / "state.json"
+    state.write_text(state.read_text()[:40])
+    torn = Recorder(real)
+    monkeypatch.setattr(focusnfix.sampling, "generate", torn)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "torn"), "--set", "sampler.steps=2"]) == 0
+    assert "unreadable settings; starting afresh" in capsys.readouterr().out
+    assert sum(n for _, n in torn.calls) == 4 and not (tmp_path / ".partial-torn").exists()
+
 
 def test_lora_file_with_any_name(tiny_dir, lora_run, tmp_path, capsys):
     other = tmp_path / "downloaded"

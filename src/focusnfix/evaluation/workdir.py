@@ -39,13 +39,19 @@ class WorkDir:
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / "lock").unlink(missing_ok=True)  # the PID file of earlier versions
         state_file = self.work / "state.json"
-        old = json.loads(state_file.read_text()) if state_file.is_file() else None
+        try:
+            old = json.loads(state_file.read_text()) if state_file.is_file() else None
+        except (ValueError, OSError):  # torn or unreadable (written before it was written atomically): unknown
+            old = {"unreadable": True}
         if old is not None and old != self.state:
-            self.log(f"[eval] {self.root} holds an interrupted eval with other settings; starting afresh")
+            why = "unreadable settings" if old == {"unreadable": True} else "other settings"
+            self.log(f"[eval] {self.root} holds an interrupted eval with {why}; starting afresh")
             self._wipe()
         elif old is not None:
             self._read_done()
-        state_file.write_text(json.dumps(self.state))
+        tmp = self.work / f".state.{os.getpid()}.tmp"  # written whole or not at all
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, state_file)
         return self
 
     def __exit__(self, *exc) -> None:

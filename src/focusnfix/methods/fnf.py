@@ -73,12 +73,17 @@ class FocusNFix:
         return pull.detach().flatten(1).norm(dim=1).mean() / unit
 
     def state_dict(self) -> dict:
-        """Training state beyond the LoRA and optimizer (checkpointed): the budget's multiplier."""
-        return {"budget": self.budget.state_dict()} if self.budget is not None else {}
+        """Training state beyond the LoRA and optimizer (checkpointed): the budget's multiplier and the reference
+        cache's contents (their keys; the entries are spilled to disk once: :meth:`ReferenceCache.snapshot`), so a
+        resumed run reads the same Î0 where the uninterrupted run read a cached one. Called on the main process."""
+        state = {"budget": self.budget.state_dict()} if self.budget is not None else {}
+        return {**state, "reference_cache": self.cache.snapshot()} if self.cache is not None else state
 
     def load_state_dict(self, state: dict) -> None:
         if self.budget is not None and "budget" in state:
             self.budget.load_state_dict(state["budget"])
+        if self.cache is not None and "reference_cache" in state and _main_rank():
+            self.cache.restore(state["reference_cache"])  # other ranks' caches were not saved: they start empty
 
     # -- M(Î0) -----------------------------------------------------------------------------
     def mask(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,3 +279,9 @@ def _capturer(capture: dict | None, noise: torch.Tensor | None, rows: slice = sl
 
 def _pick(indices: list[int], prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:
     return [prompts[i] for i in indices], [seeds[i] for i in indices]
+
+
+def _main_rank() -> bool:
+    """Whether this process is the main one (or the only one): the one whose state the checkpoint holds."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+        or torch.distributed.get_rank() == 0

@@ -232,12 +232,26 @@ def read_lora(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "lora.safetensors")
 
 
-def load_training_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler) -> dict:
-    """Restore optimizer and scheduler state from a checkpoint folder; return ``trainer.json`` (its step and extras)."""
-    optimizer_from_files(optimizer, load_file(folder / "optimizer.safetensors"),
-                         json.loads((folder / "optimizer.json").read_text()))
-    scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
-    return json.loads((folder / "trainer.json").read_text())
+def read_checkpoint(folder: Path) -> dict[str, Any]:
+    """Every file of a checkpoint folder read into memory (raises whatever the readers raise on a damaged file):
+    ``lora``, ``optimizer`` (tensors, metadata), ``scheduler`` and ``trainer`` (``trainer.json``, with its step)."""
+    files = {"lora": read_lora(folder),
+             "optimizer": (load_file(folder / "optimizer.safetensors"),
+                           json.loads((folder / "optimizer.json").read_text())),
+             "scheduler": json.loads((folder / "scheduler.json").read_text()),
+             "trainer": json.loads((folder / "trainer.json").read_text())}
+    if not isinstance(files["trainer"].get("step"), int) \
+            or not {"param_groups", "scalars"} <= set(files["optimizer"][1]):
+        raise ValueError("trainer.json or optimizer.json lacks a required key")
+    return files
+
+
+def load_training_state(files: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """Restore optimizer and scheduler state from :func:`read_checkpoint`'s ``files``; return ``trainer.json`` (its
+    step and extras)."""
+    optimizer_from_files(optimizer, *files["optimizer"])
+    scheduler.load_state_dict(files["scheduler"])
+    return files["trainer"]
 
 
 def prune_checkpoints(root: str | Path, keep: int, step: int = -1) -> None:

@@ -23,7 +23,8 @@ import yaml
 
 from ..backbones.lora import load_lora_state
 from ..errors import ConfigError, FocusNFixError, short, short_path
-from .checkpoint import checkpoint_step, load_training_state, nonfinite_tensor, read_lora
+from .checkpoint import (checkpoint_step, is_complete, list_checkpoints, load_training_state, nonfinite_tensor,
+                         read_checkpoint)
 from .export import drop_exports_after
 from .folder import remove_leftovers
 from .metrics_log import truncate_metrics
@@ -139,23 +140,40 @@ def remove_newer_checkpoints(root: str | Path, ckpt: Path) -> list[Path]:
     return newer
 
 
-def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler) -> tuple[int, dict]:
+def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler, fallback: bool = False) -> tuple[int, dict]:
     """Load checkpoint ``ckpt`` into the LoRA of ``unet`` (checked to fit before the optimizer), the optimizer, the
     LR schedule and the fp16 loss scaler; return its step and ``trainer.json`` (with the method's state). A
     checkpoint beyond ``train.steps`` (``steps``) or with non-finite LoRA weights is refused with one line before
-    anything is loaded."""
-    step = checkpoint_step(ckpt)
-    if step > steps:
-        raise FocusNFixError(f"train.steps={steps} is below the checkpoint's step {step}; give train.steps >= {step}")
-    lora = read_lora(ckpt)
-    if nonfinite_tensor(lora) is not None:
-        raise FocusNFixError(f"checkpoint {short_path(ckpt)} holds non-finite LoRA weights; delete it to resume from "
-                             "an older one")
-    load_lora_state(unet, lora)
-    state = load_training_state(ckpt, optimizer, scheduler)
-    if "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-    return state["step"], state
+    anything is loaded.
+
+    A checkpoint whose files match its manifest but cannot be read (damaged and its manifest rewritten to match, a
+    file of another format) is refused with one line; with ``fallback`` (``ckpt`` was found, not named by the user)
+    it is skipped with a warning for the next older complete checkpoint, as an incomplete one is. Every file is read
+    before anything is loaded, so a refused checkpoint changes nothing."""
+    candidates = [ckpt, *reversed([c for c in list_checkpoints(ckpt.parent) if c.name < ckpt.name
+                                   and is_complete(c)])] if fallback else [ckpt]
+    for i, candidate in enumerate(candidates):
+        try:
+            step, files = checkpoint_step(candidate), read_checkpoint(candidate)
+        except Exception as e:  # noqa: BLE001 (json, safetensors and OS errors alike: the files cannot be read)
+            why = f"checkpoint {short_path(candidate)} matches its manifest but cannot be read ({short(e)})"
+            if i + 1 == len(candidates):
+                raise FocusNFixError(f"{why}; delete it to resume from an older one" if not fallback else
+                                     f"{why}, nor can any older one; delete the checkpoints to start again") from None
+            warnings.warn(f"skipping {why}; resuming from the next older one", stacklevel=2)
+            continue
+        if step > steps:
+            raise FocusNFixError(f"train.steps={steps} is below the checkpoint's step {step}; "
+                                 f"give train.steps >= {step}")
+        if nonfinite_tensor(files["lora"]) is not None:
+            raise FocusNFixError(f"checkpoint {short_path(candidate)} holds non-finite LoRA weights; delete it to "
+                                 "resume from an older one")
+        load_lora_state(unet, files["lora"])
+        state = load_training_state(files, optimizer, scheduler)
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        return state["step"], state
+    raise AssertionError("unreachable: the last candidate returns or raises")
 
 
 def tidy_after_restore(out: Path, step: int, checkpoint: Path | None, changed: dict[str, list]) -> None:

@@ -95,9 +95,11 @@ class ReferenceCache:
     optionally on disk. ``max_bytes = 0``: disk only."""
 
     def __init__(self, fingerprint: str, folder: str | Path | None = None, max_bytes: int = 1024 * 2**20,
-                 max_items: int | None = None):
+                 max_items: int | None = None, spill: str | Path | None = None):
         self.fingerprint, self.max_bytes, self.max_items = fingerprint, int(max_bytes), max_items
         self.folder = Path(folder) / fingerprint[:24] if folder else None
+        # where :meth:`snapshot` writes memory entries for a checkpoint (the disk cache itself when there is one)
+        self.spill = self.folder or (Path(spill) / fingerprint[:24] if spill else None)
         self.memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
@@ -130,10 +132,37 @@ class ReferenceCache:
         entry = compact(entry)
         self._remember(key, entry)
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f".{key}.{os.getpid()}.tmp"
-            save_file(entry, tmp, metadata={"prompt": prompt, "seed": str(seed), "fingerprint": self.fingerprint})
-            os.replace(tmp, self.folder / f"{key}.safetensors")
+            self._write(self.folder, key, entry, {"prompt": prompt, "seed": str(seed)})
+
+    def _write(self, folder: Path, key: str, entry: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        save_file(entry, tmp, metadata={**meta, "fingerprint": self.fingerprint})
+        os.replace(tmp, folder / f"{key}.safetensors")
+
+    # -- checkpoints: the memory state, so that a resumed run hits and misses where the uninterrupted one did -------
+    def snapshot(self) -> list[str]:
+        """The keys held in memory, least recently used first, each written to ``spill`` unless already there
+        (entries never change under one fingerprint, so a file once written serves every later checkpoint)."""
+        if self.spill is not None:
+            for key, entry in self.memory.items():
+                if not (self.spill / f"{key}.safetensors").is_file():
+                    self._write(self.spill, key, entry, {})
+        return list(self.memory)
+
+    def restore(self, keys: list[str]) -> int:
+        """Refill memory with :meth:`snapshot`'s ``keys`` in their order (bit for bit the entries computed before the
+        interruption: a recomputed reference may round differently, e.g. in another batch); returns how many were
+        restored (a missing or damaged file is skipped: that entry is computed again)."""
+        self.memory.clear()
+        self.bytes = 0
+        for key in keys if self.spill is not None else []:
+            try:
+                entry = load_file(self.spill / f"{key}.safetensors")
+                self._remember(key, {k: entry[k] for k in ("images", "mask")})
+            except Exception:  # noqa: BLE001 (missing or damaged: a miss later, as before this method existed)
+                continue
+        return len(self.memory)
 
     def _remember(self, key: str, entry: dict[str, torch.Tensor]) -> None:
         """Keep ``entry`` as the newest; drop the least recently used ones beyond the budget (an entry
@@ -169,4 +198,5 @@ def build_reference_cache(backbone, reward, cfg) -> ReferenceCache | None:
                       f"(the item limit {t.reference_cache_items} still applies)", FutureWarning, stacklevel=2)
     folder = None if t.reference_cache == "memory" else t.reference_cache
     budget = int(t.reference_cache_mb * 2**20) if recur else 0
-    return ReferenceCache(reference_fingerprint(backbone, reward, cfg), folder, budget, t.reference_cache_items)
+    return ReferenceCache(reference_fingerprint(backbone, reward, cfg), folder, budget, t.reference_cache_items,
+                          spill=Path(t.output_dir) / "checkpoints" / "reference-cache")

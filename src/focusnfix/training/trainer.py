@@ -76,15 +76,15 @@ class Trainer:
 
     # -- state ----------------------------------------------------------------------------------
     def resume(self, checkpoint: Path | None = None) -> bool:
-        """Restore ``checkpoint`` (a complete checkpoint folder of this run, checked by :func:`resolve_checkpoint`;
-        newer checkpoints are then removed), by default the newest complete one; False if there is none. Config
-        keys that may change on resume (:mod:`focusnfix.runs.resume`) are applied, others refused, before anything
-        is modified; then the run folder is tidied (:func:`~focusnfix.runs.resume.tidy_after_restore`)."""
+        """Restore ``checkpoint`` (complete, of this run: :func:`resolve_checkpoint`; newer ones are then removed), by
+        default the newest readable one; False if there is none. Config keys that may change on resume (runs/resume.py)
+        are applied, others refused, before anything is modified; then the run folder is tidied (tidy_after_restore)."""
         ckpt = checkpoint if checkpoint is not None else latest_checkpoint(self.out / "checkpoints")
         if ckpt is None:
             return False
         t, changed = self.cfg.train, config_changes(self.out / "config.yaml", to_dict(self.cfg))
-        self.step, state = restore(ckpt, t.steps, self.backbone.unet, self.optimizer, self.scheduler, self.scaler)
+        self.step, state = restore(ckpt, t.steps, self.backbone.unet, self.optimizer, self.scheduler, self.scaler,
+                                   fallback=checkpoint is None)
         self.method.load_state_dict(state.get("method", {}))
         self.config_changed = changed
         if {"train.lr", "train.steps"} & set(changed):
