@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..runs.checkpoint import fault_point
 from ..runs.files import read_jsonl
+from ..runs.locking import check_not_rated
 from ..devices import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
 from ..errors import FocusNFixError, short_path
 from ..images import overlay, save_png
@@ -229,6 +230,8 @@ class Evaluation:
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())) and not overwrite:
             raise FocusNFixError(f"eval folder {short_path(self.out)} exists and is not empty; "
                                  "choose another --out or pass --overwrite")
+        if overwrite:
+            check_not_rated(self.out)  # a `focusnfix rate` server on it: its answers would go with the folder
 
     def _run(self, overwrite: bool) -> Path:
         t_start = time.perf_counter()

@@ -10,7 +10,9 @@ The web app (:mod:`.app`) needs Flask: ``pip install 'focusnfix[rate]'``; nothin
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
+import socket
 import sys
 from pathlib import Path
 
@@ -29,8 +31,25 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def trusted_hosts(host: str, allowed: list[str] | None = None) -> list[str]:
+    """The Host names the app answers to (any other gets 400: DNS rebinding): the address it listens on and the
+    ``--allow-host`` names; on a loopback or wildcard address also localhost, 127.0.0.1 and ::1; on any other
+    address also this machine's name and the addresses it resolves to."""
+    names = {host, *(allowed or [])}
+    wildcard = host in ("0.0.0.0", "::")
+    if _is_loopback(host) or wildcard:
+        names |= {"localhost", "127.0.0.1", "::1"}
+    if not _is_loopback(host):
+        names.add(socket.gethostname())
+        try:
+            names |= {str(a[4][0]) for a in socket.getaddrinfo(socket.gethostname(), None)}
+        except OSError:
+            pass
+    return sorted(names)
+
+
 def _cmd_rate(args: argparse.Namespace) -> int:
-    from .questions import load_questions, to_json
+    from .questions import load_questions
     from .tasks import load_study
 
     if not 0 <= args.port <= 65535:
@@ -55,21 +74,36 @@ def _cmd_rate(args: argparse.Namespace) -> int:
         return 0
     questions = load_questions(args.questions)
     try:
-        from werkzeug.serving import make_server
-
-        from .app import create_app
+        import flask  # noqa: F401
     except ImportError:
         raise FocusNFixError("the rating app needs Flask: pip install 'focusnfix[rate]'") from None
+    from ..runs.locking import rating_lock
+
+    lock = rating_lock(args.eval_dir)  # `focusnfix eval --overwrite` refuses the folder while a server holds it
+    try:
+        lock.acquire()
+    except OSError as e:  # a read-only eval folder, which `eval --overwrite` cannot delete either
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    try:
+        return _serve(args, study, db, questions)
+    finally:
+        lock.release()
+
+
+def _serve(args: argparse.Namespace, study, db: Path, questions) -> int:
+    from werkzeug.serving import make_server
+
+    from .app import create_app
+    from .questions import to_json
     from .storage import Store
 
-    store = Store(db, to_json(questions), study.reference)
-    loopback = _is_loopback(args.host) and ":" not in args.host
-    app = create_app(study, store, questions, [args.host, "127.0.0.1", "localhost"] if loopback else None)
+    store = Store(db, to_json(questions), study.reference)  # refuses other questions than the recorded ones
+    hosts = trusted_hosts(args.host, args.allow_host)
+    app = create_app(study, store, questions, hosts)
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no request log: URLs carry raters' tokens
-    import socket
-
     try:  # bound here, so a busy port is one line (werkzeug would print its own lines and exit)
         sock = socket.create_server((args.host, args.port),
                                     family=socket.AF_INET6 if ":" in args.host else socket.AF_INET,
@@ -82,7 +116,8 @@ def _cmd_rate(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     if not _is_loopback(args.host):
         print(f"focusnfix rate: warning: listening on {args.host}: anyone who can reach this machine can rate and see "
-              "the images (there are no passwords)", file=sys.stderr)
+              f"the images (there are no passwords); Host names answered: {', '.join(hosts)} (add one with "
+              "--allow-host)", file=sys.stderr)
     print(f"focusnfix rate: http://{host}:{server.port}/ · {len(study.tasks)} pairs per rater "
           f"({study.samples} samples x {len(study.methods)} methods: {', '.join(study.methods)}; "
           f"{study.left_out} left out without images) · answers in {db} · Ctrl-C stops", flush=True)
@@ -96,7 +131,7 @@ def _cmd_rate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``rate EVAL_DIR [--host H] [--port N] [--db PATH] [--questions Q] [--methods M ...]
+    """Add ``rate EVAL_DIR [--host H] [--allow-host NAME ...] [--port N] [--db PATH] [--questions Q] [--methods M ...]
     [--export CSV] [--summary]`` to an argparse subparsers object."""
     p = subparsers.add_parser("rate", help="human rating study of an eval folder (local web app)", description=(
         "Serve a blind rating study of an eval folder: raters open the printed URL, enter a name and judge, for "
@@ -107,6 +142,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("eval_dir", metavar="EVAL_DIR", help="an eval folder written by `focusnfix eval`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine "
                    "only; 0.0.0.0 lets others on the network rate, without passwords)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME", help="also answer requests for "
+                   "this Host name (a DNS name of this machine, a proxy's name); others get 400 (DNS rebinding)")
     p.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0: any free port, printed)")
     p.add_argument("--db", help=f"ratings database (default: EVAL_DIR/{DB_NAME})")
     p.add_argument("--questions", default="paper", help="paper (the paper's three questions, default) or a JSON file "

@@ -5,18 +5,22 @@ Routes (TOKEN is the rater's random URL token; TASK an opaque task id):
 - ``GET /r/TOKEN``: the rater's current task (the first unanswered one in their order), or the end page;
   ``?task=TASK`` shows an answered task again (the "back" button) to change its answer;
 - ``GET /r/TOKEN/img/TASK/SLOT``: SLOT = left | right | heatmap | mask, the task's files only (resolved
-  inside the eval folder when the study was loaded and checked again here);
+  inside the eval folder when the study was loaded, and checked again at each request: still a regular image
+  file inside the folder, not a link swapped in to the database or out of the folder);
 - ``POST /api/r/TOKEN/answer``: JSON ``{"task", "submission", "answers": {key: value}, "revise"?}``.
-  200 stored / revised / replayed; 400 malformed; 404 unknown rater or task; 409 already answered
-  with another submission (or nothing to revise); 413 too large; 415 not JSON. A refused request
-  writes nothing.
+  200 stored / revised / replayed; 400 malformed (not JSON, not UTF-8, nested too deep); 404 unknown rater or
+  task; 409 already answered with another submission (or nothing to revise); 413 too large; 415 not JSON.
+  A refused request writes nothing.
 
-On loopback only the Host names 127.0.0.1 and localhost are accepted. Responses carry a strict
-Content-Security-Policy (scripts only from /static: no inline script runs), no referrer (the token is in
-the URL) and no framing; Jinja autoescapes every prompt and name.
+Only the Host names the command trusts are answered (:func:`host_name`; others get 400). Responses carry a
+strict Content-Security-Policy (scripts only from /static: no inline script runs), no referrer (the token is in
+the URL) and no framing; Jinja autoescapes every prompt and name. A server error is logged as one line without
+the URL (which holds the rater's token).
 """
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import secrets
 from pathlib import Path
@@ -24,25 +28,59 @@ from typing import Any
 
 from flask import Flask, abort, jsonify, redirect, render_template, request, send_file, url_for
 
+from ..errors import one_line
 from .questions import Question
 from .storage import Rater, Store
-from .tasks import Study, base_side
+from .tasks import Study, base_side, inside
 
 SUBMISSION = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAX_NAME = 80
 SLOTS = ("left", "right", "heatmap", "mask")
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::[0-9]{1,5})?")
+
+
+def host_name(value: str) -> str | None:
+    """The host in a Host header (``name``, ``name:port``, ``[v6]:port``) or a bare name or address, normalised
+    for comparison: lower case, no port, IP addresses in short form (``[0:0::1]:8765`` -> ``::1``); None if
+    malformed."""
+    value = value.strip().lower()
+    if value.count(":") > 1 and not value.startswith("["):  # a bare IPv6 address
+        value = f"[{value}]"
+    m = _HOST.fullmatch(value)
+    if m is None:
+        return None
+    name = m.group(1).strip("[]").rstrip(".")
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        return name
+
+
+class _App(Flask):
+    def log_exception(self, exc_info) -> None:
+        """One line, without the URL (Flask's own line names it, and it holds the rater's token) or a traceback."""
+        e = exc_info[1]
+        token = (request.view_args or {}).get("token") or "\0"
+        what = one_line(f"{type(e).__name__}: {e}".replace(token, "TOKEN"), 200)
+        self.logger.error("focusnfix rate: internal error in %s %s: %s", request.method, request.endpoint, what)
 
 
 def create_app(study: Study, store: Store, questions: tuple[Question, ...],
                trusted_hosts: list[str] | None = None) -> Flask:
-    """The app for ``study``; ``trusted_hosts``: the only Host headers accepted (others get 400), which
-    keeps a web page that re-points its own domain at 127.0.0.1 (DNS rebinding) out of a local study."""
-    app = Flask(__name__, root_path=str(Path(__file__).parent))
-    app.config.update(MAX_CONTENT_LENGTH=16 * 1024, TEMPLATES_AUTO_RELOAD=False, TRUSTED_HOSTS=trusted_hosts)
+    """The app for ``study``; ``trusted_hosts``: the only Host names answered (others get 400), which keeps
+    a web page that re-points its own domain at the server's address (DNS rebinding) out of the study."""
+    app = _App(__name__, root_path=str(Path(__file__).parent))
+    app.config.update(MAX_CONTENT_LENGTH=16 * 1024, TEMPLATES_AUTO_RELOAD=False)
     app.jinja_env.autoescape = True  # also for any template name (Flask's default covers .html only)
     root = study.folder.resolve()
     keys = {q.key: q for q in questions}
     total = len(study.tasks)
+    trusted = None if trusted_hosts is None else {host_name(h) for h in trusted_hosts} - {None}
+
+    @app.before_request
+    def _host_check():
+        if trusted is not None and host_name(request.headers.get("Host", "")) not in trusted:
+            return _error(400, "this server does not answer to that Host name; open the address it printed")
 
     @app.after_request
     def _headers(resp):
@@ -114,10 +152,8 @@ def create_app(study: Study, store: Store, questions: tuple[Question, ...],
             path = t.reference_image if slot == base_side(rater.order_seed, task) else t.method_image
         else:
             path = getattr(t, slot)
+        path = inside(root, str(path)) if path is not None else None  # files change: check again when served
         if path is None:
-            abort(404)
-        path = path.resolve()
-        if not path.is_relative_to(root) or not path.is_file():  # moved or re-linked since the study was loaded
             abort(404)
         resp = send_file(path, max_age=3600)
         resp.headers["Cache-Control"] = "private, max-age=3600"  # behind the rater's token
@@ -128,7 +164,10 @@ def create_app(study: Study, store: Store, questions: tuple[Question, ...],
         rater = rater_or_404(token)
         if not request.is_json:
             return _error(415, "send JSON (Content-Type: application/json)")
-        body = request.get_json(silent=True)
+        try:
+            body = json.loads(request.get_data(cache=False))
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser recurses
+            return _error(400, "the body must be a JSON object in UTF-8")
         problem = _check(body, keys)
         if problem:
             return _error(400, problem)
@@ -156,6 +195,10 @@ def create_app(study: Study, store: Store, questions: tuple[Question, ...],
     @app.errorhandler(413)
     def _too_large(e):
         return _error(413, "request too large")
+
+    @app.errorhandler(500)
+    def _internal(e):
+        return _error(500, "internal error (the server's log says what failed); try again")
 
     return app
 

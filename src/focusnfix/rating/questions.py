@@ -12,12 +12,13 @@ answer). Scores order the options for paired tests (higher = better for the meth
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import FocusNFixError
+from ..errors import FocusNFixError, short
 
 SIDES = ("left", "right")
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -92,6 +93,15 @@ def to_json(questions: tuple[Question, ...]) -> str:
     return json.dumps([asdict(q) for q in questions], sort_keys=True)
 
 
+def _finite_number(x: Any) -> bool:
+    """A number that is finite as a float: not a bool, not NaN or +-Infinity (Python's json reads them), not an
+    integer past the float range."""
+    try:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def from_data(data: Any, where: str = "questions") -> tuple[Question, ...]:
     """Questions from parsed JSON (a list of {key, text, options: [{value, label, score?}], sided?});
     anything malformed is a one-line FocusNFixError."""
@@ -127,8 +137,9 @@ def from_data(data: Any, where: str = "questions") -> tuple[Question, ...]:
                                      "in a sided question")
             if not isinstance(label, str) or not label.strip() or len(label) > 80:
                 raise FocusNFixError(f"{where}: question {key!r}: option {value!r} needs a label of 1-80 characters")
-            if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-                raise FocusNFixError(f"{where}: question {key!r}: option {value!r} score must be a number")
+            if score is not None and not _finite_number(score):
+                raise FocusNFixError(f"{where}: question {key!r}: option {value!r} score must be a finite number, "
+                                     f"got {short(score)}")
             values.add(value)
             options.append(Option(value, label, None if score is None else float(score)))
         if sided and not set(SIDES) <= values:

@@ -64,8 +64,9 @@ class Rater:
 class Store:
     """Read and write the ratings database at ``path`` (created when missing).
 
-    ``questions_json`` and ``reference`` are recorded on creation; reopening a database that holds
-    answers with other questions is an error (its answers would no longer match the questions).
+    ``questions_json`` and ``reference`` are recorded on creation and never change: reopening the database
+    with other questions is an error, answers or not (another server may be collecting answers to the recorded
+    ones, and ``--summary`` reads every answer with them).
     """
 
     def __init__(self, path: str | Path, questions_json: str, reference: str):
@@ -96,10 +97,11 @@ class Store:
                 raise FocusNFixError(f"{self.path}: ratings schema {meta['schema']}, "
                                      f"this focusnfix writes {SCHEMA_VERSION}")
             answered = con.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-            for key, value in (("questions", questions_json), ("reference", reference)):
-                if key in meta and meta[key] != value and answered:
-                    raise FocusNFixError(f"{self.path} holds {answered} answers to other {key} than asked now; "
-                                         "keep the study's --questions or start a new --db")
+            for key, value, fix in (("questions", questions_json, "keep the study's --questions"),
+                                    ("reference", reference, "rate the eval folder it was made for")):
+                if key in meta and meta[key] != value:  # even without answers: a server may be running on it
+                    raise FocusNFixError(f"{self.path} records other {key} than asked now ({answered} answers); "
+                                         f"{fix} or start a new --db")
             con.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                             [("schema", SCHEMA_VERSION), ("questions", questions_json), ("reference", reference)])
             con.execute("COMMIT")

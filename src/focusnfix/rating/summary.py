@@ -159,23 +159,36 @@ def summary_text(s: dict[str, Any]) -> str:
 
 # -- CSV -----------------------------------------------------------------------------------------
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text, never runs: a string starting with = + - @ tab or CR (a formula to
+    Excel, LibreOffice, Google Sheets; rater names and prompts are anyone's) gets a leading ``'`` (OWASP's advice
+    on CSV injection). Numbers are left as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def export_csv(db: str | Path, study=None) -> tuple[str, int]:
-    """(CSV text, number of answers): one row per answer; prompt and seed from the eval folder when given."""
+    """(CSV text, number of answers): one row per answer; prompt and seed from the eval folder when given.
+    Cells that a spreadsheet would read as a formula are neutralised (:func:`text_cell`); lines end in CRLF
+    (RFC 4180), so a prompt holding a CR or LF stays inside its quoted cell."""
     from .storage import read_ratings
 
     rows, questions_json, reference = read_ratings(db)
     questions = from_data(json.loads(questions_json), str(db))
     tasks = study.tasks if study is not None else {}
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(["rater", "rater_id", "task", "sample", "prompt", "seed", "method", "reference", "base_side",
                 *[c for q in questions for c in ((q.key + "_shown", q.key) if q.sided else (q.key,))],
                 "revisions", "created_at", "updated_at"])
     for r in analysed(rows, questions):
         t = tasks.get(r["task"])
-        w.writerow([r["rater"], r["rater_id"], r["task"], json.dumps(r["sample"]), t.prompt if t else "",
-                    t.seed if t else "", r["method"], reference, r["base_side"],
-                    *[c for q in questions for c in ((r["answers"].get(q.key, ""), r["values"].get(q.key, ""))
-                                                       if q.sided else (r["values"].get(q.key, ""),))],
-                    r["revisions"], r["created_at"], r["updated_at"]])
+        w.writerow(map(text_cell, [
+            r["rater"], r["rater_id"], r["task"], json.dumps(r["sample"]), t.prompt if t else "",
+            t.seed if t else "", r["method"], reference, r["base_side"],
+            *[c for q in questions for c in ((r["answers"].get(q.key, ""), r["values"].get(q.key, ""))
+                                               if q.sided else (r["values"].get(q.key, ""),))],
+            r["revisions"], r["created_at"], r["updated_at"]]))
     return buf.getvalue(), len(rows)

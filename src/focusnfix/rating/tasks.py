@@ -68,7 +68,8 @@ def base_side(seed: int, task: str) -> str:
 
 
 def inside(root: Path, rel: Any) -> Path | None:
-    """``root / rel`` resolved, if it is an image file inside ``root``; else None."""
+    """``root / rel`` resolved, if it is a regular image file (by suffix) inside ``root``; else None. Used when the
+    study is loaded and again when the app serves a file (a file may be swapped for a link after the start)."""
     if not isinstance(rel, str) or not rel or "\x00" in rel:
         return None
     path = (root / rel).resolve()

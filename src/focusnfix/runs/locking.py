@@ -102,3 +102,25 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# -- `focusnfix rate` on an eval folder ---------------------------------------------------------------------------
+
+RATING_HINT = ("a `focusnfix rate` server is serving it: stop that server (Ctrl-C) and copy its ratings.sqlite "
+               "out of the folder first, or choose another --out")
+
+
+def rating_lock(eval_dir: str | Path) -> FolderLock:
+    """The lock a ``focusnfix rate`` server holds on its eval folder while it serves: one file per server
+    (``.rating-PID.lock``), so several servers may rate one folder; :func:`check_not_rated` finds them."""
+    folder = Path(eval_dir)
+    return FolderLock(folder / f".rating-{os.getpid()}.lock", "eval folder", folder, RATING_HINT)
+
+
+def check_not_rated(eval_dir: str | Path) -> None:
+    """Raise the one-line "in use" error if a live ``focusnfix rate`` server holds a lock on ``eval_dir``
+    (before it is replaced or deleted); a file a killed server left holds no lock and does not count."""
+    folder = Path(eval_dir)
+    if folder.is_dir():
+        for path in sorted(folder.glob(".rating-*.lock")):
+            FolderLock(path, "eval folder", folder, RATING_HINT).check()
