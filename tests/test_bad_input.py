@@ -39,6 +39,11 @@ CASES = {
     "resolution not divisible": ({"model.resolution": 30}, "not divisible by 4 (this model's VAE factor"),
     "bad lora target": ({"lora.targets": "[nonexistent_proj]"}, "match no module of the denoiser"),
     "k_max < k": ({"sampler.k": 2, "sampler.k_max": 1}, "k_max"),
+    "grpo.timesteps > T": ({"method": "grpo", "grpo.timesteps": 5},
+                           "grpo.timesteps must be at most sampler.steps (4), got 5"),
+    # 4096 x 4096 samples in one rollout ran for minutes before: refused by the config check, before any allocation
+    "rollout of 4096 x 4096": ({"method": "fnf-grpo", "train.batch_size": 4096, "grpo.group_size": 4096},
+                               "lower train.batch_size or grpo.group_size"),
 }
 
 
@@ -52,6 +57,45 @@ def test_bad_config_values(case, tiny_dir, tmp_path, cfg_file, capsys):
     assert len(lines) == 1 and lines[0].startswith("focusnfix: error:"), lines
     assert expected in lines[0]
     assert not out.exists()  # nothing written
+
+
+def test_grpo_rollout_bound():
+    """train.batch_size x grpo.group_size: at most 4096 samples in one rollout (1 x 4096, 64 x 64 and 2048 x 2 pass,
+    4097 and 8192 do not); fnf (no rollout groups) ignores grpo.group_size."""
+    from focusnfix.config import load_config
+    from focusnfix.errors import ConfigError
+
+    def cfg(method, batch, group):
+        values = {"model.path": "tiny", "data.prompts": "[x]", "method": method, "train.batch_size": batch,
+                  "grpo.group_size": group}
+        return load_config(None, [f"{k}={v}" for k, v in values.items()])
+
+    for batch, group in ((1, 4096), (64, 64), (2048, 2)):
+        cfg("grpo", batch, group)
+    for batch, group in ((17, 241), (4096, 2)):  # 4097, 8192
+        with pytest.raises(ConfigError, match=f"= {batch * group} samples per rollout"):
+            cfg("grpo", batch, group)
+    cfg("fnf", 4096, 4096)
+
+
+def test_lora_targets_match_by_suffix_as_peft(tiny_dir):
+    """lora.targets names modules as peft does: a target matches a module whose qualified name equals it or ends
+    with "." + it, so the three-part names of diffusers' own LoRA scripts (attn1.to_out.0, ff.net.0.proj) work and
+    select exactly the modules peft adapts; a dotted name that ends no module's name is still refused."""
+    from focusnfix.backbones import load_backbone
+    from focusnfix.backbones.lora import add_lora
+    from focusnfix.errors import FocusNFixError
+
+    targets = ["attn1.to_out.0", "ff.net.0.proj", "attn2.to_k"]
+    unet = load_backbone(str(tiny_dir)).unet
+    names = [n for n, _ in unet.named_modules()]
+    expected = {n for n in names if any(n == t or n.endswith("." + t) for t in targets)}
+    assert {n.rsplit(".", 1)[-1] for n in expected} == {"0", "proj", "to_k"}  # every target matched something
+    add_lora(unet, 2, targets=targets)
+    adapted = {n for n, m in unet.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == expected
+    with pytest.raises(FocusNFixError, match=r"lora.targets \['attn3.to_out.0', 'net.9.proj'\] match no module"):
+        add_lora(load_backbone(str(tiny_dir)).unet, 2, targets=["to_q", "attn3.to_out.0", "net.9.proj"])
 
 
 def test_malformed_yaml(tmp_path, capsys):

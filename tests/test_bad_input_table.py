@@ -150,6 +150,21 @@ def _hold(path_fn):
     return lambda e: _locked(path_fn(e))
 
 
+def _made(*paths: str):
+    """A case helper: these paths under the shared folder exist before the command (a trailing / makes a folder, else
+    a file with a little JSON); they stay, so the snapshot before and after holds them."""
+    def make(e):
+        for rel in paths:
+            path = e.root / rel
+            if rel.endswith("/"):
+                path.mkdir(parents=True, exist_ok=True)
+            elif not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("{}")
+        return contextlib.nullcontext()
+    return make
+
+
 LONG = "x" * 300  # one path component longer than NAME_MAX (255)
 NOTHING = lambda e: contextlib.nullcontext()  # noqa: E731
 
@@ -255,6 +270,11 @@ CASES: dict[str, tuple] = {
                                                      lambda e: [*e.train(e.run, **{"train.checkpoint_every": 1,
                                                                                    "train.steps": 1}), "--resume"],
                                                      NOTHING),
+    "train where the run folder's .lock is a folder": (2, "'.lock' is a folder, not a lock file",
+                                                        lambda e: e.train(e.root / "lock-is-dir"),
+                                                        _made("lock-is-dir/.lock/")),
+    "train.reference_cache under a file": (2, "train.reference_cache", lambda e: e.train(e.root / "r", **{
+        "train.reference_cache": str(e.a_file / "cache"), "data.seed_pool": 4}), NOTHING),
     "train on a locked run folder": (2, f"is in use by process {os.getpid()}",
                                      lambda e: [*e.train(e.run, **{"train.checkpoint_every": 1, "train.steps": 3}),
                                                 "--resume"],
@@ -328,6 +348,20 @@ CASES: dict[str, tuple] = {
                                  lambda e: ["world", "train", "--threads", "-1", "--out", str(e.root / "w")], NOTHING),
     "world gates --guidance nan": (2, "--guidance must be a finite number",
                                    lambda e: ["world", "gates", "--guidance", "nan"], NOTHING),
+    "world train --base missing": (2, "--base", lambda e: ["world", "train", "--arch", "flow", "--tiny", "--base",
+                                                           str(e.root / "nobase"), "--out", str(e.root / "w")],
+                                   NOTHING),
+    "world train --base without --arch flow": (2, "--base is for --arch flow",
+                                               lambda e: ["world", "train", "--tiny", "--base", str(e.root / "nan"),
+                                                          "--out", str(e.root / "w")], NOTHING),
+    "world train --only unet without the earlier stages": (2, "needs the vae stage's",
+                                                           lambda e: ["world", "train", "--tiny", "--only", "unet",
+                                                                      "--out", str(e.root / "w")], NOTHING),
+    "world install from an incomplete training folder": (2, "pipeline/unet",
+                                                         lambda e: ["world", "install", "--out",
+                                                                    str(e.root / "half-world"), "--dest",
+                                                                    str(e.root / "dest")],
+                                                         _made("half-world/pipeline/model_index.json")),
 }
 
 

@@ -315,9 +315,63 @@ def test_eval_with_a_score_only_reward_config(tmp_path, reward):
 
     out = tmp_path / "eval"
     assert main(["eval", "--config", str(ROOT / "configs" / "world-artifact-grpo.yaml"),
-                 "--set", f"reward.name={reward}", "--set", "sampler.steps=2", "--methods", "base",
+                 "--set", f"reward.name={reward}", "--set", "sampler.steps=2", "--set", "grpo.timesteps=2",  # <= T
+                 "--methods", "base",
                  "--prompts", "world:val", "--limit", "2", "--seeds", "0", "--out", str(out), "--no-progress"]) == 0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all((out / r["mask"]).is_file() for r in rows)
     if reward == "world-safety-decision":
         assert all(r["outside_mae"] == 0.0 and r["inside_mae"] is None for r in rows), rows
+
+
+def test_score_only_reward_makes_region_grpo_plain_grpo(tiny_dir, tmp_path):
+    """docs/grpo.md: a score-only reward gives M = 1, so nothing lies outside the mask: no KL whatever
+    grpo.kl_weight, and with objective.budget an outside change of 0 (no extra rollout); the loss and gradient are
+    plain GRPO's (1e-6, as the M = 1 reduction above). A perturbed LoRA, so that mu_theta != mu_ref and a KL over
+    the whole image would be non-zero."""
+    from conftest import perturb_lora
+
+    for extra in ({"grpo.kl_weight": 10.0}, {"objective.budget": 0.5}):
+        cfg = load_config(None, base_overrides(tiny_dir, tmp_path / "run", **{
+            "method": "fnf-grpo", "grpo.group_size": 2, "sampler.steps": 3, **extra}))
+        t = Trainer(cfg, reward=ScoreOnly())
+        perturb_lora(t.backbone.unet)
+        batch = make_batches(t.cfg, t.prompts, 0)[0]
+        plain_loss, plain_grad, _ = _loss_and_grad(t, GRPO(t.backbone, t.reward, t.cfg), batch)
+        region = RegionGRPO(t.backbone, t.reward, t.cfg)
+        if "objective.budget" in extra:
+            region.budget.lam = 3.0  # a multiplier that would weigh a KL, were there one
+        loss, grad, logs = _loss_and_grad(t, region, batch)
+        assert logs["mask_frac"] == 1.0 and logs["kl_outside"] == 0.0, logs
+        assert abs(loss - plain_loss).item() <= 1e-6 * max(1.0, abs(plain_loss).item())
+        assert (grad - plain_grad).abs().max().item() <= 1e-6 * plain_grad.abs().max().item() + 1e-12
+        if "objective.budget" in extra:
+            assert logs["outside_change"] == 0.0
+
+
+def test_eta_ddim_is_finite_on_a_zero_snr_trailing_schedule():
+    """SD 2.x zero terminal SNR (rescaled betas, alpha-bar = 0 at t = 999) with trailing timesteps, eta = 1: at the
+    first step sigma^2 = 1 - a_prev exactly, and float32 rounded the direction term's 1 - a_prev - sigma^2 to about
+    -6e-8 for 25 of the step counts 2..50, so its square root made the mean (and every later step) NaN. Clamped at 0,
+    every step count gives finite, positive stds and finite means and log-probs. At the first step the direction
+    term is sqrt(rounding) <= sqrt(1e-6) = 1e-3 times eps (= x_T for v-prediction at alpha-bar 0): the mean is
+    sqrt(a_prev) * x0 to within 1e-3 |x_T|."""
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction",
+                              set_alpha_to_one=False, steps_offset=1, clip_sample=False)
+    gen = torch.Generator().manual_seed(0)
+    for steps in range(2, 51):
+        rule = StochasticDDIMStep(scheduler, 1.0, steps, torch.device("cpu"))
+        x = torch.randn((2, 4, 8, 8), generator=gen)
+        for i, t in enumerate(rule.timesteps):
+            out = torch.randn(x.shape, generator=gen)  # a model's v
+            mean, std = rule.mean(out, i, t, x), rule.std(i, t)
+            if i == 0:
+                assert rule.scheduler.alphas_cumprod[int(t)].item() == 0.0
+                a_prev = rule.scheduler.alphas_cumprod[int(t) - 1000 // steps]
+                assert (mean - a_prev.sqrt() * -out).abs().max().item() <= 1e-3 * x.abs().max().item(), steps
+            x_next = mean + std * torch.randn(x.shape, generator=gen)
+            log_prob = gaussian_log_prob(x_next, mean, std)
+            assert bool(torch.isfinite(std)) and std.item() > 0, (steps, i, std)
+            assert bool(torch.isfinite(mean).all() and torch.isfinite(log_prob).all()), (steps, i)
+            x = x_next

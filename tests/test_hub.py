@@ -234,3 +234,98 @@ def test_missing_tracker_package_is_one_line_status_2(tiny_dir, tmp_path, monkey
     assert rc == 2 and len(err) == 1 and not (tmp_path / "r").exists()
     for name in ("tensorboard", "wandb"):
         assert (f"pip install {name}" in err[0]) == (report_to in (name, "all"))
+
+
+def test_push_refuses_a_lora_with_nan_weights(run, tmp_path, monkeypatch, capsys):
+    """A diverged run's LoRA (a NaN tensor) is not uploaded: status 2, one line naming the tensor, nothing written
+    (dry run or not)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    hub = FakeHub(monkeypatch)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    weights = copy / "lora" / "pytorch_lora_weights.safetensors"
+    tensors = load_file(weights)
+    bad = sorted(tensors)[-1]
+    tensors[bad] = torch.full_like(tensors[bad], float("nan"))
+    save_file(tensors, weights)
+    card = (copy / "lora" / "README.md").read_bytes()
+    for extra in ([], ["--dry-run"]):
+        rc, out, err = run_cli(capsys, ["push", str(copy), "--repo-id", "you/other", *extra])
+        assert rc == 2 and len(err) == 1 and "NaN/Inf" in err[0] and bad[-40:] in err[0], err
+        assert not hub.calls and not out and (copy / "lora" / "README.md").read_bytes() == card
+
+
+def test_push_dry_run_writes_nothing(run, tmp_path, monkeypatch, capsys):
+    """--dry-run neither points an existing model card at the repo nor writes a missing one; it says what the
+    push would write."""
+    hub = FakeHub(monkeypatch)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+
+    def state():
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (copy / "lora").iterdir()}
+
+    before = state()
+    rc, out, err = run_cli(capsys, ["push", str(copy), "--repo-id", "you/another-name", "--dry-run"])
+    assert rc == 0 and not hub.calls and state() == before, err
+    assert "README.md" in out
+    (copy / "lora" / "README.md").unlink()
+    before = state()
+    rc, out, err = run_cli(capsys, ["push", str(copy), "--repo-id", "you/another-name", "--dry-run"])
+    assert rc == 0 and state() == before and "README.md" not in before, err
+    assert "README.md (the model card, written when pushing)" in out
+
+
+class _EchoAuthorization:
+    """A local "Hub" that answers every request 400 with the request's Authorization header in its error text."""
+
+    def __enter__(self):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def echo(self):
+                body = json.dumps({"error": f"you sent Authorization: {self.headers.get('Authorization')}"}).encode()
+                self.send_response(400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_HEAD = echo
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("token_env", ["HF_TOKEN", "FOCUSNFIX_TEST_TOKEN"])
+def test_push_never_prints_the_token(run, monkeypatch, capsys, token_env):
+    """An endpoint that echoes the Authorization header into its error: neither the one-line error nor --debug's
+    traceback shows the token (from HF_TOKEN or --token-env)."""
+    import huggingface_hub
+
+    secret = "hf_" + "S3cretT0ken" * 3
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv(token_env, secret)
+    extra = [] if token_env == "HF_TOKEN" else ["--token-env", token_env]
+    with _EchoAuthorization() as endpoint:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+        for debug in ([], ["--debug"]):
+            rc = main([*debug, "push", str(run), "--repo-id", "you/tiny-fnf", *extra])
+            captured = capsys.readouterr()
+            assert rc == 2 or rc == 1, captured.err
+            assert "Authorization" in captured.err  # the echo did reach the output, redacted
+            assert secret not in captured.err and secret not in captured.out and "S3cretT0ken" not in captured.err
+            assert ("Traceback" in captured.err) == bool(debug)

@@ -56,6 +56,29 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# -- secrets (Hub tokens) never reach printed text: one-line errors, --debug tracebacks --------------------------
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # huggingface_hub's own token variables
+_SECRETS: set[str] = set()  # tokens this process was given (--token-env, huggingface-cli login's file)
+_HUB_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
+_AUTHORIZATION = re.compile(r"(?i)\b(authorization\W{0,4}(?:bearer\s+|basic\s+|token\s+)?)[^\s'\",;)}\]]+")
+
+
+def register_secret(value: str | None) -> None:
+    """Remember ``value`` (a token) so that :func:`redact` removes it from any text printed later."""
+    if value and len(value.strip()) >= 8:
+        _SECRETS.add(value.strip())
+
+
+def redact(text: str) -> str:
+    """``text`` without secrets: registered tokens, the values of HF_TOKEN / HUGGING_FACE_HUB_TOKEN, anything that
+    looks like a Hub token (``hf_...``) and the value of an ``Authorization`` header, each shown as ``***``."""
+    secrets = _SECRETS | {os.environ.get(name, "").strip() for name in TOKEN_VARIABLES}
+    for secret in sorted((s for s in secrets if len(s) >= 8), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = _HUB_TOKEN.sub("hf_***", text)
+    return _AUTHORIZATION.sub(lambda m: m.group(1) + "***", text)
+
+
 # errno values that mean "this path cannot be used as given" (bad input, status 2); any other
 # OSError (no space, quota, I/O error) is a runtime failure (status 1).
 BAD_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR,

@@ -25,11 +25,12 @@ def add_lora(unet, rank: int, alpha: float | None = None,
     ``dropout`` > 0 drops LoRA inputs in gradient-carrying calls only (:class:`GradOnlyDropout`)."""
     from peft import LoraConfig
 
-    names = ({n.rsplit(".", 1)[-1] for n, _ in unet.named_modules()}
-             | {".".join(n.split(".")[-2:]) for n, _ in unet.named_modules()})
-    missing = [t for t in targets if t not in names]
+    # peft's rule: a target names every module whose qualified name equals it or ends with "." + it
+    names = [n for n, _ in unet.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        raise FocusNFixError(f"lora.targets {missing} match no module of the denoiser; the attention projections are "
+        raise FocusNFixError(f"lora.targets {missing} match no module of the denoiser (a target matches the modules "
+                             "whose qualified names end with it); the attention projections are "
                              "to_q, to_k, to_v, to_out.0 (SD3/FLUX also add_q_proj, add_k_proj, add_v_proj, "
                              "to_add_out)")
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(targets),
@@ -218,9 +219,9 @@ def check_lora_file(path: str | Path) -> Path:
             for key in f.keys():
                 t = f.get_tensor(key)
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise FocusNFixError(f"LoRA {short_path(weights)} holds NaN/Inf weights "
-                                         "(from a diverged run): use an "
-                                         "earlier checkpoint's lora.safetensors or retrain with a lower train.lr")
+                    raise FocusNFixError(f"LoRA {short_path(weights, 40)}: tensor {short_path(key, 110)} holds NaN/Inf "
+                                         "weights (a diverged run's); use an earlier checkpoint or retrain with a "
+                                         "lower train.lr")
     except FocusNFixError:
         raise
     except Exception as e:  # safetensors' own error types: a header or size that does not add up

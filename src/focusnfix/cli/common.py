@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..config import MAX_SIDE
 from ..devices import check_batch_size, check_dtype, resolve_device
-from ..errors import FocusNFixError, os_error_message, short_path
+from ..errors import FocusNFixError
+from ..runs.files import check_writable_folder
 
 
 def device_flags(p: argparse.ArgumentParser, dtype_default: str | None) -> None:
@@ -39,21 +39,9 @@ def check_device_flags(args: argparse.Namespace):
 
 
 def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
-    """Fail before any work on an output folder that cannot be made: a part of the path is a file, the
-    path is too long, or the nearest existing folder is not writable."""
-    out = Path(path)
-    try:
-        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    except OSError as e:
-        raise FocusNFixError(f"{flag}: {os_error_message(e, out)}") from None
-    if blocker is not None:
-        what = ("is a file; choose a folder" if blocker == out
-                else f"is under the file {short_path(blocker)}; choose a folder")
-        raise FocusNFixError(f"{flag} {short_path(out)} {what}")
-    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise FocusNFixError(f"{flag}: cannot write to {short_path(parent)}; choose a writable folder")
-    return out
+    """Fail before any work on an output folder that cannot be made: a part of the path is a file, the path is too
+    long, or the nearest existing folder is not writable (:func:`~focusnfix.runs.files.check_writable_folder`)."""
+    return check_writable_folder(path, flag)
 
 
 def exists(path: str) -> bool:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import __version__
-from ..errors import (MAX_MESSAGE, FocusNFixError, RunFailed, one_line, os_error_message, os_error_status,
+from ..errors import (MAX_MESSAGE, FocusNFixError, RunFailed, one_line, os_error_message, os_error_status, redact,
                       safetensors_os_error)
 from ..rating import register as register_rate
 from ..report import register as register_report
@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(2, str(e.code))
         except BaseException as e:  # noqa: BLE001  (every failure ends as one line with a status)
             status, message = describe_error(e)
-            if args.debug:
-                traceback.print_exc()
+            if args.debug:  # (without tokens: a Hub error may quote the request's Authorization header)
+                print(redact("".join(traceback.format_exception(e))), end="", file=sys.stderr)
             return _fail(status, message)
 
 
 def _fail(status: int, message: str) -> int:
-    print(PREFIX + one_line(message, MAX_MESSAGE - len(PREFIX)), file=sys.stderr)
+    print(PREFIX + one_line(redact(message), MAX_MESSAGE - len(PREFIX)), file=sys.stderr)
     return status
 
 

@@ -18,8 +18,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repo private (an existing public repo is "
                    "refused)")
     p.add_argument("--token-env", metavar="VAR", help="read the token from this environment variable")
-    p.add_argument("--dry-run", action="store_true", help="check, write the model card if missing, list the files; "
-                   "upload nothing")
+    p.add_argument("--dry-run", action="store_true", help="check and list the files; write and upload nothing")
     p.add_argument("--base-model", metavar="ID", help="Hub id of the base model for the card's metadata when "
                    "model.path was a local folder")
     p.set_defaults(func=cmd_push)

@@ -18,6 +18,10 @@ MAX_SIDE = 16384  # px: larger images than any model makes; a typo such as 51200
 MAX_SEED = 2**63  # seeds go to torch.Generator.manual_seed (a 64-bit integer)
 MAX_PROMPT_CHARS = 4000  # the same limit for train, sample and eval prompts
 BIG = 2**31 - 1
+# Samples in one GRPO rollout (train.batch_size x grpo.group_size): a rollout encodes, samples, decodes and scores
+# them as one batch and keeps each one's T+1 latents and T log-prob maps until the loss: per sample at 512 px and
+# T = 20, 41 x 64 KiB of float32 latents + a 3 MiB image = 5.6 MiB, so 4096 samples already hold 22 GiB.
+MAX_ROLLOUT = 4096
 
 
 @dataclass
@@ -44,7 +48,9 @@ class LoRAConfig:
     rank: int = _f(4, "LoRA rank r (the paper uses 64 on SD1.4).", range=(1, 4096))
     alpha: float | None = _f(None, "LoRA alpha; the update is scaled by alpha / rank. Default: alpha = rank.",
                              range=(0.0, 1e6), open="lo")
-    targets: list[str] | None = _f(None, "Denoiser module names that get adapters; default: the family's attention "
+    targets: list[str] | None = _f(None, "Denoiser module names that get adapters, matched as peft does (a name "
+                                   "selects every module whose qualified name ends with it: to_q, attn1.to_out.0, "
+                                   "ff.net.0.proj); default: the family's attention "
                                    "projections (SD/SDXL: to_q, to_k, to_v, to_out.0; SD3/FLUX also the text-stream "
                                    "add_q_proj, add_k_proj, add_v_proj, to_add_out).",
                                    empty="must name at least one module")
@@ -139,8 +145,9 @@ class ObjectiveConfig:
 
 @dataclass
 class GRPOConfig:
-    group_size: int = _f(4, "G: samples per prompt (different noise); advantages are normalised within each group.",
-                         range=(2, 4096))
+    group_size: int = _f(4, "G: samples per prompt (different noise); advantages are normalised within each group. "
+                         f"train.batch_size x G <= {MAX_ROLLOUT} (one rollout holds them all at once).",
+                         range=(2, MAX_ROLLOUT))
     eta: float = _f(1.0, "Stochasticity of the policy: DDIM's eta for the UNet families (0 < eta <= 1; 1 = DDPM's "
                     "posterior variance), the SDE noise level a for SD3/FLUX (Flow-GRPO uses 0.7).",
                     range=(0.0, 1.0), open="lo")
@@ -264,6 +271,13 @@ class Config:
                "remove it")
         _check(self.objective.trajectory_weight == 0 or self.method in ("fnf", "draft"), "objective.trajectory_weight",
                f"is for method=fnf (draft ignores it); remove it for method={self.method}")
+        _check(self.grpo.timesteps is None or self.grpo.timesteps <= s.steps, "grpo.timesteps",
+               f"must be at most sampler.steps ({s.steps}), got {self.grpo.timesteps}; lower it or unset it (all T)")
+        rollout = t.batch_size * self.grpo.group_size
+        _check("grpo" not in METHODS[self.method].sections or rollout <= MAX_ROLLOUT, "grpo.group_size",
+               f"x train.batch_size = {rollout} samples per rollout, over {MAX_ROLLOUT} (a rollout holds them all at "
+               f"once: {MAX_ROLLOUT} at 512 px hold 22 GiB); lower train.batch_size or grpo.group_size and raise "
+               "train.grad_accum for more prompts per step")
         _warn_lam_as_kl_weight(self)
         _check(not (t.fsdp and t.mixed_precision == "fp16"), "train.mixed_precision",
                "fp16 is not supported with train.fsdp (its loss scaler does not handle sharded gradients); use bf16")

@@ -25,7 +25,8 @@ per-sample masks a clean sample (no detection, M = 0) carries no policy gradient
 is the largest: the group's contrast lives where *any* member had the problem, so the union is where
 the clean samples did better.
 A reward without a heatmap gives M = 1 (nothing tells where the problem is; gradient saliency needs a
-differentiable reward): region-aware GRPO then is plain GRPO plus nothing.
+differentiable reward): nothing lies outside M, so there is no KL (whatever its weight) and, with
+``objective.budget``, no outside change to measure (0): region-aware GRPO then is plain GRPO plus nothing.
 """
 from __future__ import annotations
 
@@ -106,7 +107,9 @@ class GRPO:
             G = self.g.group_size
             mask = (mask.view(-1, G, *mask.shape[1:]).amax(1, keepdim=True).expand(-1, G, *mask.shape[1:])
                     .reshape(mask.shape))
-        change = self.reference_change(cond, noise, seeds, prompts, images) if self.budget is not None else None
+        change = None
+        if self.budget is not None:  # score-only (M = 1): nothing outside M changes, no reference rollout
+            change = 0.0 if mask is None else self.reference_change(cond, noise, seeds, prompts, images)
         return {"prompts": prompts, "seeds": seeds, "cond": cond, "timesteps": timesteps, "xs": xs,
                 "log_probs": log_probs, "stds": stds, "score": score, "adv": adv, "mask": mask, "change": change}
 
@@ -114,15 +117,15 @@ class GRPO:
                          images: torch.Tensor) -> float:
         """The budget's measure for a policy: Î0 is the frozen policy's rollout from the same x_T and the same
         transition noise (both drawn from the seeds, so Î0 is what the frozen model samples for this trajectory),
-        M(Î0) its problem mask (all zeros for a reward that cannot say where: the whole image counts), and the
-        measure the mean over the samples of fnf's outside change in grey levels (:func:`~.objective.outside_change`).
-        One extra rollout without gradient per step."""
+        M(Î0) its problem mask, and the measure the mean over the samples of fnf's outside change in grey levels
+        (:func:`~.objective.outside_change`). One extra rollout without gradient per step; not called for a reward
+        that cannot say where (M = 1: nothing outside, the change is 0)."""
         s = self.cfg.sampler
         with adapters_disabled(self.backbone.unet):
             _, xs, _, _ = sample_stochastic(self.backbone, cond, noise, s.steps, self.rule(noise.device), seeds)
             reference = self.backbone.decode(xs[-1])
         mask = self.image_mask(reference, prompts, call_reward(self.reward, reference, prompts))
-        mask = torch.zeros_like(reference[:, :1]) if mask is None else mask
+        mask = torch.ones_like(reference[:, :1]) if mask is None else mask
         return outside_change(images, reference, mask).mean().item()
 
     def image_mask(self, images: torch.Tensor, prompts: list[str], out) -> torch.Tensor | None:
@@ -182,13 +185,12 @@ class GRPO:
         ratio = torch.exp(lp - old)
         eps = self.g.clip_range
         pg = -torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv).mean()
-        if not self.lam:
+        if not self.lam or mask is None:  # no weight, or M = 1 (score-only reward): nothing outside M to hold
             return pg, torch.zeros((), device=pg.device)
         with torch.no_grad(), adapters_disabled(self.backbone.unet):
             mean_ref = rule.mean(self.backbone.model_fn(x, t, cond), i, t, x)
         kl_elem = (mean - mean_ref) ** 2 / (2 * std.to(mean) ** 2)
-        outside = 1 - (mask if mask is not None else torch.zeros_like(kl_elem[:, :1]))
-        kl = _region_mean(kl_elem, outside).mean()
+        kl = _region_mean(kl_elem, 1 - mask).mean()
         return pg, kl
 
     @torch.no_grad()

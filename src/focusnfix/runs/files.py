@@ -1,11 +1,31 @@
-"""Readers of a run's or an eval folder's JSON files: a broken file is a one-line FocusNFixError."""
+"""Readers of a run's or an eval folder's JSON files: a broken file is a one-line FocusNFixError; and the check of a
+folder about to be written (an output folder, a disk cache)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import FocusNFixError
+from ..errors import FocusNFixError, os_error_message, short_path
+
+
+def check_writable_folder(path: str | Path, what: str, alternative: str = "") -> Path:
+    """Fail before any work (one-line FocusNFixError naming ``what``, e.g. ``--out``; its fix "choose a folder" ends
+    with ``alternative``) on a folder that cannot be made: a part of the path is a file, the path is too long, or the
+    nearest existing folder is not writable. Creates nothing."""
+    out = Path(path)
+    try:
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    except OSError as e:
+        raise FocusNFixError(f"{what}: {os_error_message(e, out)}") from None
+    if blocker is not None:
+        where = "is a file" if blocker == out else f"is under the file {short_path(blocker)}"
+        raise FocusNFixError(f"{what} {short_path(out)} {where}; choose a folder{alternative}")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FocusNFixError(f"{what}: cannot write to {short_path(parent)}; choose a writable folder{alternative}")
+    return out
 
 
 def read_json(path: Path) -> Any:

@@ -2,10 +2,11 @@
 to the Hugging Face Hub with huggingface_hub (``create_repo(exist_ok=True)`` + one ``upload_folder``
 commit, so a failed upload leaves no half commit). The model card is written first when it is missing.
 
-Bad input (not a run folder, no ``lora/``, a malformed repo id, no token, no write access) is a
+Bad input (not a run folder, no ``lora/``, NaN/Inf weights, a malformed repo id, no token, no write access) is a
 :class:`FocusNFixError` (status 2); an offline machine or a network or server failure is a
 :class:`RunFailed` (status 1). The token comes from ``--token-env VAR``, else huggingface_hub's own
-lookup (``HF_TOKEN``, then ``huggingface-cli login``'s file); it is never written anywhere.
+lookup (``HF_TOKEN``, then ``huggingface-cli login``'s file); it is never written anywhere, and never printed
+(:func:`~focusnfix.errors.redact`: a server may quote the request's ``Authorization`` header in its error).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 
 from ..config.names import check_repo_id
-from ..errors import FocusNFixError, RunFailed, short, short_path
+from ..errors import FocusNFixError, RunFailed, redact, register_secret, short, short_path
 
 UPLOAD = ("*.safetensors", "README.md", "samples.png", "lora_config.json")  # what goes to the Hub from lora/
 
@@ -27,6 +28,7 @@ def token_from_env(var: str | None) -> str | None:
     if not value:
         raise FocusNFixError(f"--token-env {short(var)}: that environment variable is not set or empty; export it, "
                              "or drop --token-env to use HF_TOKEN / `huggingface-cli login`")
+    register_secret(value)
     return value
 
 
@@ -44,11 +46,12 @@ def check_can_push(token: str | None = None, what: str = "train.push_to_hub=true
 
 
 def prepare(run_dir: str | Path, repo_id: str, base_model: str | None = None,
-            check_lock: bool = True) -> tuple[Path, list[str]]:
-    """Check ``run_dir`` and ``repo_id``, write ``lora/README.md`` if missing (or point its snippet at
-    ``repo_id``), and return ``(lora folder, file names to upload)``. ``check_lock``: refuse a run folder a
-    trainer is writing (off for the trainer's own push)."""
-    from ..backbones.lora import find_lora_file
+            check_lock: bool = True, write: bool = True) -> tuple[Path, list[str]]:
+    """Check ``run_dir`` (its LoRA readable and finite) and ``repo_id``, write ``lora/README.md`` if missing (or
+    point its snippet at ``repo_id``), and return ``(lora folder, file names to upload)``. ``check_lock``: refuse a
+    run folder a trainer is writing (off for the trainer's own push). ``write=False`` (a dry run): change nothing;
+    the names then include a missing model card."""
+    from ..backbones.lora import check_lora_file
     from .folder import run_lock
     from .modelcard import CARD, point_card_at, write_model_card
 
@@ -65,24 +68,27 @@ def prepare(run_dir: str | Path, repo_id: str, base_model: str | None = None,
     if not lora.is_dir():
         raise FocusNFixError(f"{short_path(run)} has no lora/ folder (the run did not finish); finish it with "
                              f"`focusnfix train {run / 'config.yaml'} --resume`")
-    find_lora_file(lora)  # one .safetensors file, or a one-line error
+    check_lora_file(lora)  # one readable .safetensors file without NaN/Inf, or a one-line error naming the tensor
     if check_lock:
         run_lock(run).check()  # a trainer writing the run: status 2, naming its PID
+    files = {p.name for p in lora.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, g) for g in UPLOAD)}
+    if not write:
+        return lora, sorted(files | {CARD})
     if not (lora / CARD).is_file():
         write_model_card(lora, run, load_id=repo_id, base_model=base_model)
     else:
         point_card_at(lora / CARD, repo_id)
-    files = sorted(p.name for p in lora.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, g) for g in UPLOAD))
-    return lora, files
+    return lora, sorted(files | {CARD})
 
 
 def push(run_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None, dry_run: bool = False,
          base_model: str | None = None, api=None, check_lock: bool = True) -> str:
     """Upload ``run_dir/lora`` to the Hub model repo ``repo_id`` (created if missing); return its URL.
-    ``dry_run``: check and write the card, upload nothing, return the plan. ``api``: an ``HfApi``."""
-    lora, files = prepare(run_dir, repo_id, base_model, check_lock)
+    ``dry_run``: check, write and upload nothing, return the plan. ``api``: an ``HfApi``."""
+    lora, files = prepare(run_dir, repo_id, base_model, check_lock, write=not dry_run)
     if dry_run:
-        sizes = ", ".join(f"{name} ({(lora / name).stat().st_size:,} B)" for name in files)
+        sizes = ", ".join(f"{name} ({(lora / name).stat().st_size:,} B)" if (lora / name).is_file()
+                          else f"{name} (the model card, written when pushing)" for name in files)
         return f"would upload to {repo_id} ({'private' if private else 'public unless it exists'}): {sizes}"
     try:
         check_can_push(token, "focusnfix push")
@@ -94,6 +100,10 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, token: str | 
         from huggingface_hub import HfApi
 
         api = HfApi()
+    if token is None:
+        from huggingface_hub import get_token
+
+        register_secret(get_token())  # HF_TOKEN or the login's file: never printed
     from .modelcard import read_json
 
     steps = read_json(Path(run_dir) / "summary.json").get("steps", "?")
@@ -116,7 +126,7 @@ def hub_error(e: Exception, repo_id: str) -> Exception:
     """A one-line error for a Hub call: refused token or access (status 2), anything else (status 1)."""
     response = getattr(e, "response", None)
     status = getattr(response, "status_code", None)
-    detail = " ".join(str(e).split())[:100] or type(e).__name__
+    detail = redact(" ".join(str(e).split()))[:100] or type(e).__name__
     if status == 401:
         return FocusNFixError("the Hub refused the token (401); export a valid HF_TOKEN with write access or run "
                               "`huggingface-cli login`")

@@ -13,7 +13,7 @@ import errno
 import os
 from pathlib import Path
 
-from ..errors import FocusNFixError, short_path
+from ..errors import BAD_PATH_ERRNOS, FocusNFixError, os_error_message, short_path
 
 try:
     import fcntl
@@ -38,7 +38,7 @@ class FolderLock:
         if fcntl is None or self.fd is not None:
             return self
         for _ in range(100):  # a retry happens only when the holder released and deleted the file meanwhile
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -59,6 +59,20 @@ class FolderLock:
             self.fd = fd
             return self
         raise FocusNFixError(f"could not lock {short_path(self.path)}; another process keeps replacing it")
+
+    def _open(self) -> int:
+        """The lock file, opened (created if missing); an unusable path (a folder, a file in the way, no permission)
+        is bad input: a one-line :class:`FocusNFixError`, nothing changed."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno not in BAD_PATH_ERRNOS:
+                raise  # a full disk, an I/O error: a runtime failure
+            if e.errno == errno.EISDIR:
+                raise FocusNFixError(f"{self.what} {short_path(self.folder, 70)}: its {self.path.name!r} is a folder, "
+                                     "not a lock file; move it away (no focusnfix process made it)") from None
+            raise FocusNFixError(f"{self.what} {short_path(self.folder, 70)} cannot be locked: "
+                                 f"{os_error_message(e, self.path)}") from None
 
     def check(self) -> None:
         """Raise the "in use" error if another process holds the lock now; take nothing, change nothing."""

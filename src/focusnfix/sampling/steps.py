@@ -50,23 +50,36 @@ class StochasticDDIMStep(DDIMStep):
         sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)   (a = alpha-bar)
 
     and mu_theta the DDIM update with the direction term shrunk by sigma_t (diffusers'
-    ``DDIMScheduler.step(eta=...)`` without its noise). eta = 1 is DDPM's posterior variance."""
+    ``DDIMScheduler.step(eta=...)`` without its noise). eta = 1 is DDPM's posterior variance.
+
+    Both radicands, sigma_t^2 / eta^2 and the direction term's 1 - a_prev - sigma_t^2, are clamped at 0 before their
+    square roots: on a zero-terminal-SNR schedule (a_t = 0 at the first step) with eta = 1, sigma_t^2 = 1 - a_prev
+    exactly and float32 rounds the direction term to about -6e-8 for many step counts, which diffusers' step turns
+    into NaN."""
 
     def __init__(self, scheduler, eta: float, steps: int, device: torch.device):
         super().__init__(scheduler, steps, device)
         self.eta = float(eta)
 
-    def std(self, i: int, t: torch.Tensor) -> torch.Tensor:
-        """sigma_t of step ``i`` (from timestep ``t``; a 0-d tensor)."""
+    def _alphas(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_t, a_prev) of the step from timestep ``t``, as diffusers' step picks them."""
         s = self.scheduler
         prev = int(t) - s.config.num_train_timesteps // s.num_inference_steps
-        a_t = s.alphas_cumprod[int(t)]
-        a_prev = s.alphas_cumprod[prev] if prev >= 0 else s.final_alpha_cumprod
-        return self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        return s.alphas_cumprod[int(t)], s.alphas_cumprod[prev] if prev >= 0 else s.final_alpha_cumprod
+
+    def std(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        """sigma_t of step ``i`` (from timestep ``t``; a 0-d tensor)."""
+        a_t, a_prev = self._alphas(t)
+        return self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
 
     def mean(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """mu_theta(x_t): the eta-DDIM update before its noise is added."""
-        return self.scheduler.step(out, t, x, eta=self.eta, variance_noise=torch.zeros_like(x), return_dict=False)[0]
+        """mu_theta(x_t): the eta-DDIM update before its noise is added. diffusers' deterministic step
+        sqrt(a_prev) x̂0 + sqrt(1 - a_prev) ε̂ (its x̂0 clipping and thresholding included), with the direction's
+        coefficient sqrt(1 - a_prev) replaced by sqrt(max(0, 1 - a_prev - sigma_t^2))."""
+        a_t, a_prev = self._alphas(t)
+        deterministic = self.scheduler.step(out, t, x, eta=0.0, return_dict=False)[0]
+        shrunk = (1 - a_prev - self.std(i, t) ** 2).clamp_min(0).sqrt() - (1 - a_prev).sqrt()
+        return deterministic + shrunk.to(deterministic) * predicted_epsilon(self.scheduler, out, x, t)
 
     def __call__(self, out: torch.Tensor, i: int, t: torch.Tensor, x: torch.Tensor,
                  noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,6 +161,17 @@ def predicted_x0(scheduler, model_output: torch.Tensor, x: torch.Tensor, t: torc
     if scheduler.config.prediction_type == "v_prediction":
         return a.sqrt() * x - (1 - a).sqrt() * model_output
     return (x - (1 - a).sqrt() * model_output) / a.sqrt()
+
+
+def predicted_epsilon(scheduler, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """ε̂ from the model output at step t, as diffusers' DDIM step derives it (epsilon, v or sample prediction)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return model_output
+    a = scheduler.alphas_cumprod.to(x.device)[t].to(x.dtype)
+    if kind == "v_prediction":
+        return a.sqrt() * model_output + (1 - a).sqrt() * x
+    return (x - a.sqrt() * model_output) / (1 - a).sqrt()
 
 
 def epsilon_from_x0(scheduler, x0: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

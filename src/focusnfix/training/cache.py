@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..methods.base import compact, expand  # noqa: F401 (expand re-exported: compact's inverse)
+from ..runs.files import check_writable_folder
 
 FORMAT_VERSION = 1
 
@@ -197,6 +198,8 @@ def build_reference_cache(backbone, reward, cfg) -> ReferenceCache | None:
         warnings.warn("train.reference_cache_items is deprecated: the memory budget is train.reference_cache_mb "
                       f"(the item limit {t.reference_cache_items} still applies)", FutureWarning, stacklevel=2)
     folder = None if t.reference_cache == "memory" else t.reference_cache
+    if folder is not None:  # bad input, found before any work (not when the first entry is written)
+        check_writable_folder(folder, "train.reference_cache", ", or memory or off")
     budget = int(t.reference_cache_mb * 2**20) if recur else 0
     return ReferenceCache(reference_fingerprint(backbone, reward, cfg), folder, budget, t.reference_cache_items,
                           spill=Path(t.output_dir) / "checkpoints" / "reference-cache")

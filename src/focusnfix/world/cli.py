@@ -21,8 +21,12 @@ from pathlib import Path
 from ..errors import FocusNFixError
 
 STAGES = ("vae", "text", "unet", "rewards", "judges")
+# what a stage reads from --out, by the earlier stage that writes it (world/train.py: train_unet loads them)
+STAGE_INPUTS = {"unet": {"vae": ("vae/config.json",), "text": ("text_encoder/config.json", "tokenizer/vocab.json")}}
+BASE_PARTS = ("vae/config.json", "text_encoder/config.json", "tokenizer/vocab.json")  # what --base must hold
 FLOW_STAGES = ("transformer",)  # the flow world trains only its transformer (VAE, text encoder: the UNet world's)
 PIPELINE_FOLDERS = {"unet": "pipeline", "flow": "flow_pipeline"}  # under the weights folder
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # a diffusers model's weights, rewritten by the install
 
 
 def _half_storage(path: Path) -> None:
@@ -71,6 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train every stage (or ``--only`` one), resumable; prints wall time per stage."""
     _defaults(args)
     _check_numbers(args)
+    _check_train_inputs(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -150,7 +155,8 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def _check_install_source(out: Path, arch: str) -> None:
-    """One line, before anything is copied, when ``out`` is not a finished world training folder."""
+    """One line, before anything is copied, when ``out`` is not a finished world training folder (its pipeline and
+    the weights the install rewrites)."""
     if not out.is_dir():
         raise FocusNFixError(f"world install: training folder {str(out)[:120]!r} does not exist; give --out of a "
                              "finished `focusnfix world train`")
@@ -158,6 +164,33 @@ def _check_install_source(out: Path, arch: str) -> None:
         raise FocusNFixError(f"world install: {str(out)[:120]!r} holds no trained pipeline "
                              "(pipeline/model_index.json); "
                              f"run `focusnfix world train{' --arch flow' if arch == 'flow' else ''} --out ...` first")
+    parts = ("transformer", "vae") if arch == "flow" else ("unet", "vae")
+    needed = [f"pipeline/{part}/{name}" for part in parts for name in ("config.json", WEIGHTS_FILE)]
+    missing = [f for f in needed if not (out / f).is_file()]
+    if missing:
+        raise FocusNFixError(f"world install: {str(out)[:120]!r} holds an incomplete pipeline (no {missing[0]}); "
+                             "finish its `focusnfix world train` (--resume) first")
+
+
+def _check_train_inputs(args: argparse.Namespace) -> None:
+    """One line, before any folder is made: ``--base`` without ``--arch flow`` or without its parts, or ``--only`` a
+    stage whose inputs the earlier stages have not written to ``--out``."""
+    if args.base is not None:
+        if args.arch != "flow":
+            raise FocusNFixError("--base is for --arch flow (the UNet world trains its own VAE and text encoder); "
+                                 "drop --base or add --arch flow")
+        missing = [part for part in BASE_PARTS if not (Path(args.base) / part).is_file()]
+        if missing:
+            raise FocusNFixError(f"world train --base {str(args.base)[:100]!r} has no {missing[0]}; give a folder with "
+                                 "vae/, text_encoder/ and tokenizer/ (a world pipeline), or drop --base")
+    if args.arch == "flow" or args.only is None:
+        return  # all stages in order: each writes what the next reads
+    for stage, files in STAGE_INPUTS.get(args.only, {}).items():
+        missing = [f for f in files if not (Path(args.out) / f).is_file()]
+        if missing:
+            raise FocusNFixError(f"world train --only {args.only} needs the {stage} stage's {missing[0]} in "
+                                 f"{str(args.out)[:100]!r}; run `focusnfix world train --only {stage} --out ...` "
+                                 "first, or train all stages")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
