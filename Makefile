@@ -12,8 +12,11 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@echo "installing the pinned dependencies into $(VENV) (about 2 minutes, 1.9 GB: CPU torch, the nsfw, nudenet, rate and test extras)..."
-	$(PY) -m pip install -r requirements/lock.txt -e ".[nsfw,nudenet,rate,test]"
+	@echo "installing the pinned dependencies into $(VENV) (about 2 minutes, 2 GB: CPU torch, the nsfw, nudenet, judges, rate and test extras)..."
+	$(PY) -m pip install -r requirements/lock.txt -e ".[nsfw,nudenet,judges,rate,test]"
+	@# [judges]' rapidocr-onnxruntime pulls the GUI opencv-python (same pinned release): the headless cv2 goes in last
+	$(PY) -m pip install --quiet --no-deps --force-reinstall "$$(grep '^opencv-python-headless==' requirements/lock.txt)"
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP) $(CHROMIUM)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import FocusNFixError
+from ..evaluation.judges import build_judges, parse_judges
 from ..evaluation.runner import Evaluation
 from ..evaluation.world_metrics import eval_metrics_for
 from ..prompts import PromptRecord, check_seeds, load_prompt_set
@@ -31,6 +32,10 @@ def register(sub) -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, nargs="+", help="noise seeds (default: each prompt's own seed, else 0)")
     device_flags(e, dtype_default=None)
     e.add_argument("--clip-model", help="local CLIP folder or hub id for a CLIP-score alignment metric")
+    e.add_argument("--judge", action="append", default=[], metavar="NAME[=ARGS]", help=(
+        "an independent judge scored on every image (repeatable): a reward name (ocr, haar-faces, haar-bodies, nsfw, "
+        "nudenet, clip-zeroshot, ...) or package.module:Class, with its arguments as a YAML mapping after = "
+        "(ocr={target: OPEN}); leads the report. docs/rewards.md, \"Judges\""))
     e.add_argument("--out", required=True, help="eval folder to write (built in .partial-NAME next to it; rerunning an "
                    "interrupted eval with the same arguments skips its finished images)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing eval folder")
@@ -45,6 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise FocusNFixError(f"--limit must be >= 1 (the number of prompts to use), got {args.limit}")
     check_seeds(args.seeds)
     check_out_folder(args.out)
+    judges = parse_judges(args.judge)  # an unknown judge fails here, before the model loads
     config = Path(args.config)
     if config.is_dir():
         config = config / "config.yaml"
@@ -57,8 +63,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         records = [PromptRecord(p) for p in (cfg.data.sample_prompts or cfg.data.prompts)]
     records = records[: args.limit] if args.limit is not None else records
+    extra = _extra_metrics(cfg) + build_judges(judges, cfg.reward.name)
     ev = Evaluation(cfg, args.methods, records, args.seeds, args.out, args.batch_size, args.clip_model,
-                    _extra_metrics(cfg), progress=not args.no_progress, device=device)
+                    extra, progress=not args.no_progress, device=device)
     ev.prompt_set = args.prompts or "config prompts"
     out = ev.run(overwrite=args.overwrite)
     print(f"report: {render_report(out)}")

@@ -32,6 +32,7 @@ from ..errors import FocusNFixError, short_path
 from ..images import overlay, save_png
 from ..prompts import PromptRecord
 from ..rewards.base import call_reward
+from .judges import judge_summary
 from .metrics import change_metrics
 from .specs import MethodSpec, build_guidance, parse_method
 from .stats import mean_of
@@ -282,6 +283,8 @@ class Evaluation:
                         - {"i", "prompt", "category", "seed", "method", "image", "mask", "heatmap"}):
             if not k.endswith("_inf"):
                 metrics[k] = {"label": k.replace("_", " "), "higher_is_better": True}  # extra metrics are rewards
+        for fn in self.extra_metrics:  # what an extra metric says about itself (the --judge metrics)
+            metrics.update({k: v for k, v in getattr(fn, "metric_info", {}).items() if k in metrics})
         b = self.backbone
         runtime = {"device": str(self.device), "dtype": self.cfg.model.dtype, "batch_size": self.batch,
                    "height": b.height, "width": b.width,
@@ -294,6 +297,9 @@ class Evaluation:
                 "method_specs": {s.name: {"kind": s.kind, **s.params, "path": str(s.path) if s.path else None}
                                  for s in self.specs},
                 "runtime": runtime}
+        judges = judge_summary(rows, meta["methods"], "base", metrics)
+        if judges:
+            meta["judges"] = judges
         (root / "eval.json").write_text(json.dumps(meta, indent=1))
         (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 

@@ -2,7 +2,8 @@
 
 Contract (all paths relative to the folder):
 - ``eval.json``: title, model, reward, methods (display order), reference, prompt_set, seeds,
-  metrics {name: {label, higher_is_better}} (an entry may be null: metric not measured);
+  metrics {name: {label, higher_is_better[, judge, training_reward]}} (an entry may be null: metric not measured;
+  ``judge``: a ``--judge`` metric, which leads "At a glance"), judges (optional: their summary with CIs);
 - ``samples.jsonl``: one record per (sample, method): i, prompt, category, seed, method, image, mask,
   heatmap and one float-or-null per metric (``<metric>_inf: true`` marks +inf, e.g. PSNR vs itself);
 - ``curves/<method>.jsonl`` (optional): a trained method's training metrics.jsonl.
@@ -16,7 +17,7 @@ from ..evaluation.folder import load_eval
 from ..evaluation.stats import sample_key
 from ..rating.storage import DB_NAME
 from .eval_tables import (Metric, alignment_metric, category_section, finite, has_values, headline_metrics,
-                          headline_table, paired, short_label, summary_table)
+                          headline_table, judges_table, paired, short_label, summary_table)
 from .page import esc, fmt, image, meta_list, page, read_jsonl, table, url
 from .plots import Point, Series, color, legend, line_chart, scatter_chart
 from .ratings import ratings_section
@@ -38,7 +39,8 @@ def _metrics(meta: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Metr
     out = {}
     for name, spec in (meta.get("metrics") or {}).items():
         if isinstance(spec, dict) and has_values(rows, name):
-            out[name] = Metric(name, str(spec.get("label") or name), bool(spec.get("higher_is_better", True)))
+            judge = ("training reward" if spec.get("training_reward") else "independent") if spec.get("judge") else ""
+            out[name] = Metric(name, str(spec.get("label") or name), bool(spec.get("higher_is_better", True)), judge)
     if "reward" not in out and has_values(rows, "reward"):
         out = {"reward": Metric("reward", "reward", True), **out}
     return out
@@ -185,7 +187,9 @@ def _headline(rows, methods: list[str], reference: str, metrics: dict[str, Metri
         return ""
     return ("<section id='headline'><h2>At a glance</h2>" + headline_table(rows, methods, reference, chosen)
             + f"<p class='note'>Means; Δ = paired change vs <b>{esc(reference)}</b>, green / red when its 95% CI "
-            "excludes 0 in the better / worse direction. All metrics with CIs: <a href='#summary'>Summary</a>.</p>"
+            "excludes 0 in the better / worse direction. All metrics with CIs: <a href='#summary'>Summary</a>."
+            + (" Judges (<code>--judge</code>) lead: independent of the training reward unless labelled so; their CIs: "
+               "<a href='#judges'>Judges</a>." if any(m.judge for m in chosen) else "") + "</p>"
             "</section>")
 
 
@@ -212,8 +216,11 @@ def render_eval(folder: Path, title: str | None = None) -> str:
     files = "".join(f"<a href='{url(n)}'>{esc(n)}</a> " for n in ("eval.json", "samples.jsonl")
                     if (folder / n).is_file())
     setup += _method_specs(meta, methods) + f"<p class='small'>Data: {files}</p>"
-    sections = [("summary", "Summary", summary_table(rows, methods, reference, list(metrics.values()))),
-                ("setup", "Setup", setup)]
+    sections = [("summary", "Summary", summary_table(rows, methods, reference, list(metrics.values())))]
+    judges = judges_table(meta.get("judges") or {}, methods, reference) if isinstance(meta.get("judges"), dict) else ""
+    if judges:
+        sections.append(("judges", "Judges", judges))
+    sections.append(("setup", "Setup", setup))
     if (folder / DB_NAME).is_file():  # a `focusnfix rate` study of this folder: its summary
         sections.append(("ratings", "Human ratings", ratings_section(folder / DB_NAME)))
     align = alignment_metric(rows, metrics)

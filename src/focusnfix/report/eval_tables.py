@@ -23,6 +23,7 @@ class Metric:
     name: str
     label: str
     higher_is_better: bool
+    judge: str = ""  # a judge given with `focusnfix eval --judge`: "independent" or "training reward"
 
     @property
     def role(self) -> str:
@@ -153,9 +154,11 @@ HEADLINE_OUTSIDE = ("outside_grey", "outside_mae", "outside_mse", "outside_ssim"
 
 
 def headline_metrics(rows: list[dict[str, Any]], metrics: dict[str, Metric]) -> list[Metric]:
-    """The few numbers a reader wants first: the defect rates (else the target reward), prompt
-    alignment, and change outside the mask (one of them), whichever this eval has."""
-    chosen = [m for n, m in metrics.items() if n.startswith("defect_")]
+    """The few numbers a reader wants first: the independent judges (``--judge``), the defect rates (the target
+    reward when there is neither), prompt alignment, and change outside the mask (one of them), whichever this
+    eval has."""
+    judges = sorted((m for m in metrics.values() if m.judge), key=lambda m: m.judge == "training reward")
+    chosen = judges + [m for n, m in metrics.items() if n.startswith("defect_")]
     if not chosen and "reward" in metrics:
         chosen.append(metrics["reward"])
     align = alignment_metric(rows, metrics)
@@ -234,3 +237,29 @@ def _delta_cell(stats: dict[str, Any], metric: Metric) -> str:
     attr = f" class='{cls}'" if cls else ""
     ci = f"<br><small>{esc(fmt_ci(stats['ci']))}</small>" if stats["mean_diff"] is not None else ""
     return f"<td{attr}>{esc(fmt(stats['mean_diff'], 3, True))}{ci}</td>"
+
+
+def judges_table(summary: dict[str, Any], methods: list[str], reference: str) -> str:
+    """eval.json's ``judges`` summary: per judge and method, the mean with its 95% CI and the paired change vs
+    the reference with its 95% CI (as ``focusnfix eval`` computed them)."""
+    header = ["<th class='text'>judge</th>", *[f"<b>{esc(m)}</b>" for m in methods]]
+    body = []
+    for key, judge in summary.items():
+        if not isinstance(judge, dict) or not isinstance(judge.get("methods"), dict):
+            continue
+        cells = [f"<th class='text' data-metric='{esc(key)}'>{esc(judge.get('label') or key)}</th>"]
+        for method in methods:
+            e = judge["methods"].get(method) or {}
+            ci = e.get("ci") if isinstance(e.get("ci"), list) and len(e["ci"]) == 2 else None
+            cell = esc(fmt(e.get("mean"), 3)) if e.get("n") else "—"
+            cell += f" <small>[{esc(fmt(ci[0], 3))}, {esc(fmt(ci[1], 3))}]</small>" if ci and e.get("n") else ""
+            if method != reference and e.get("delta") is not None:
+                cell += f"<br><small>Δ {esc(fmt(e['delta'], 3, True))} {esc(fmt_ci(e.get('delta_ci')))}</small>"
+            cells.append(f"<td data-metric='{esc(key)}' data-method='{esc(method)}'>{cell}</td>")
+        body.append(cells)
+    if not body:
+        return ""
+    return (table(header, body) + "<p class='note'>Judges named with <code>focusnfix eval --judge</code>, scored on "
+            "every image, higher is better; never the training reward unless labelled so. Mean [95% CI: Wilson's for "
+            f"a 0/1 judge, else a bootstrap over images]; Δ = paired change vs <b>{esc(reference)}</b> [95% "
+            "Student-t CI]. Samples a judge does not apply to (no quoted text for ocr) are left out.</p>")

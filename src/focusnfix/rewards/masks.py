@@ -101,3 +101,17 @@ def saliency_map(reward, images: torch.Tensor, prompts: Sequence[str], smooth_si
         (grad,) = torch.autograd.grad(-score.sum(), x)
     sal = gaussian_blur(grad.abs().amax(1, keepdim=True), smooth_sigma)
     return sal / sal.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def box_heatmap(boxes: Sequence[Sequence[Sequence[float]]], height: int, width: int, dilate_px: int = 0,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """A detector's boxes as a heatmap ``(B,1,H,W)`` in {0, 1}: per image, the union of its ``(x, y, w, h)``
+    boxes (pixels, clipped to the image; fractional edges rounded outwards), dilated by ``dilate_px``."""
+    heat = torch.zeros(len(boxes), 1, height, width, device=device)
+    for b, image_boxes in enumerate(boxes):
+        for x, y, w, h in image_boxes:
+            x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
+            x1, y1 = min(width, math.ceil(x + w)), min(height, math.ceil(y + h))
+            if x1 > x0 and y1 > y0:
+                heat[b, 0, y0:y1, x0:x1] = 1.0
+    return dilate(heat, dilate_px)

@@ -19,6 +19,9 @@ REWARDS: dict[str, str] = {
     "nudenet-boxes": "focusnfix.rewards.nudenet:NudeNetBoxes",  # score only (GRPO)
     "nsfw": "focusnfix.rewards.nsfw:NSFWReward",
     "nudenet": "focusnfix.rewards.nudenet:NudeNetReward",
+    "ocr": "focusnfix.rewards.ocr:OCRTextReward",  # score only: quoted text read; heatmap: text boxes
+    "haar-faces": "focusnfix.rewards.haar:HaarFaces",  # score only: face found; heatmap: face boxes
+    "haar-bodies": "focusnfix.rewards.haar:HaarBodies",  # score only: person found; heatmap: body boxes
     "clip-score": "focusnfix.rewards.clip:CLIPScoreReward",
     "aesthetic": "focusnfix.rewards.clip:AestheticReward",
     "clip-zeroshot": "focusnfix.rewards.clip:CLIPZeroShotReward",
