@@ -41,6 +41,13 @@ DRaFT's best (lowest over lengths) defect rate + 1.5 points and whose alignment-
 that DRaFT point's, the one with the smallest mean outside change (ties: fewer steps). If none qualifies:
 the lowest defect rate among points that keep alignment, else the lowest defect rate.
 
+Issue 25's target (``REFERENCE_RULE``): DRaFT's reference is the lowest defect rate among its points whose
+alignment stays within 5 points of the base model's (a DRaFT point that reward-hacks the prompt away is no fix to
+match), else its shortest run; the Focus-N-Fix point is chosen on val against it (defect within 1.5 points,
+alignment at least the reference's - 1 point, then the smallest outside change) and checked on test: defect
+within 1.5 points, outside change <= 1/3, alignment >= reference - 1 point, collateral rate <= 1/2.
+``--fnf-lengths`` lets the Focus-N-Fix families stop earlier than DRaFT (whose longer runs are references).
+
 Equal-defect table: for each DRaFT point, the cheapest (training wall-clock) Focus-N-Fix point whose defect
 rate is <= DRaFT's, with its outside change, alignment and wall-clock ratio. Target ("a Focus-N-Fix setting
 reaches DRaFT's best defect rate within 1.5 points, outside change <= 1/3 of DRaFT's, alignment >= DRaFT's")
