@@ -33,6 +33,8 @@ def test_config_two_step_smoke(request, path, tiny_clip, tmp_path):
     overrides = [f"model.path={model}", "model.resolution=32", "model.dtype=float32", "train.mixed_precision=no",
                  "train.steps=2", "train.grad_accum=1", "sampler.steps=3", "train.sample_every=0",
                  "train.checkpoint_every=0", f"train.output_dir={tmp_path / 'run'}"]
+    if (raw.get("grpo") or {}).get("timesteps"):  # at most sampler.steps (a config check)
+        overrides.append("grpo.timesteps=2")
     overrides += TINY_REWARDS.get(raw["reward"]["name"], [])
     if "model" in (raw["reward"].get("args") or {}):
         overrides.append(f"reward.args.model={tiny_clip}")

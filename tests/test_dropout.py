@@ -94,7 +94,8 @@ def test_batched_reference_equals_two_passes_with_dropout(tiny_dir, tmp_path):
 
 def test_resume_with_dropout_and_reference_cache_hits(tiny_dir, tmp_path):
     """One (prompt, seed) pair: after 3 steps the running trainer hits the reference cache at step 4,
-    a trainer resumed from the step-3 checkpoint (a new process, empty cache) misses. Their step-4
+    a trainer resumed from the step-3 checkpoint with its cache emptied (a resumed run restores the cache from the
+    checkpoint; other ranks and older checkpoints start empty) misses. Their step-4
     gradients must agree: the dropout draws may not depend on cache hits.
 
     They differ only by float rounding (on a miss the trained rows' no-grad prefix runs batched with
@@ -108,6 +109,7 @@ def test_resume_with_dropout_and_reference_cache_hits(tiny_dir, tmp_path):
     running.save_checkpoint()
     resumed = _trainer(tiny_dir, tmp_path / "run", **extra)
     assert resumed.resume() and resumed.step == 3
+    assert len(resumed.method.cache.memory) == 1 and resumed.method.cache.restore([]) == 0  # restored, then emptied
     hits = running.method.cache.hits
     running.accumulate_gradients()
     resumed.accumulate_gradients()
