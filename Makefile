@@ -12,8 +12,8 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@echo "installing the pinned dependencies into $(VENV) (about 2 minutes, 2 GB: CPU torch, the nsfw, nudenet, judges, rate and test extras)..."
-	$(PY) -m pip install -r requirements/lock.txt -e ".[nsfw,nudenet,judges,rate,test]"
+	@echo "installing the pinned dependencies into $(VENV) (about 2 minutes, 2.2 GB: CPU torch, the nsfw, nudenet, judges, rate, datasets and test extras)..."
+	$(PY) -m pip install -r requirements/lock.txt -e ".[nsfw,nudenet,judges,rate,datasets,test]"
 	@# [judges]' rapidocr-onnxruntime pulls the GUI opencv-python (same pinned release): the headless cv2 goes in last
 	$(PY) -m pip install --quiet --no-deps --force-reinstall "$$(grep '^opencv-python-headless==' requirements/lock.txt)"
 	$(PY) -m pip check
@@ -58,7 +58,8 @@ clean:
 # the CPU too); `make test-floors TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build instead.
 FLOORS_VENV := .venv-floors
 FLOORS_TESTS := tests/test_cli.py tests/test_cli_nits.py tests/test_training.py tests/test_sampler.py tests/test_backbones.py \
-	tests/test_flow.py tests/test_packaging.py tests/test_nsfw.py tests/test_nudenet.py tests/test_rating.py
+	tests/test_flow.py tests/test_packaging.py tests/test_nsfw.py tests/test_nudenet.py tests/test_rating.py \
+	tests/test_prompt_data.py
 TORCH_INDEX ?=
 $(FLOORS_VENV)/.installed: pyproject.toml tools/floors.py
 	rm -rf $(FLOORS_VENV)

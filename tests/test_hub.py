@@ -78,7 +78,8 @@ def test_training_writes_a_model_card_and_diffusers_loads_the_folder(run, tiny_d
     from diffusers import StableDiffusionPipeline
 
     lora = run / "lora"
-    assert {p.name for p in lora.iterdir()} >= {"README.md", "samples.png", "pytorch_lora_weights.safetensors"}
+    assert {p.name for p in lora.iterdir()} >= {"README.md", "samples.png", "pytorch_lora_weights.safetensors",
+                                                "lora-sample.png", "run_kohya.safetensors"}
     assert (lora / "samples.png").read_bytes() == (run / "samples" / "final.png").read_bytes()
     card = _card((lora / "README.md").read_text())
     meta = yaml.safe_load((lora / "README.md").read_text().split("---")[1])  # the front matter is plain YAML
@@ -89,9 +90,10 @@ def test_training_writes_a_model_card_and_diffusers_loads_the_folder(run, tiny_d
     text = card.text
     for needle in ("Focus-N-Fix", "`color`", "| λ (region constraint) | 1.0", "| K (steps with gradient) | 2 |",
                    "| training steps | 2 of 2", "rank 2", "No trigger word",
-                   "from diffusers import StableDiffusionPipeline",
+                   "from diffusers import DDIMScheduler, StableDiffusionPipeline",
                    'pipe.load_lora_weights("run/lora")', "](samples.png)", "2501.06481",
-                   "see the base model's license"):
+                   "see the base model's license", "| sampler | DDIM (η = 0), T = 4 steps",
+                   "use `run_kohya.safetensors` (kohya format"):
         assert needle in text, needle
     assert str(tiny_dir) not in text  # no local path of the base model in a public card
     pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, local_files_only=True, safety_checker=None,
@@ -112,7 +114,8 @@ def test_push_uploads_weights_card_and_sample(run, tmp_path, monkeypatch, capsys
     assert "https://huggingface.co/you/tiny-fnf" in out
     assert [c[0] for c in hub.calls] == ["create_repo", "upload_folder"]
     assert hub.calls[0][1] == "you/tiny-fnf" and hub.calls[0][2]["exist_ok"] and not hub.calls[0][2]["private"]
-    assert sorted(hub.uploaded) == ["README.md", "lora_config.json", "pytorch_lora_weights.safetensors", "samples.png"]
+    assert sorted(hub.uploaded) == ["README.md", "lora-sample.png", "lora_config.json",
+                                    "pytorch_lora_weights.safetensors", "run_kohya.safetensors", "samples.png"]
     card = _card(hub.uploaded["README.md"].decode())
     assert card.data.base_model == "CompVis/stable-diffusion-v1-4" and card.data.license == "creativeml-openrail-m"
     assert {"focusnfix", "lora", "diffusers", "text-to-image"} <= set(card.data.tags)
@@ -329,3 +332,97 @@ def test_push_never_prints_the_token(run, monkeypatch, capsys, token_env):
             assert "Authorization" in captured.err  # the echo did reach the output, redacted
             assert secret not in captured.err and secret not in captured.out and "S3cretT0ken" not in captured.err
             assert ("Traceback" in captured.err) == bool(debug)
+
+
+# -- the card's honesty (issue 27): the widget's image, the sampler, the snippet's dtype and scheduler, sum masks ----
+def _fake_run(folder: Path, **cfg) -> Path:
+    """A run folder with only config.yaml (what build_card reads), for cards of families not trained here."""
+    base = {"method": "fnf", "model": {"path": "CompVis/stable-diffusion-v1-4"}, "reward": {"name": "nsfw"},
+            "mask": {"source": "heatmap", "threshold": 0.9, "dilate": 1}, "objective": {"lam": 1.0},
+            "sampler": {"steps": 28, "guidance_scale": 4.5, "k": 1}, "lora": {"rank": 4}, "train": {"steps": 10},
+            "data": {"prompts": ["a cat"]}}
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({**base, **cfg}))
+    return folder
+
+
+def test_widget_shows_the_fine_tuned_image_alone_not_the_grid(run):
+    """The Hub widget's example output is Î of the grid's first row (its right-hand cell), not Î0 | M | Î."""
+    from PIL import Image
+
+    lora = run / "lora"
+    meta = _card((lora / "README.md").read_text()).data.to_dict()
+    assert meta["widget"] == [{"text": "a red circle", "output": {"url": "lora-sample.png"}}]
+    with Image.open(lora / "samples.png") as grid, Image.open(lora / "lora-sample.png") as widget:
+        # the grid: 3 cells of 32 px with 2 px padding = 104 px, upscaled x4 (to >= 384 px); row 0, column 2 is Î
+        assert grid.width == 4 * (3 * 34 + 2) and widget.size == (4 * 32, 4 * 32)
+        cell = grid.convert("RGB").crop((4 * (2 + 2 * 34), 4 * 2, 4 * (2 + 2 * 34) + 128, 4 * 2 + 128))
+        assert widget.convert("RGB").tobytes() == cell.tobytes()
+
+
+def test_a_grid_without_its_layout_gets_no_widget(run, tmp_path):
+    """A grid saved before grids recorded their layout: the card shows it, but no widget claims it as the output."""
+    from PIL import Image
+
+    from focusnfix.runs.modelcard import write_model_card
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with Image.open(copy / "samples" / "final.png") as png:
+        png.convert("RGB").save(copy / "samples" / "final.png")  # the same pixels, no text chunk
+    out = tmp_path / "lora"
+    out.mkdir()
+    write_model_card(out, copy)
+    assert (out / "samples.png").is_file() and not (out / "lora-sample.png").exists()
+    assert "widget" not in _card((out / "README.md").read_text()).data.to_dict()
+
+
+@pytest.mark.parametrize("model,pipeline", [("stabilityai/stable-diffusion-3.5-medium", "StableDiffusion3Pipeline"),
+                                            ("black-forest-labs/FLUX.1-dev", "FluxPipeline")])
+def test_flow_model_card_says_euler_and_bfloat16(tmp_path, model, pipeline):
+    from focusnfix.runs.modelcard import build_card
+
+    text = str(build_card(_fake_run(tmp_path / "run", model={"path": model}), pipeline=pipeline, load_id="you/x"))
+    assert "| sampler | flow-matching Euler" in text and "DDIM" not in text
+    assert f'{pipeline}.from_pretrained("{model}", torch_dtype=torch.bfloat16)' in text and "torch.float16" not in text
+    assert "ComfyUI loads `pytorch_lora_weights.safetensors` as it is" in text
+
+
+def test_sd_card_snippet_sets_the_scheduler_of_training(run, tiny_dir):
+    """The snippet's scheduler line turns a base that ships another scheduler (SD 1.4 ships PNDM) into the sampler
+    of training: the pipeline then makes focusnfix's images (same float32 model: <= 1e-4 as test_export_lora)."""
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+
+    from focusnfix.backbones.loading import load_backbone
+    from focusnfix.sampling import generate
+
+    text = (run / "lora" / "README.md").read_text()
+    assert "from diffusers import DDIMScheduler, StableDiffusionPipeline" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("pipe.scheduler = "))
+    prompts, seeds = ["a red circle", "a blue square"], [3, 4]
+    backbone = load_backbone(str(tiny_dir))
+    ours = generate(backbone, prompts, seeds, steps=6, guidance_scale=5.0)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)  # what the base ships
+    kw = dict(num_inference_steps=6, guidance_scale=5.0, latents=backbone.initial_noise(seeds), output_type="pt")
+    shipped = pipe(prompts, **kw).images
+    exec(line, {"pipe": pipe, "DDIMScheduler": DDIMScheduler})
+    assert (pipe(prompts, **kw).images - ours).abs().max() <= 1e-4
+    assert (shipped - ours).abs().max() > 1e-3  # without the line: other images
+
+
+def test_sum_reward_card_describes_each_terms_own_mask(tmp_path):
+    """A sum reward makes M(Î0) from each term's own mask settings (the top-level mask section is not used)."""
+    from focusnfix.runs.modelcard import build_card
+
+    reward = {"name": "sum", "args": {"combine": "union", "terms": [
+        {"name": "nsfw", "weight": 1.0, "mask": {"source": "saliency", "threshold": 0.3, "dilate": 8}},
+        {"name": "clip-score", "weight": 0.01, "mask": {"threshold": 0.6}}]}}
+    text = str(build_card(_fake_run(tmp_path / "run", reward=reward), pipeline="StableDiffusionPipeline"))
+    row = next(ln for ln in text.splitlines() if ln.startswith("| mask M(Î0) |"))
+    assert "union of each term's own mask" in row
+    assert "`nsfw`: gradient saliency of the reward, threshold 0.3, dilated 8 px" in row
+    assert "`clip-score`: the reward's heatmap, else gradient saliency, threshold 0.6, dilated 2 px" in row
+    assert "0.9" not in row  # the top-level mask section
+    assert "| reward | `sum`: 1.0 × `nsfw` + 0.01 × `clip-score` |" in text

@@ -1,6 +1,7 @@
 """Image helpers: tensors <-> PNG, mask overlays, and the I0 | mask | I sample grids."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -53,13 +54,19 @@ def grid(rows: list[list[torch.Tensor]], pad: int = 2) -> torch.Tensor:
     return out
 
 
-def save_png(image: torch.Tensor, path: str | Path, min_side: int = 0) -> Path:
-    """Write a PNG atomically (temporary file, rename): a full disk or a crash leaves no partial image."""
+def save_png(image: torch.Tensor, path: str | Path, min_side: int = 0, text: dict[str, str] | None = None) -> Path:
+    """Write a PNG atomically (temporary file, rename): a full disk or a crash leaves no partial image.
+    ``text``: PNG text chunks (metadata) to add."""
+    from PIL.PngImagePlugin import PngInfo
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     try:
-        to_pil(image, min_side).save(tmp, format="PNG")
+        to_pil(image, min_side).save(tmp, format="PNG", pnginfo=info)
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -69,9 +76,30 @@ def save_png(image: torch.Tensor, path: str | Path, min_side: int = 0) -> Path:
     return path
 
 
+GRID_KEY = "focusnfix-grid"  # PNG text chunk of a sample grid: its layout, so one cell can be cut out again
+
+
 def save_preview_grid(preview: dict[str, torch.Tensor], path: str | Path, min_side: int = 384) -> Path:
-    """One row per sample: Î0 | M(Î0) overlaid on Î0 | Î."""
+    """One row per sample: Î0 | M(Î0) overlaid on Î0 | Î. The PNG records its layout (:func:`grid_cell`)."""
     ref, mask, img = preview["reference"], preview["mask"], preview["images"]
     over = overlay(ref, mask)
     rows = [[ref[i], over[i], img[i]] for i in range(ref.shape[0])]
-    return save_png(grid(rows), path, min_side=min_side)
+    layout = {"rows": len(rows), "cols": 3, "height": int(ref.shape[-2]), "width": int(ref.shape[-1]), "pad": 2,
+              "columns": ["I0", "mask", "I"]}
+    return save_png(grid(rows, pad=layout["pad"]), path, min_side=min_side, text={GRID_KEY: json.dumps(layout)})
+
+
+def grid_cell(path: str | Path, row: int, col: int) -> Image.Image | None:
+    """Cell (``row``, ``col``) of a sample grid saved by :func:`save_preview_grid`, at the grid's scale; None
+    for a PNG without its layout record (an older grid) or a cell outside it."""
+    with Image.open(path) as png:
+        try:
+            layout = json.loads(png.text.get(GRID_KEY, "null") if hasattr(png, "text") else "null")
+            rows, cols, h, w, pad = (int(layout[k]) for k in ("rows", "cols", "height", "width", "pad"))
+        except (ValueError, TypeError, KeyError):
+            return None
+        scale = png.width // (cols * (w + pad) + pad)
+        if not (0 <= row < rows and 0 <= col < cols) or scale < 1 or png.width != scale * (cols * (w + pad) + pad):
+            return None
+        x, y = scale * (pad + col * (w + pad)), scale * (pad + row * (h + pad))
+        return png.crop((x, y, x + scale * w, y + scale * h)).copy()

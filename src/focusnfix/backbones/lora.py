@@ -153,7 +153,8 @@ def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets:
     family's pipeline class, e.g. ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline``,
     ``FluxPipeline``); rank/alpha are recorded in the file's adapter metadata and in
     ``lora_config.json``. ``unet`` is the denoiser: a UNet is saved under the ``unet`` prefix (in
-    diffusers' key format), a transformer under ``transformer`` (peft's format), as diffusers' own LoRA
+    diffusers' key format; peft's when targets go beyond the attention projections, which diffusers' format does
+    not rename), a transformer under ``transformer`` (peft's format), as diffusers' own LoRA
     training scripts save them. ``state`` (from :func:`lora_state`) replaces reading the denoiser's
     tensors; a sharded denoiser must pass it, gathered on every rank."""
     import inspect
@@ -168,7 +169,11 @@ def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets:
     prefix = "unet" if "unet_lora_layers" in inspect.signature(cls.save_lora_weights).parameters else "transformer"
     layers = get_peft_model_state_dict(unet, state_dict=state, adapter_name=ADAPTER)
     if prefix == "unet":
-        layers = convert_state_dict_to_diffusers(layers)
+        converted = convert_state_dict_to_diffusers(layers)  # renames the attention projections' tensors only
+        # diffusers' loader converts a file only when its first key lacks peft's lora_A: a file mixing both forms
+        # (targets beyond the attention projections, e.g. proj_in) would load in part. Then peft's names for all.
+        if not any(".lora_A." in k or ".lora_B." in k for k in converted):
+            layers = converted
     layers = {k: v.detach().cpu().contiguous() for k, v in layers.items()}
     # rank_pattern / alpha_pattern (empty: one rank and alpha for every layer): diffusers 0.34 and later read
     # them from the metadata on load (a KeyError without them), as in the metadata of diffusers' own scripts

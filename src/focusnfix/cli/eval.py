@@ -26,8 +26,9 @@ def register(sub) -> argparse.ArgumentParser:
         "base | NAME=RUN_DIR | RUN_DIR | rg[:scale=S,start=A,end=B] | rg-region[:...] | "
         "sld[:weak|medium|strong|max][,scale=S,warmup=W,threshold=L,momentum=M,beta=B] | NAME=sld:... (RUN_DIR: a run "
         "folder, a LoRA folder or a LoRA .safetensors file)"))
-    e.add_argument("--prompts", help="prompt set (parti:People, i2p:sexual, ...) or file; default: the config's "
-                   "prompts")
+    e.add_argument("--prompts", help="prompt set (parti:People, i2p:sexual, ...), prompt file (.txt, .csv, .tsv, "
+                   ".jsonl) or a dataset folder written by save_to_disk; default: the config's data.sample_prompts, "
+                   "else its data.prompts (not its data.prompt_file, data.prompt_set or data.dataset: name those here)")
     e.add_argument("--limit", type=int, help="use only the first N prompts")
     e.add_argument("--seeds", type=int, nargs="+", help="noise seeds (default: each prompt's own seed, else 0)")
     device_flags(e, dtype_default=None)
@@ -62,6 +63,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         records = load_prompt_set(args.prompts)
     else:
         records = [PromptRecord(p) for p in (cfg.data.sample_prompts or cfg.data.prompts)]
+        if not records:
+            raise FocusNFixError("the config has no data.sample_prompts or data.prompts (eval's default prompts); "
+                                 "give --prompts, e.g. the config's data.prompt_file or data.prompt_set")
     records = records[: args.limit] if args.limit is not None else records
     extra = _extra_metrics(cfg) + build_judges(judges, cfg.reward.name)
     ev = Evaluation(cfg, args.methods, records, args.seeds, args.out, args.batch_size, args.clip_model,

@@ -3,13 +3,16 @@
 Every failure prints one line ``focusnfix: error: ...`` (at most 300 characters) on stderr and exits
 with status 2 (bad input: nothing was changed), 1 (a runtime failure: disk full, divergence, a dead
 or frozen process of a distributed job; what was saved before is intact) or 130 (Ctrl-C). README,
-"Errors and exit statuses"; ``--debug`` adds the traceback and the libraries' log lines.
+"Errors and exit statuses"; ``--debug`` adds the traceback and the libraries' log lines. A reader that
+closes the output early (``focusnfix train --help-config | head``) ends the command quietly: status 1, no message.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
+import select
 import sys
 import traceback
 import warnings
@@ -23,12 +26,12 @@ from ..rating import register as register_rate
 from ..report import register as register_report
 from ..world.cli import register as register_world
 from . import eval as eval_command
-from . import push, sample, train
+from . import export, push, sample, train
 
 PREFIX = "focusnfix: error: "
 # The subcommands, in the order of --help: each adds its parser to the subparsers object.
 COMMANDS = (train.register, sample.register, eval_command.register, register_report, register_rate, register_world,
-            push.register)
+            push.register, export.register)
 
 
 class _UsageError(Exception):
@@ -54,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart, not at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        if not _closed_outputs():
+            raise
+        return _quiet_on_closed_pipe()
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = _parser()
@@ -76,10 +90,41 @@ def main(argv: list[str] | None = None) -> int:
                 return int(e.code or 0)
             return _fail(2, str(e.code))
         except BaseException as e:  # noqa: BLE001  (every failure ends as one line with a status)
+            if isinstance(e, BrokenPipeError) and _closed_outputs():
+                raise  # our own output's reader has gone: nobody to tell (main)
             status, message = describe_error(e)
             if args.debug:  # (without tokens: a Hub error may quote the request's Authorization header)
                 print(redact("".join(traceback.format_exception(e))), end="", file=sys.stderr)
             return _fail(status, message)
+
+
+def _closed_outputs() -> list[int]:
+    """The file descriptors of stdout / stderr whose reader has gone (a pipe closed by ``head``); without
+    ``select.poll`` (Windows) a broken pipe is taken to be ours."""
+    if not hasattr(select, "poll"):
+        return [1]
+    closed = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+            poller = select.poll()
+            poller.register(fd, 0)  # POLLERR / POLLHUP are reported whatever was asked
+            if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+                closed.append(fd)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # no file behind it (a test's capture)
+            continue
+    return closed
+
+
+def _quiet_on_closed_pipe() -> int:
+    """Python's advice for a closed pipe: point the closed output at /dev/null, so the interpreter's last flush
+    does not print "Exception ignored ... BrokenPipeError", and exit with status 1 without a message."""
+    for fd in _closed_outputs():
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        except OSError:
+            pass
+    return 1
 
 
 def _fail(status: int, message: str) -> int:
@@ -108,7 +153,7 @@ def describe_error(e: BaseException) -> tuple[int, str]:
 
 
 _LIBRARIES = ("accelerate", "torch", "diffusers", "transformers", "peft", "huggingface_hub", "PIL", "urllib3",
-              "filelock")
+              "filelock", "datasets")
 
 
 def _quiet_libraries() -> None:

@@ -34,8 +34,8 @@ def register(sub) -> argparse.ArgumentParser:
                    "0 = the base model)")
     s.add_argument("--fuse", action="store_true", help="fuse the LoRA into the UNet weights (faster inference)")
     s.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    s.add_argument("--prompts", help="prompt file (.txt, .csv or .tsv) or a packaged set (parti:People, "
-                   "i2p:sexual, ...)")
+    s.add_argument("--prompts", help="prompt file (.txt, .csv, .tsv or .jsonl), a dataset folder written by "
+                   "save_to_disk or a packaged set (parti:People, i2p:sexual, ...)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (default: 0)")
     s.add_argument("--steps", type=int, help=f"sampler steps (default: the run's sampler.steps, else "
                    f"{SAMPLE_DEFAULTS['steps']})")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import textwrap
 from pathlib import Path
 
 from ..config import field_help, field_limits, load_config, to_dict
@@ -49,19 +51,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_config_help(rows: list[tuple[str, str, str]], cfg) -> None:
-    """``--help-config``: key, default and meaning (with its range or valid values); with a config, its value
-    beside the default (``*`` marks the keys it changes)."""
+    """``--help-config``: key, default and meaning (with its range or valid values), the meaning wrapped to the
+    terminal's width (at most 100 columns) under its own column; with a config, its value beside the default
+    (``*`` marks the keys it changes)."""
     limits = field_limits()
     rows = [(key, default, f"{text} ({limits[key]})" if key in limits else text) for key, default, text in rows]
+    width = max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
+    key_w, default_w = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     if cfg is None:
-        for key, default, text in rows:
-            print(f"{key:28s} {default:38s} {text}")
-        return
-    values = flatten(to_dict(cfg))
-    print(f"  {'key':28s} {'default':24s} {'this config':24s} meaning   (* = changed by the config or overrides)")
-    for key, default, text in rows:
-        mark = " " if repr(values.get(key)) == default else "*"
-        print(f"{mark} {key:28s} {default:24s} {short(values.get(key)):24s} {text}")
+        lines = [(f"{key:{key_w}s}  {default:{default_w}s}", text) for key, default, text in rows]
+    else:
+        values = flatten(to_dict(cfg))
+        room = width - (key_w + default_w + 6)  # a long value is cut to the line
+        shown = {key: _cut(short(values.get(key)), room) for key, _, _ in rows}
+        value_w = min(24, max(len(v) for v in shown.values()))
+        header = f"  {'key':{key_w}s}  {'default':{default_w}s}  {'this config':{value_w}s}"
+        print(header + "  (*: changed)" if len(header) + 14 <= width else header.rstrip())
+        lines = [(f"{' ' if repr(values.get(key)) == default else '*'} {key:{key_w}s}  {default:{default_w}s}  "
+                  f"{shown[key]:{value_w}s}", text) for key, default, text in rows]
+    column = max(len(head) for head, _ in lines) + 2
+    below = width - column < 40  # too narrow a column left: each meaning on the lines below its key
+    for head, text in lines:
+        if below:
+            print(head.rstrip())
+        indent = " " * (6 if below else column)
+        print(textwrap.fill(text, width, initial_indent=indent if below else f"{head:{column}s}",
+                            subsequent_indent=indent, break_on_hyphens=False))
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: max(most - 3, 1)] + "..."
 
 
 def train_argv(argv: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ import yaml
 
 from ..errors import ConfigError, short, short_path
 from .fields import limits_text
+from .names import plugin_folder
 from .schema import Config
 
 
@@ -206,7 +207,8 @@ def _packaged(path: Path) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Load a YAML config (or defaults when ``path`` is None), apply overrides, validate. ``path`` may
-    name a packaged config (``world-artifact``)."""
+    name a packaged config (``world-artifact``); its folder is searched for plug-in modules
+    (:func:`~focusnfix.config.names.plugin_folder`)."""
     data: dict = {}
     if path is not None:
         path = _packaged(Path(path))
@@ -226,6 +228,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not isinstance(data, dict):
             raise ConfigError(f"config file {short_path(path)} must hold a mapping of sections, "
                               f"got {type(data).__name__}")
+        plugin_folder(path.parent)
     for ov in overrides:
         apply_override(data, ov)
     return from_dict(Config, data).validate()

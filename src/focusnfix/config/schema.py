@@ -165,9 +165,21 @@ class GRPOConfig:
 
 @dataclass
 class DataConfig:
-    prompts: list[str] = _f([], "Training prompts (or use prompt_file).", max_chars=MAX_PROMPT_CHARS)
-    prompt_file: str | None = _f(None, "A .txt (one prompt per line), .csv or .tsv (column `prompt`) file.")
+    prompts: list[str] = _f([], "Training prompts (and/or prompt_file, prompt_set, dataset).",
+                            max_chars=MAX_PROMPT_CHARS)
+    prompt_file: str | None = _f(None, "A .txt (one prompt per line), .csv or .tsv (column `prompt`) or .jsonl (one "
+                                 "JSON object per line with a `prompt` field, as Flow-GRPO's) file; at most 50 MB.")
     prompt_set: str | None = _f(None, "A packaged prompt set, e.g. parti, parti:People, animals (docs/rewards.md).")
+    dataset: str | None = _f(None, "A Hugging Face dataset: a folder written by save_to_disk, or a Hub id (needs the "
+                             "network once); needs `pip install 'focusnfix[datasets]'`. Its prompts join the others.")
+    dataset_split: str = _f("train", "The split of data.dataset (a Hub id also takes a slice, e.g. train[:1000]).",
+                            empty="is empty: name a split, e.g. train")
+    dataset_prompt_column: str = _f("prompt", "The text column of data.dataset.", empty="is empty: name a column")
+    dataset_category_column: str | None = _f(None, "The category column of data.dataset; unset: `category` if it "
+                                             "has one.")
+    dataset_seed_column: str | None = _f(None, "The noise-seed column of data.dataset, checked (integers in [0, "
+                                         "2**63)); training draws its own seeds (data.seed_pool); unset: `seed` if "
+                                         "it has one.")
     seed_pool: int | None = _f(None, "If set, noise seeds are drawn from range(seed_pool); else from 2**31.",
                                range=(1, MAX_SEED))
     sample_prompts: list[str] = _f([], "Prompts of the periodic sample grids; default: the first 4 training prompts.",
@@ -281,8 +293,8 @@ class Config:
         _warn_lam_as_kl_weight(self)
         _check(not (t.fsdp and t.mixed_precision == "fp16"), "train.mixed_precision",
                "fp16 is not supported with train.fsdp (its loss scaler does not handle sharded gradients); use bf16")
-        _check(bool(self.data.prompts or self.data.prompt_file or self.data.prompt_set), "data.prompts",
-               "is empty: give data.prompts, data.prompt_file or data.prompt_set")
+        _check(bool(self.data.prompts or self.data.prompt_file or self.data.prompt_set or self.data.dataset),
+               "data.prompts", "is empty: give data.prompts, data.prompt_file, data.prompt_set or data.dataset")
         _check(t.batch_size * t.grad_accum <= 2**20, "train.grad_accum",
                f"times train.batch_size must be at most {2**20} trajectories per step, "
                f"got {t.batch_size * t.grad_accum}")

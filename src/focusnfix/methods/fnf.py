@@ -11,7 +11,7 @@ import torch
 from ..config import Config
 from ..errors import FocusNFixError
 from ..backbones.lora import adapters_disabled, adapters_per_row
-from ..rewards.base import call_reward
+from ..rewards.base import call_reward, term_logs
 from ..rewards.compose import problem_mask
 from .budget import Budget
 from .objective import fnf_loss, latent_region_constraint, outside_change, region_constraint
@@ -200,8 +200,8 @@ class FocusNFix:
             ref, images = self.reference_and_trained(batch.prompts, batch.seeds, batch.k, capture=capture)
         else:
             ref, images = None, self.trained_images(batch.prompts, batch.seeds, batch.k)
-        score = call_reward(self.reward, images, batch.prompts).score
-        constraint = None
+        out = call_reward(self.reward, images, batch.prompts)
+        score, constraint = out.score, None
         if ref is not None:
             constraint = region_constraint(images, ref.images, ref.mask, self.cfg.objective.norm,
                                            self.cfg.objective.eps)
@@ -228,6 +228,8 @@ class FocusNFix:
         if self.budget is not None and measured:  # λ_eq: where the constraint pulls on Î as hard as the reward
             names.append("lam_eq")
             values.append(self._lam_eq(score, images))
+        terms = term_logs(out)  # a `sum` reward's terms: reward/<term>
+        names, values = names + list(terms), values + list(terms.values())
         read = dict(zip(names, torch.stack([v.float() for v in values]).tolist()))  # one host sync
         logs = {"loss": read.pop("loss"), "reward": read.pop("reward"), "k": batch.k, **read}
         if warmup or self.budget is not None:

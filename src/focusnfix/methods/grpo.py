@@ -34,7 +34,7 @@ import torch
 
 from ..config import Config
 from ..backbones.lora import adapters_disabled
-from ..rewards.base import call_reward
+from ..rewards.base import call_reward, term_logs
 from ..rewards.compose import problem_mask
 from ..sampling import gaussian_log_prob, sample_stochastic
 from .base import Batch, MethodContext
@@ -111,7 +111,8 @@ class GRPO:
         if self.budget is not None:  # score-only (M = 1): nothing outside M changes, no reference rollout
             change = 0.0 if mask is None else self.reference_change(cond, noise, seeds, prompts, images)
         return {"prompts": prompts, "seeds": seeds, "cond": cond, "timesteps": timesteps, "xs": xs,
-                "log_probs": log_probs, "stds": stds, "score": score, "adv": adv, "mask": mask, "change": change}
+                "log_probs": log_probs, "stds": stds, "score": score, "adv": adv, "mask": mask, "change": change,
+                "terms": term_logs(out)}
 
     def reference_change(self, cond, noise: torch.Tensor, seeds: list[int], prompts: list[str],
                          images: torch.Tensor) -> float:
@@ -176,6 +177,7 @@ class GRPO:
             logs["mask_frac"] = 1.0 if mask is None else mask.mean().item()
         if self.budget is not None:
             logs.update(outside_change=roll["change"], lam=self.lam)
+        logs.update({k: v.item() for k, v in roll["terms"].items()})  # a `sum` reward's terms: reward/<term>
         return loss, logs
 
     def step_loss(self, mean, x_next, std, old_lp, adv, mask, x, t, i, cond, rule) -> tuple[torch.Tensor, torch.Tensor]:

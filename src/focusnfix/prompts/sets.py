@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..config.names import import_path
 from ..errors import FocusNFixError
-from .files import PromptRecord, read_prompt_file
+from .dataset import read_dataset
+from .files import SUFFIXES, PromptRecord, read_prompt_file
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ def world_prompts(split: str = "all") -> list[PromptRecord]:
 
 def load_prompt_set(spec: str) -> list[PromptRecord]:
     """Prompts from a packaged set name (see :func:`list_prompt_sets`; ``parti:<Category>`` filters Parti
-    by category, case-insensitive) or from a path to a ``.txt`` / ``.csv`` / ``.tsv`` file."""
+    by category, case-insensitive), from a path to a ``.txt`` / ``.csv`` / ``.tsv`` / ``.jsonl`` file, or from a
+    Hugging Face dataset folder written by ``save_to_disk`` (split ``train``, columns ``prompt``, ``category`` and
+    ``seed``)."""
     name, _, arg = spec.partition(":")
     if name.lower() == "world":
         if (arg or "all") not in WORLD_SPLITS:
@@ -84,10 +87,12 @@ def load_prompt_set(spec: str) -> list[PromptRecord]:
         return world_prompts(arg or "all")
     key = spec.lower() if spec.lower() in SETS else name.lower()
     if key not in SETS:
-        if Path(spec).suffix.lower() in (".txt", ".csv", ".tsv") or Path(spec).exists():
+        if Path(spec).is_dir():
+            return read_dataset(spec, key="--prompts")
+        if Path(spec).suffix.lower() in SUFFIXES or Path(spec).exists():
             return read_prompt_file(spec)
         raise FocusNFixError(f"unknown prompt set {spec!r}; valid names: {', '.join(SETS)}, parti:<Category>, "
-                             "or a .txt/.csv/.tsv file")
+                             f"a {'/'.join(SUFFIXES)} file or a saved Hugging Face dataset folder")
     records = _read(SETS[key])
     if key == "parti" and arg:
         categories = sorted({r.category for r in records if r.category})

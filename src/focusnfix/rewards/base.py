@@ -49,6 +49,18 @@ def check_output(out: RewardOutput, images: torch.Tensor) -> RewardOutput:
     return out
 
 
+TERMS = "terms"  # RewardOutput.info key of a composite reward's unweighted term scores: {term name: (B,)}
+
+
+def term_logs(out: RewardOutput) -> dict[str, torch.Tensor]:
+    """A composite reward's terms for the training logs, ``{"reward/<term>": mean score}`` (unweighted, 0-d
+    detached tensors, read with the other logs in one host sync); ``{}`` for a reward without terms."""
+    terms = out.info.get(TERMS) if isinstance(out.info, dict) else None
+    if not isinstance(terms, dict):
+        return {}
+    return {f"reward/{name}": score.detach().float().mean() for name, score in terms.items() if torch.is_tensor(score)}
+
+
 def reward_name(reward) -> str:
     """How a reward is named in messages: its ``name``, else its class."""
     name = getattr(reward, "name", None)

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import FocusNFixError
 from .masks import heatmap_to_mask, saliency_map
-from .base import RewardOutput, call_reward, reward_name
+from .base import TERMS, RewardOutput, call_reward, reward_name
 
 
 def problem_map(reward, images: torch.Tensor, prompts: Sequence[str],
@@ -91,13 +91,15 @@ class WeightedSum:
             mask = from_dict(MaskConfig, term.get("mask") or {}, f"reward.args.terms[{i}].mask.")
             self.terms.append((reward, float(term.get("weight", 1.0)), mask))
         self.differentiable = all(r.differentiable for r, _, _ in self.terms)
+        self.term_names = term_names([reward_name(r) for r, _, _ in self.terms])
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> RewardOutput:
-        outs = [(call_reward(r, images, prompts), w, reward_name(r)) for r, w, _ in self.terms]
-        score = sum(w * o.score for o, w, _ in outs)
-        heats = [o.heatmap for o, _, _ in outs if o.heatmap is not None]
+        outs = [(call_reward(r, images, prompts), w) for r, w, _ in self.terms]
+        score = sum(w * o.score for o, w in outs)
+        heats = [o.heatmap for o, _ in outs if o.heatmap is not None]
         heat = torch.stack(heats).amax(0) if heats else None
-        info = {f"{name}/score": o.score.detach() for o, _, name in outs}
+        terms = {name: o.score.detach() for (o, _), name in zip(outs, self.term_names)}
+        info = {**{f"{name}/score": t for name, t in terms.items()}, TERMS: terms}
         return RewardOutput(score=score, heatmap=heat, info=info)
 
     def problem_mask(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,3 +107,13 @@ class WeightedSum:
         masks, maps = zip(*(mask_from(r, images, prompts, m) for r, _, m in self.terms))
         reduce = torch.amax if self.combine == "union" else torch.amin
         return reduce(torch.stack(masks), 0), torch.stack(maps).amax(0)
+
+
+def term_names(names: list[str]) -> list[str]:
+    """The terms' names in logs: each reward's name, numbered from the second of the same name on
+    (``clip-zeroshot``, ``clip-zeroshot-2``)."""
+    out, seen = [], {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out

@@ -67,8 +67,9 @@ def check_module_factory(obj: Any, name: str, what: str) -> None:
                              "refusing to call it")
 
 
-def build_reward(name: str, **kwargs: Any):
-    """Instantiate a reward by registry name or import path with constructor ``kwargs``."""
+def build_reward(name: str, /, **kwargs: Any):
+    """Instantiate a reward by registry name or import path with constructor ``kwargs`` (which may hold a ``name``:
+    this ``name`` is positional)."""
     factory = resolve(REWARDS, name, "reward")
     if ":" in name:
         check_reward_plugin(factory, name)

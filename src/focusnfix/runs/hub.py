@@ -17,7 +17,8 @@ from pathlib import Path
 from ..config.names import check_repo_id
 from ..errors import FocusNFixError, RunFailed, redact, register_secret, short, short_path
 
-UPLOAD = ("*.safetensors", "README.md", "samples.png", "lora_config.json")  # what goes to the Hub from lora/
+# what goes to the Hub from lora/: the diffusers and kohya weights, the card, the grid and the widget's image Î
+UPLOAD = ("*.safetensors", "README.md", "samples.png", "lora-sample.png", "lora_config.json")
 
 
 def token_from_env(var: str | None) -> str | None:

@@ -13,11 +13,15 @@ from pathlib import Path
 import yaml
 
 from ..config.methods import METHODS as CATALOGUE
+from ..images import grid_cell
+from .card_rows import FLOW, method_rows, reward_text, sampler_name
 from .checkpoint import atomic_write_text
+from .kohya import SUFFIX as KOHYA_SUFFIX
 from .metrics_log import read_metrics
 
 CARD = "README.md"
 SAMPLE = "samples.png"  # the run's latest sample grid, copied beside the weights
+WIDGET = "lora-sample.png"  # the grid's first image Î alone: the Hub widget's example output of this LoRA
 TAGS = ["focusnfix", "lora", "diffusers", "text-to-image"]
 METHODS = {name: (e.title, e.tag, e.sentence) for name, e in CATALOGUE.items()}  # method -> (name, tag, sentence)
 # licenses of the bases our shipped configs use (Hub license ids); any other base: "see the base model's license"
@@ -42,8 +46,6 @@ BUILT_IN = {  # model.path -> (description, pipeline class, loading code)
     "tiny": ("focusnfix's tiny random test model (built in code)", "StableDiffusionPipeline",
              "from focusnfix.tiny import build_tiny_pipeline\n\npipe = build_tiny_pipeline()"),
 }
-MASK_SOURCES = {"auto": "the reward's heatmap, else gradient saliency", "heatmap": "the reward's heatmap",
-                "saliency": "gradient saliency of the reward"}
 CITATION = """@inproceedings{xing2025focusnfix,
   title     = {Focus-N-Fix: Region-Aware Fine-Tuning for Text-to-Image Generation},
   author    = {Xing, Xiaoying and Saha, Avinab and He, Junfeng and Hao, Susan and Vicol, Paul and Ryu, Moonkyung and
@@ -96,8 +98,8 @@ def card_data(cfg: dict, base_model: str | None = None, sample_prompt: str | Non
     extra = {"license_name": license_name} if license_name else {}
     if license_id == "other" and base:  # the base model's page states its license
         extra["license_link"] = f"https://huggingface.co/{base}"
-    if sample_prompt is not None:
-        extra["widget"] = [{"text": sample_prompt, "output": {"url": SAMPLE}}]
+    if sample_prompt is not None:  # the example output is Î alone, not the Î0 | M | Î grid
+        extra["widget"] = [{"text": sample_prompt, "output": {"url": WIDGET}}]
     method = METHODS.get(cfg.get("method"), (None, None, None))[1]
     tags = TAGS + [t for t in (method, "template:sd-lora") if t]
     return ModelCardData(base_model=base, license=license_id, library_name="diffusers", pipeline_tag="text-to-image",
@@ -105,9 +107,12 @@ def card_data(cfg: dict, base_model: str | None = None, sample_prompt: str | Non
 
 
 def build_card(run_dir: str | Path, steps: int | None = None, pipeline: str | None = None, reward: str | None = None,
-               load_id: str | None = None, base_model: str | None = None, has_sample: bool = False):
+               load_id: str | None = None, base_model: str | None = None, has_sample: bool = False,
+               has_widget: bool = False, kohya: str | None = None):
     """A :class:`huggingface_hub.ModelCard` for the run in ``run_dir``. ``load_id``: what the snippet passes to
-    ``load_lora_weights`` (a Hub repo id or a folder); ``base_model``: the Hub id of a base given as a local folder."""
+    ``load_lora_weights`` (a Hub repo id or a folder); ``base_model``: the Hub id of a base given as a local folder;
+    ``has_sample`` / ``has_widget``: ``samples.png`` / ``lora-sample.png`` are beside the card; ``kohya``: the name
+    of the kohya-format copy beside it (SD 1.x/2.x, SDXL)."""
     from huggingface_hub import ModelCard
 
     run = Path(run_dir)
@@ -120,7 +125,7 @@ def build_card(run_dir: str | Path, steps: int | None = None, pipeline: str | No
     reward = reward or cfg.get("reward", {}).get("name", "?")
     name, _, sentence = METHODS.get(cfg.get("method"), (str(cfg.get("method")), None, "reward fine-tuning."))
     prompts = cfg.get("data", {}).get("sample_prompts") or cfg.get("data", {}).get("prompts") or []
-    data = card_data(cfg, base_model, prompts[0] if has_sample and prompts else None)
+    data = card_data(cfg, base_model, prompts[0] if has_widget and prompts else None)
     base = data.base_model or (path if path in BUILT_IN else Path(path).name)  # no local path in a public card
     base_text = (BUILT_IN[path][0] if path in BUILT_IN
                  else (f"[{base}](https://huggingface.co/{base})" if data.base_model
@@ -128,11 +133,13 @@ def build_card(run_dir: str | Path, steps: int | None = None, pipeline: str | No
     license_text = {"apache-2.0": "Apache-2.0"}.get(data.license) if path in BUILT_IN else None
     license_text = license_text or (f"`{data.license}`, the base model's" if base in LICENSES
                                     else "see the base model's license")
-    rows = [("base model", base_text), ("method", f"{name} (`method: {cfg.get('method')}`)"), ("reward", f"`{reward}`"),
-            *_method_rows(cfg), ("training steps", f"{steps if steps is not None else '?'} of {t.get('steps', '?')}"
+    rows = [("base model", base_text), ("method", f"{name} (`method: {cfg.get('method')}`)"),
+            ("reward", reward_text(reward, cfg.get("reward", {}))),
+            *method_rows(cfg), ("training steps", f"{steps if steps is not None else '?'} of {t.get('steps', '?')}"
                                  f" (batch {t.get('batch_size', '?')} × accumulation {t.get('grad_accum', '?')}, "
                                  f"lr {t.get('lr', '?')})"),
-            ("sampler", f"DDIM, T = {s.get('steps', '?')} steps, guidance scale {s.get('guidance_scale', '?')}"),
+            ("sampler", f"{sampler_name(pipeline)}, T = {s.get('steps', '?')} steps, guidance scale "
+                        f"{s.get('guidance_scale', '?')}"),
             ("LoRA", f"rank {lo.get('rank', '?')}, alpha {lo.get('alpha') or lo.get('rank', '?')}, targets "
                      f"{', '.join(lo.get('targets') or ['the family default (attention projections)'])}"),
             ("license", license_text)]
@@ -140,10 +147,11 @@ def build_card(run_dir: str | Path, steps: int | None = None, pipeline: str | No
             f"A LoRA adapter for {base_text}, fine-tuned with focusnfix (an implementation of "
             f"[Focus-N-Fix](https://arxiv.org/abs/2501.06481) and its baselines) by {sentence}",
             "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "", *_metric_lines(run),
-            *_sample_lines(has_sample), "## Use", "",
+            *_sample_lines(has_sample, has_widget), "## Use", "",
             "No trigger word: the LoRA changes the model itself, so prompt as you would the base model.", "",
             "```python", *_snippet(path, base, pipeline, load_id or "path/to/lora", s), "```", "",
             "Fusing the LoRA makes inference cost exactly what the base model costs (no mask, no reward model).", "",
+            *_tool_lines(pipeline, kohya),
             "## Limitations", "",
             f"Trained against one reward (`{reward}`): check prompt alignment and other aspects too, e.g. with "
             "`focusnfix eval`, before relying on it. The base model's use restrictions apply.", "",
@@ -153,15 +161,21 @@ def build_card(run_dir: str | Path, steps: int | None = None, pipeline: str | No
 
 def write_model_card(lora_dir: str | Path, run_dir: str | Path, steps: int | None = None, pipeline: str | None = None,
                      reward: str | None = None, load_id: str | None = None, base_model: str | None = None) -> Path:
-    """Copy the run's latest sample grid into ``lora_dir`` (``samples.png``) and write ``lora_dir/README.md``."""
+    """Copy the run's latest sample grid into ``lora_dir`` (``samples.png``), cut its first fine-tuned image Î
+    out of it (``lora-sample.png``, the widget's example) and write ``lora_dir/README.md``."""
     lora_dir = Path(lora_dir)
     grid = latest_sample(run_dir)
     if grid is not None:
         shutil.copyfile(grid, lora_dir / f".{SAMPLE}.tmp")
         (lora_dir / f".{SAMPLE}.tmp").replace(lora_dir / SAMPLE)
+    image = grid_cell(grid, 0, 2) if grid is not None else None  # row 0, column Î (None: a grid without layout)
+    if image is not None:
+        image.save(lora_dir / f".{WIDGET}.tmp", format="PNG")
+        (lora_dir / f".{WIDGET}.tmp").replace(lora_dir / WIDGET)
     run = Path(run_dir)
     load_id = load_id or str((run if not run.is_absolute() else Path(run.name)) / "lora")  # no absolute local path
-    card = build_card(run, steps, pipeline, reward, load_id, base_model, grid is not None)
+    kohya = next((p.name for p in sorted(lora_dir.glob(f"*{KOHYA_SUFFIX}"))), None)
+    card = build_card(run, steps, pipeline, reward, load_id, base_model, grid is not None, image is not None, kohya)
     atomic_write_text(lora_dir / CARD, str(card))
     return lora_dir / CARD
 
@@ -196,32 +210,6 @@ def latest_sample(run_dir: str | Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def _method_rows(cfg: dict) -> list[tuple[str, str]]:
-    s, g, o, mask = (cfg.get(k, {}) for k in ("sampler", "grpo", "objective", "mask"))
-    entry = CATALOGUE.get(cfg.get("method"))
-    sections = entry.sections if entry is not None else ()  # what the method reads: which rows apply
-    k = f"{s.get('k')}" + (f" to {s['k_max']} (drawn per trajectory)" if s.get("k_max") else "")
-    rows = []
-    if "mask" in sections:  # fnf: objective.lam; fnf-grpo: grpo.kl_weight (unset: objective.lam, its old key)
-        lam = o.get("lam") if "objective" in sections or g.get("kl_weight") is None else g.get("kl_weight")
-        if "objective" in sections and o.get("budget") is not None:  # λ was a multiplier found during training
-            rows.append(("collateral budget", f"{o['budget']:g} grey levels (mean |Î − Î0| outside M(Î0), 8-bit); "
-                                              "λ found during training (see the λ curve in metrics.jsonl)"))
-        else:
-            rows.append(("λ (region constraint)", f"{lam} ({o.get('norm', 'fro')} norm)"))
-        source = MASK_SOURCES.get(mask.get("source"), str(mask.get("source")))
-        cut = f"quantile {mask['quantile']}" if mask.get("quantile") else f"threshold {mask.get('threshold')}"
-        rows.append(("mask M(Î0)", f"{source}, {cut}, dilated {mask.get('dilate')} px"))
-    else:
-        rows.append(("λ (region constraint)", "0 (none)"))
-    if "grpo" not in sections:
-        rows.append(("K (steps with gradient)", k))
-    else:
-        rows.append(("GRPO", f"group size {g.get('group_size')}, eta {g.get('eta')}, clip {g.get('clip_range')}, "
-                             f"timesteps {g.get('timesteps') or 'all'}"))
-    return rows
-
-
 def _metric_lines(run: Path) -> list[str]:
     rows = [r for r in read_metrics(run / "metrics.jsonl") if isinstance(r.get("reward"), (int, float))]
     if not rows:
@@ -236,26 +224,46 @@ def _metric_lines(run: Path) -> list[str]:
     return ["Training batches (not a held-out evaluation): " + "; ".join(parts) + ".", ""]
 
 
-def _sample_lines(has_sample: bool) -> list[str]:
+def _sample_lines(has_sample: bool, has_widget: bool = False) -> list[str]:
     if not has_sample:
         return []
+    widget = ([f"The widget's example ({WIDGET}) is the first row's Î alone.", ""] if has_widget else [])
     return ["## Samples", "", "![Each row: the base model's image Î0 | the problem mask M(Î0) | the fine-tuned "
             "model's "
             f"image Î, same prompt and noise]({SAMPLE})", "",
             "Each row: the base model's image Î0, its problem mask M(Î0), and this LoRA's image Î for the same "
             "prompt and "
-            "initial noise (the run's last sample grid).", ""]
+            "initial noise (the run's last sample grid).", "", *widget]
+
+
+def _tool_lines(pipeline: str, kohya: str | None) -> list[str]:
+    """Which file AUTOMATIC1111 / ComfyUI load (docs/sharing.md)."""
+    if kohya:
+        return [f"AUTOMATIC1111/Forge and ComfyUI: use `{kohya}` (kohya format, the same weights and scale) from "
+                "their LoRA folder (`models/Lora`, `models/loras`).", ""]
+    if pipeline.startswith(FLOW):
+        return ["ComfyUI loads `pytorch_lora_weights.safetensors` as it is (diffusers `transformer.*` names); it "
+                "applies scale 1, so with alpha ≠ rank set the LoRA strength to alpha / rank.", ""]
+    return []
 
 
 def _snippet(path: str, base: str, pipeline: str, load_id: str, sampler: dict) -> list[str]:
+    flow, unet = pipeline.startswith(FLOW), pipeline.startswith("StableDiffusion") and not pipeline.startswith(FLOW)
+    classes = ", ".join(["DDIMScheduler"] * (not flow) + [pipeline])
     if path in BUILT_IN:
         load = BUILT_IN[path][2].splitlines()
-        imports = [f"from diffusers import {pipeline}", *load[:1]]
+        imports = [f"from diffusers import {classes}", *load[:1]]
         load = load[2:]
-    else:
-        imports = ["import torch", f"from diffusers import {pipeline}"]
+    else:  # SD3 and FLUX run in bfloat16 (float16 overflows them); SD 1.x/2.x/SDXL in float16
+        imports = ["import torch", f"from diffusers import {classes}"]
         where = json.dumps(base if hub_model_id(base) else f"path/to/{base}")  # a local base: its folder
-        load = [f"pipe = {pipeline}.from_pretrained({where}, torch_dtype=torch.float16).to(\"cuda\")"]
+        dtype = "float16" if unet else "bfloat16"
+        load = [f"pipe = {pipeline}.from_pretrained({where}, torch_dtype=torch.{dtype}).to(\"cuda\")"]
+    ddim = "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, steps_offset=1)"
+    if unet:  # the sampler it was trained with: deterministic DDIM (eta = 0, the pipeline's default)
+        load.append(f"{ddim}  # the sampler of training: DDIM, eta = 0")
+    elif not flow:
+        load.append(f"# SD 1.x/2.x/SDXL bases: {ddim}  # the sampler of training")
     return [*imports, "", *load, f"pipe.load_lora_weights({json.dumps(load_id)})", "pipe.fuse_lora()  # optional",
             f"image = pipe(\"your prompt\", num_inference_steps={sampler.get('steps', 20)}, "
             f"guidance_scale={sampler.get('guidance_scale', 7.5)}).images[0]"]

@@ -44,7 +44,7 @@ RESUMABLE = (
     "sampler.vae_checkpointing", "sampler.checkpoint_chunks",
 )
 IGNORED = ("train.output_dir",)  # the folder itself (relative or absolute spelling)
-PATH_KEYS = ("model.path", "data.prompt_file")  # compared as files when both spellings exist
+PATH_KEYS = ("model.path", "data.prompt_file", "data.dataset")  # compared as files when both spellings exist
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

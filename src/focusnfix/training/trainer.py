@@ -21,7 +21,7 @@ from ..config.names import import_path
 from ..errors import FocusNFixError, TrainingDiverged, short_path
 from ..images import save_preview_grid
 from ..methods.base import Method, MethodContext
-from ..prompts import resolve_prompts
+from ..prompts import config_prompts
 from ..rewards.registry import build_reward
 from ..runs.checkpoint import (fault_point, io_errors, latest_checkpoint, optimizer_files, prune_checkpoints,
                                save_checkpoint)
@@ -45,7 +45,7 @@ class Trainer:
     def __init__(self, cfg: Config, reward=None, backbone=None):
         self.cfg, t = cfg, cfg.train
         self.out = Path(t.output_dir)
-        self.prompts = resolve_prompts(cfg.data.prompts, cfg.data.prompt_file, cfg.data.prompt_set)
+        self.prompts = config_prompts(cfg.data)
         self.accelerator = accelerator_for(cfg)  # then train.seed seeds the global generators
         self.backbone = backbone_for(cfg, self.accelerator.device, backbone)
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, **cfg.reward.args)
