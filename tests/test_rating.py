@@ -564,12 +564,12 @@ def browser():
 class Server:
     """``focusnfix rate`` in a subprocess on 127.0.0.1 and a free port (so SIGKILL is real)."""
 
-    def __init__(self, eval_dir: Path, db: Path, log: Path):
+    def __init__(self, eval_dir: Path, db: Path, log: Path, extra: tuple[str, ...] = ()):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         self.log = log
         with open(log, "a") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "focusnfix", "rate", str(eval_dir), "--db", str(db),
-                                          "--port", "0"],
+                                          "--port", "0", *extra],
                                          stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()

@@ -173,9 +173,9 @@ def test_missing_images_are_marked_not_linked(eval_dir):
 
 
 def test_sample_grid_is_capped(eval_dir, monkeypatch):
-    import focusnfix.report.eval_folder as ev
+    import focusnfix.report.grid as grid
 
-    monkeypatch.setattr(ev, "MAX_ROWS", 2)
+    monkeypatch.setattr(grid, "MAX_ROWS", 2)
     text = render_report(eval_dir, title="capped").read_text(encoding="utf-8")
     assert "the first 2 are shown" in text and "<title>capped</title>" in text
     assert "images/fnf/00002.png" not in text
@@ -320,8 +320,10 @@ def test_headline_and_first_samples_come_first(eval_dir):
     for needle in ("VQA alignment", "MSE outside mask", "fnf", "draft"):
         assert needle in headline, needle
     assert "inside" not in headline and "seconds" not in headline
-    first = text.index("src='images/fnf/")  # a sample row (worst base reward first) before the full tables
-    assert first < text.index("id='summary'") and text.index("id='preview'") < first
+    first = text.index("src='images/fnf/")  # a sample row (a selection) before the full tables
+    assert first < text.index("id='summary'") and text.index("id='differ'") < first
+    worst = text.index("src='images/fnf/", text.index("id='preview'"))  # worst base reward: also before the tables
+    assert worst < text.index("id='summary'")
 
 
 def test_every_table_scrolls_in_its_own_box_and_plots_shrink(eval_dir):

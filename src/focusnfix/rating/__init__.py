@@ -49,12 +49,14 @@ def trusted_hosts(host: str, allowed: list[str] | None = None) -> list[str]:
 
 
 def _cmd_rate(args: argparse.Namespace) -> int:
+    from .design import check_per_rater, parse_filter
     from .questions import load_questions
     from .tasks import load_study
 
     if not 0 <= args.port <= 65535:
         raise FocusNFixError(f"--port must be 0-65535 (0: any free port), got {args.port}")
-    study = load_study(args.eval_dir, args.methods)
+    study = load_study(args.eval_dir, args.methods, parse_filter(args.only_problems), check_per_rater(args.per_rater),
+                       args.problem)
     db = Path(args.db) if args.db else Path(args.eval_dir) / DB_NAME
     if args.export or args.summary:
         from .summary import export_csv, load_summary, summary_text
@@ -95,10 +97,12 @@ def _serve(args: argparse.Namespace, study, db: Path, questions) -> int:
     from werkzeug.serving import make_server
 
     from .app import create_app
+    from .design import design_json
     from .questions import to_json
     from .storage import Store
 
-    store = Store(db, to_json(questions), study.reference)  # refuses other questions than the recorded ones
+    # refuses other questions or another design than the recorded ones
+    store = Store(db, to_json(questions), study.reference, design_json(study.only_problems, study.per_rater))
     hosts = trusted_hosts(args.host, args.allow_host)
     app = create_app(study, store, questions, hosts)
     import logging
@@ -118,9 +122,8 @@ def _serve(args: argparse.Namespace, study, db: Path, questions) -> int:
         print(f"focusnfix rate: warning: listening on {args.host}: anyone who can reach this machine can rate and see "
               f"the images (there are no passwords); Host names answered: {', '.join(hosts)} (add one with "
               "--allow-host)", file=sys.stderr)
-    print(f"focusnfix rate: http://{host}:{server.port}/ · {len(study.tasks)} pairs per rater "
-          f"({study.samples} samples x {len(study.methods)} methods: {', '.join(study.methods)}; "
-          f"{study.left_out} left out without images) · answers in {db} · Ctrl-C stops", flush=True)
+    print(f"focusnfix rate: http://{host}:{server.port}/ · {_design_line(study)} · answers in {db} · Ctrl-C stops",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -128,6 +131,23 @@ def _serve(args: argparse.Namespace, study, db: Path, questions) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _design_line(study) -> str:
+    """What each rater gets, for the line printed at the start."""
+    from .design import raters_needed
+
+    t = len(study.tasks)
+    text = (f"{study.per_rater_total} pairs per rater ({study.samples} samples x {len(study.methods)} methods: "
+            f"{', '.join(study.methods)}; {study.left_out} left out without images")
+    if study.only_problems is not None:
+        text += f"; {study.without_problem} samples without a problem ({study.only_problems}) left out"
+    text += ")"
+    if study.per_rater is not None and study.per_rater < t:
+        text += (f" · {t} pairs in all: after R raters every pair is rated by at least k = floor(R x "
+                 f"{study.per_rater} / {t}) of them (k = 1: {raters_needed(t, study.per_rater, 1)} raters, "
+                 f"k = 3: {raters_needed(t, study.per_rater, 3)})")
+    return text + (f" · problem: {study.problem}" if study.problem else "")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -150,6 +170,15 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "with a list of {key, text, options: [{value, label, score}], sided} (docs/rating.md)")
     p.add_argument("--methods", nargs="+", metavar="METHOD", help="rate only these methods (default: every method "
                    "but the reference)")
+    p.add_argument("--only-problems", nargs="?", const="mask", metavar="METRIC<VALUE", help="rate only the samples "
+                   "whose base image has a problem: alone (or 'mask'), those whose mask M(Î0) is non-empty; with "
+                   "METRIC<VALUE (also >, <=, >=), those whose base row in samples.jsonl satisfies it, e.g. "
+                   "'defect_artifact>0.5' (quote it for the shell; put it after EVAL_DIR)")
+    p.add_argument("--per-rater", type=int, metavar="N", help="each rater gets N pairs of a balanced incomplete "
+                   "design (default: every pair); after R raters of t pairs, every pair is rated by at least "
+                   "k = floor(R N / t) of them (docs/rating.md)")
+    p.add_argument("--problem", metavar="TEXT", help="what the problem looks like, shown to raters above the "
+                   "questions (default: eval.json's 'problem', else a description of the eval's reward, if known)")
     p.add_argument("--export", metavar="CSV", help="write one row per answer to CSV, print the summary, and exit")
     p.add_argument("--summary", action="store_true", help="print the summary statistics and exit")
     p.set_defaults(func=_cmd_rate)

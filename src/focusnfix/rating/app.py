@@ -2,7 +2,9 @@
 
 Routes (TOKEN is the rater's random URL token; TASK an opaque task id):
 - ``GET /``: enter a name; ``POST /start``: create a rater, redirect to ``/r/TOKEN``;
-- ``GET /r/TOKEN``: the rater's current task (the first unanswered one in their order), or the end page;
+- ``GET /r/TOKEN``: the rater's current task (the first unanswered one in their order), or the end page; a
+  rater's tasks are every pair, or their share with ``--per-rater`` (:meth:`Study.order`), and any other task id
+  is 404 on every route;
   ``?task=TASK`` shows an answered task again (the "back" button) to change its answer;
 - ``GET /r/TOKEN/img/TASK/SLOT``: SLOT = left | right | heatmap | mask, the task's files only (resolved
   inside the eval folder when the study was loaded, and checked again at each request: still a regular image
@@ -74,7 +76,7 @@ def create_app(study: Study, store: Store, questions: tuple[Question, ...],
     app.jinja_env.autoescape = True  # also for any template name (Flask's default covers .html only)
     root = study.folder.resolve()
     keys = {q.key: q for q in questions}
-    total = len(study.tasks)
+    total = study.per_rater_total
     trusted = None if trusted_hosts is None else {host_name(h) for h in trusted_hosts} - {None}
 
     @app.before_request
@@ -100,6 +102,10 @@ def create_app(study: Study, store: Store, questions: tuple[Question, ...],
             abort(404)
         return rater
 
+    def tasks_of(rater: Rater) -> list[str]:
+        """The rater's task ids in their order (the rater created j-th has id j + 1)."""
+        return study.order(rater.order_seed, rater.id - 1)
+
     @app.get("/")
     def start():
         return render_template("start.html", study=study, total=total, error=None, name="")
@@ -117,16 +123,16 @@ def create_app(study: Study, store: Store, questions: tuple[Question, ...],
     def task_page(token: str):
         rater = rater_or_404(token)
         answered = store.answers_of(rater.id)
-        order = study.order(rater.order_seed)
+        order = tasks_of(rater)
         current = next((t for t in order if t not in answered), None)
         wanted = request.args.get("task")
         if wanted is not None:
-            if wanted not in study.tasks:
+            if wanted not in order:
                 abort(404)
             if wanted not in answered and wanted != current:  # no skipping ahead
                 return redirect(url_for("task_page", token=token), code=303)
         tid = wanted or current
-        done = sum(1 for t in answered if t in study.tasks)
+        done = sum(1 for t in answered if t in order)
         if tid is None:
             last = order[-1] if order else None
             return render_template("done.html", study=study, rater=rater, total=total, done=done, back=last)
@@ -146,7 +152,7 @@ def create_app(study: Study, store: Store, questions: tuple[Question, ...],
     def image(token: str, task: str, slot: str):
         rater = rater_or_404(token)
         t = study.tasks.get(task)
-        if t is None or slot not in SLOTS:
+        if t is None or slot not in SLOTS or task not in tasks_of(rater):
             abort(404)
         if slot in ("left", "right"):
             path = t.reference_image if slot == base_side(rater.order_seed, task) else t.method_image
@@ -172,7 +178,8 @@ def create_app(study: Study, store: Store, questions: tuple[Question, ...],
         if problem:
             return _error(400, problem)
         t = study.tasks.get(body["task"])
-        if t is None:
+        mine = tasks_of(rater)
+        if t is None or t.id not in mine:
             return _error(404, "unknown task")
         side = base_side(rater.order_seed, t.id)
         status = store.submit(rater, t.id, t.sample, t.method, side, body["answers"], body["submission"],
@@ -181,7 +188,7 @@ def create_app(study: Study, store: Store, questions: tuple[Question, ...],
             return _error(409, "this task already has another answer from you; reload the page")
         if status == "missing":
             return _error(409, "nothing to revise: this task has no answer yet")
-        done = sum(1 for tid in store.answers_of(rater.id) if tid in study.tasks)
+        done = sum(1 for tid in store.answers_of(rater.id) if tid in mine)
         return jsonify(status=status, done=done, total=total, next=url_for("task_page", token=token))
 
     @app.errorhandler(404)

@@ -64,12 +64,14 @@ class Rater:
 class Store:
     """Read and write the ratings database at ``path`` (created when missing).
 
-    ``questions_json`` and ``reference`` are recorded on creation and never change: reopening the database
-    with other questions is an error, answers or not (another server may be collecting answers to the recorded
-    ones, and ``--summary`` reads every answer with them).
+    ``questions_json``, ``reference`` and ``design`` (``--only-problems`` / ``--per-rater``, JSON from
+    :func:`.design.design_json`) are recorded on creation and never change: reopening the database with other
+    questions is an error, answers or not (another server may be collecting answers to the recorded ones, and
+    ``--summary`` reads every answer with them); with another design the raters' shares of the pairs would change
+    under them. A database written before designs were recorded takes the first design it is opened with.
     """
 
-    def __init__(self, path: str | Path, questions_json: str, reference: str):
+    def __init__(self, path: str | Path, questions_json: str, reference: str, design: str = "{}"):
         self.path = Path(path)
         if self.path.is_dir():
             raise FocusNFixError(f"--db {str(self.path)!r} is a folder; give a file path")
@@ -83,13 +85,13 @@ class Store:
                     raise FocusNFixError(f"{self.path}: SQLite refused WAL mode ({mode}); "
                                          "put the database on a local disk")
                 con.executescript(_SCHEMA)
-                self._meta(con, questions_json, reference)
+                self._meta(con, questions_json, reference, design)
             finally:
                 con.close()
         except sqlite3.DatabaseError as e:
             raise FocusNFixError(f"{self.path} is not a usable ratings database: {e}") from None
 
-    def _meta(self, con: sqlite3.Connection, questions_json: str, reference: str) -> None:
+    def _meta(self, con: sqlite3.Connection, questions_json: str, reference: str, design: str) -> None:
         con.execute("BEGIN IMMEDIATE")
         try:
             meta = dict(con.execute("SELECT key, value FROM meta"))
@@ -98,12 +100,15 @@ class Store:
                                      f"this focusnfix writes {SCHEMA_VERSION}")
             answered = con.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
             for key, value, fix in (("questions", questions_json, "keep the study's --questions"),
-                                    ("reference", reference, "rate the eval folder it was made for")):
+                                    ("reference", reference, "rate the eval folder it was made for"),
+                                    ("design", design, f"keep the study's --only-problems / --per-rater "
+                                                       f"(recorded: {meta.get('design')})")):
                 if key in meta and meta[key] != value:  # even without answers: a server may be running on it
                     raise FocusNFixError(f"{self.path} records other {key} than asked now ({answered} answers); "
                                          f"{fix} or start a new --db")
             con.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                            [("schema", SCHEMA_VERSION), ("questions", questions_json), ("reference", reference)])
+                            [("schema", SCHEMA_VERSION), ("questions", questions_json), ("reference", reference),
+                             ("design", design)])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

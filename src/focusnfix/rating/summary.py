@@ -6,6 +6,10 @@ Units: every answer counts once (a method's share pools its samples and raters).
 methods' answers by the same rater on the same sample; "vs reference" counts, for a sided question
 (which image is preferred), the answers preferring the method against those preferring the reference.
 Holm-Bonferroni corrects across the method pairs (or the methods) of each question.
+
+Per method, the summary leads with the share of each question's *first* answer with its Wilson CI: for the
+paper's questions "problem fixed: yes", "other aspects worse: yes" (the paper's "degraded") and "prefer: the
+method's image" (a sided question's first analysed answer).
 """
 from __future__ import annotations
 
@@ -66,6 +70,22 @@ def summarize(rows: list[dict[str, Any]], questions: tuple[Question, ...], refer
             entry["pairs"] = _pairs(rows, q, methods)
             entry["order"] = [o.label for o in sorted(options, key=lambda o: -o.score)]
         out["questions"].append(entry)
+    out["per_method"] = per_method(out)
+    return out
+
+
+def per_method(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per method: for each question, the share of its first (analysed) answer, ``k``/``n`` and the Wilson CI."""
+    out = []
+    for m in s["methods"]:
+        cells = []
+        for q in s["questions"]:
+            value, label = q["options"][0]
+            sh = q["shares"][m]
+            o = sh["options"][value]
+            cells.append({"key": q["key"], "heading": f"{q['key']}: {label}", "k": o["k"], "n": sh["n"],
+                          "share": o["share"], "ci": o["ci"]})
+        out.append({"method": m, "questions": cells})
     return out
 
 
@@ -135,6 +155,7 @@ def summary_text(s: dict[str, Any]) -> str:
     """The summary as plain text for the terminal."""
     who = ", ".join(f"{r['name']}: {r['answers']}" for r in s["raters"]) or "none"
     lines = [f"{s['answers']} answers from {len(s['raters'])} raters ({who}); reference: {s['reference']}"]
+    lines += _per_method_text(s)
     for q in s["questions"]:
         lines += ["", f"[{q['key']}] {q['text']}"]
         for m in s["methods"]:
@@ -155,6 +176,18 @@ def summary_text(s: dict[str, Any]) -> str:
             lines.append(f"  agreement over {a['units']} tasks rated by >= 2: Krippendorff alpha {_num(a['alpha'])}, "
                          f"Fleiss kappa {_num(a['kappa'])}" + (f" ({a['kappa_note']})" if a["kappa_note"] else ""))
     return "\n".join(lines)
+
+
+def _per_method_text(s: dict[str, Any]) -> list[str]:
+    """The per-method table: one row per method, one column per question (share [95% CI] k/n)."""
+    if not s.get("per_method"):
+        return []
+    rows = [["method", *[c["heading"] for c in s["per_method"][0]["questions"]]]]
+    for e in s["per_method"]:
+        rows.append([e["method"], *[f"{_pct(c['share'])} {_ci(c['ci'])} {c['k']}/{c['n']}" for c in e["questions"]]])
+    widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
+    return (["", f"Per method: share of each question's first answer, 95% Wilson CI, count (vs {s['reference']})"]
+            + ["  " + "   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows])
 
 
 # -- CSV -----------------------------------------------------------------------------------------

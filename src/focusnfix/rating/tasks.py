@@ -4,6 +4,8 @@ One task per (sample, method) with method != the reference: the reference (base)
 image of the same (prompt, seed). Task ids are opaque (a hash of the sample and method), so neither a
 page nor a URL names the method. Only image files that resolve inside the eval folder are used:
 a samples.jsonl entry pointing outside it (``../``, an absolute path, a symlink out) is left out.
+``--only-problems`` keeps the samples with a problem and ``--per-rater`` gives each rater a share of the pairs
+(:mod:`.design`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 from ..errors import FocusNFixError
 from ..evaluation.folder import load_eval
 from ..evaluation.stats import sample_key
+from .design import ProblemFilter, assigned, cyclic_order, problem_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -45,14 +48,33 @@ class Study:
     methods: list[str]
     tasks: dict[str, Task] = field(default_factory=dict)
     left_out: int = 0  # (sample, method) pairs without a usable image
+    problem: str | None = None  # what the problem looks like, shown to raters
+    per_rater: int | None = None  # pairs per rater (None: every pair)
+    only_problems: ProblemFilter | None = None
+    without_problem: int = 0  # samples left out by only_problems
+    _cycle: list[str] = field(default_factory=list, repr=False)
 
     @property
     def samples(self) -> int:
         return len({json.dumps(t.sample) for t in self.tasks.values()})
 
-    def order(self, seed: int) -> list[str]:
-        """Every task id once, in an order fixed by the rater's seed."""
-        ids = list(self.tasks)
+    @property
+    def per_rater_total(self) -> int:
+        """How many pairs each rater rates."""
+        return len(self.tasks) if self.per_rater is None else min(self.per_rater, len(self.tasks))
+
+    def assigned(self, index: int) -> list[str]:
+        """The task ids of the rater created ``index``-th (0-based), in the design's order (:mod:`.design`)."""
+        if self.per_rater is None:
+            return list(self.tasks)
+        if len(self._cycle) != len(self.tasks):  # computed once, after the tasks are loaded
+            self._cycle = cyclic_order([(tid, json.dumps(t.sample)) for tid, t in self.tasks.items()])
+        return assigned(self._cycle, index, self.per_rater)
+
+    def order(self, seed: int, index: int = 0) -> list[str]:
+        """The rater's task ids once each (every task, or their share with ``per_rater``), in an order fixed by
+        the rater's seed."""
+        ids = self.assigned(index)
         random.Random(seed).shuffle(ids)
         return ids
 
@@ -78,8 +100,10 @@ def inside(root: Path, rel: Any) -> Path | None:
     return path
 
 
-def load_study(folder: str | Path, methods: list[str] | None = None) -> Study:
-    """The rating tasks of an eval folder; ``methods`` restricts the rated methods."""
+def load_study(folder: str | Path, methods: list[str] | None = None, only_problems: ProblemFilter | None = None,
+               per_rater: int | None = None, problem: str | None = None) -> Study:
+    """The rating tasks of an eval folder; ``methods`` restricts the rated methods, ``only_problems`` the samples;
+    ``per_rater`` pairs per rater; ``problem`` (``--problem``) the text describing the problem."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FocusNFixError(f"eval folder {str(folder)!r} does not exist or is not a folder")
@@ -101,7 +125,11 @@ def load_study(folder: str | Path, methods: list[str] | None = None) -> Study:
     for r in rows:
         if r.get("method") is not None:
             by_sample.setdefault(json.dumps(sample_key(r)), {})[str(r["method"])] = r
-    study = Study(folder, str(meta.get("title") or root.name), reference, rated)
+    study = Study(folder, str(meta.get("title") or root.name), reference, rated,
+                  problem=problem_text(problem, meta), per_rater=per_rater, only_problems=only_problems)
+    if only_problems is not None:
+        only_problems.check(rows)
+
     def numbered_first(key: str) -> tuple:
         sample = json.loads(key)
         return (0, sample, "") if isinstance(sample, int) else (1, 0, key)
@@ -109,6 +137,9 @@ def load_study(folder: str | Path, methods: list[str] | None = None) -> Study:
     for key in sorted(by_sample, key=numbered_first):
         by = by_sample[key]
         ref = by.get(reference)
+        if only_problems is not None and not (ref and only_problems(ref)):
+            study.without_problem += 1
+            continue
         ref_image = inside(root, ref.get("image")) if ref else None
         for method in rated:
             row = by.get(method)
@@ -121,6 +152,9 @@ def load_study(folder: str | Path, methods: list[str] | None = None) -> Study:
             study.tasks[tid] = Task(tid, sample, method, str(ref.get("prompt", "")), ref.get("seed"),
                                     ref.get("category"),
                                     ref_image, image, inside(root, ref.get("heatmap")), inside(root, ref.get("mask")))
+    if not study.tasks and study.without_problem:
+        raise FocusNFixError(f"no pairs to rate in {folder}: --only-problems ({only_problems}) leaves none of its "
+                             f"{len(by_sample)} samples")
     if not study.tasks:
         raise FocusNFixError(f"no pairs to rate in {folder}: it needs images of the reference method {reference!r} "
                              "and of "

@@ -7,6 +7,9 @@ Contract (all paths relative to the folder):
 - ``samples.jsonl``: one record per (sample, method): i, prompt, category, seed, method, image, mask,
   heatmap and one float-or-null per metric (``<metric>_inf: true`` marks +inf, e.g. PSNR vs itself);
 - ``curves/<method>.jsonl`` (optional): a trained method's training metrics.jsonl.
+
+Besides ``report.html`` the report writes ``report-diffs/`` (the amplified |Î − Î0| images of the sample grids,
+:mod:`.diffs`), rewritten at each render.
 """
 from __future__ import annotations
 
@@ -16,13 +19,13 @@ from typing import Any
 from ..evaluation.folder import load_eval
 from ..evaluation.stats import sample_key
 from ..rating.storage import DB_NAME
-from .eval_tables import (Metric, alignment_metric, category_section, finite, has_values, headline_metrics,
-                          headline_table, judges_table, paired, short_label, summary_table)
-from .page import esc, fmt, image, meta_list, page, read_jsonl, table, url
+from .eval_tables import (Metric, alignment_metric, category_section, finite, has_values, is_rate, judges_table,
+                          paired, short_label, summary_table)
+from .glance import headline
+from .grid import Grid, previews, sample_grid
+from .page import esc, meta_list, page, read_jsonl, table, url
 from .plots import Point, Series, color, legend, line_chart, scatter_chart
 from .ratings import ratings_section
-
-MAX_ROWS = 64  # sample-grid rows shown; the rest are counted in a note
 
 
 def _methods(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
@@ -40,7 +43,8 @@ def _metrics(meta: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Metr
     for name, spec in (meta.get("metrics") or {}).items():
         if isinstance(spec, dict) and has_values(rows, name):
             judge = ("training reward" if spec.get("training_reward") else "independent") if spec.get("judge") else ""
-            out[name] = Metric(name, str(spec.get("label") or name), bool(spec.get("higher_is_better", True)), judge)
+            label = str(spec.get("label") or name)
+            out[name] = Metric(name, label, bool(spec.get("higher_is_better", True)), judge, is_rate(rows, name, label))
     if "reward" not in out and has_values(rows, "reward"):
         out = {"reward": Metric("reward", "reward", True), **out}
     return out
@@ -81,90 +85,20 @@ def _tradeoff_charts(rows, methods: list[str], reference: str, metrics: dict[str
             if method == reference:
                 continue
             sx, sy = paired(rows, "reward", method, reference), paired(rows, y, method, reference)
+            scale = 100.0 if metrics[y].percent else 1.0  # a rate: its change in percentage points
             if sx["mean_diff"] is not None and sy["mean_diff"] is not None:
-                points.append(Point(method, sx["mean_diff"], sy["mean_diff"], color(k),
-                                    tuple(sx["ci"]) if sx["ci"] else None, tuple(sy["ci"]) if sy["ci"] else None))
+                points.append(Point(method, sx["mean_diff"], scale * sy["mean_diff"], color(k),
+                                    tuple(sx["ci"]) if sx["ci"] else None,
+                                    tuple(scale * v for v in sy["ci"]) if sy["ci"] else None))
                 shown[method] = color(k)
         label = metrics[y].label
+        unit = " (pts)" if metrics[y].percent else ""
         charts.append(scatter_chart(points, f"Δ {label} vs target gain", f"Δ reward vs {reference}",
-                                    f"Δ {label}", origin_label=reference))
+                                    f"Δ {label}{unit}", origin_label=reference))
     return (legend(list(shown.items())) + f"<div class='charts'>{''.join(charts)}</div>"
             "<p class='note'>One point per method: paired mean change "
             f"vs {esc(reference)} with 95% CIs as bars. Focus-N-Fix aims right (reward up) while staying near "
             "y = 0 on outside-mask change (little collateral damage) and on alignment.</p>")
-
-
-def _caption(row: dict[str, Any] | None, with_change: bool) -> str:
-    if row is None:
-        return ""
-    text = f"r = {esc(fmt(row.get('reward'), 3))}" if "reward" in row else ""
-    if with_change and finite(row.get("outside_mse")):
-        text += f"<br>out-MSE {esc(fmt(row['outside_mse'], 2))}"
-    return f"<div class='cap'>{text}</div>"
-
-
-PREVIEW_ROWS = 3  # sample rows shown right under the headline
-
-
-def _sample_keys(rows, reference: str) -> tuple[list[Any], dict[Any, dict[str, dict[str, Any]]]]:
-    """Sample keys, the samples with a problem (low reference reward) first, and rows by sample and method."""
-    samples: dict[Any, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        samples.setdefault(sample_key(r), {})[str(r.get("method"))] = r
-
-    def worst_first(k: Any) -> tuple:
-        base_reward = (samples[k].get(reference) or {}).get("reward")
-        return (base_reward if finite(base_reward) else float("inf"), isinstance(k, tuple),
-                str(k) if isinstance(k, tuple) else k)
-
-    return sorted(samples, key=worst_first), samples
-
-
-def _grid_table(folder: Path, keys: list[Any], samples, methods: list[str], reference: str) -> str:
-    """Per sample: a row naming the prompt, then reference | heatmap | mask overlay | each other method."""
-    others = [m for m in methods if m != reference]
-    header = [f"{esc(reference)} (Î0)", "heatmap", "mask M(Î0)", *[esc(m) for m in others]]
-    body, classes = [], []
-    for key in keys:
-        by = samples[key]
-        any_row = by.get(reference) or next(iter(by.values()))
-        info = " · ".join(x for x in (f"#{any_row.get('i')}" if any_row.get("i") is not None else "",
-                                      f"seed {any_row.get('seed')}", any_row.get("category") or "") if x)
-        body.append([f"<td class='text' colspan='{len(header)}'>{esc(any_row.get('prompt', ''))} "
-                     f"<small>{esc(info)}</small></td>"])
-        classes.append("prompt")
-        ref = by.get(reference)
-        cells = [image(folder, ref.get("image") if ref else None, alt=reference) + _caption(ref, False),
-                 image(folder, any_row.get("heatmap"), alt="heatmap"), image(folder, any_row.get("mask"), alt="mask")]
-        for m in others:
-            r = by.get(m)
-            cells.append(image(folder, r.get("image") if r else None, alt=m) + _caption(r, True))
-        body.append(cells)
-        classes.append("")
-    return f"<div style='--cols:{len(header)}'>{table(header, body, classes, cls='grid')}</div>"
-
-
-def _grid(folder: Path, rows, methods: list[str], reference: str) -> str:
-    """The sample grid, capped at MAX_ROWS, with a note on its order and captions."""
-    keys, samples = _sample_keys(rows, reference)
-    note = f"<p class='note'>{len(keys)} samples"
-    if len(keys) > MAX_ROWS:
-        note += f"; the first {MAX_ROWS} are shown (all are in samples.jsonl and images/)"
-    note += (", ordered by the base image's reward, worst first. r = reward (higher is better); out-MSE = MSE vs "
-             "the base image outside the mask.</p>")
-    return note + _grid_table(folder, keys[:MAX_ROWS], samples, methods, reference)
-
-
-def _preview(folder: Path, rows, methods: list[str], reference: str) -> str:
-    """The first PREVIEW_ROWS rows of the sample grid, for the top of the page."""
-    keys, samples = _sample_keys(rows, reference)
-    if not keys:
-        return ""
-    shown = keys[:min(PREVIEW_ROWS, MAX_ROWS)]
-    return ("<section id='preview'><h2>Samples with the worst base reward</h2>"
-            + _grid_table(folder, shown, samples, methods, reference)
-            + f"<p class='note'>{len(shown)} of {len(keys)} samples; <a href='#samples'>all samples</a> are below.</p>"
-            "</section>")
 
 
 def _method_specs(meta: dict[str, Any], methods: list[str]) -> str:
@@ -178,19 +112,6 @@ def _method_specs(meta: dict[str, Any], methods: list[str]) -> str:
         params = ", ".join(f"{k} = {v}" for k, v in spec.items() if k != "kind" and v is not None)
         body.append([f"<b>{esc(m)}</b>", esc(spec.get("kind", "")), f"<td class='text'>{esc(params)}</td>"])
     return "<h3>Methods</h3>" + table(["method", "kind", "settings"], body)
-
-
-def _headline(rows, methods: list[str], reference: str, metrics: dict[str, Metric]) -> str:
-    """The compact table at the top: defect rates (else the target reward), alignment, outside change."""
-    chosen = headline_metrics(rows, metrics)
-    if not chosen or not methods:
-        return ""
-    return ("<section id='headline'><h2>At a glance</h2>" + headline_table(rows, methods, reference, chosen)
-            + f"<p class='note'>Means; Δ = paired change vs <b>{esc(reference)}</b>, green / red when its 95% CI "
-            "excludes 0 in the better / worse direction. All metrics with CIs: <a href='#summary'>Summary</a>."
-            + (" Judges (<code>--judge</code>) lead: independent of the training reward unless labelled so; their CIs: "
-               "<a href='#judges'>Judges</a>." if any(m.judge for m in chosen) else "") + "</p>"
-            "</section>")
 
 
 def render_eval(folder: Path, title: str | None = None) -> str:
@@ -229,6 +150,7 @@ def render_eval(folder: Path, title: str | None = None) -> str:
                          category_section(rows, methods, reference, align)))
     sections.append(("tradeoff", "Trade-off", _tradeoff_charts(rows, methods, reference, metrics)))
     sections.append(("curves", "Training curves", _curve_charts(folder, methods)))
-    sections.append(("samples", "Samples", _grid(folder, rows, methods, reference)))
-    top = _headline(rows, methods, reference, metrics) + _preview(folder, rows, methods, reference)
+    grid = Grid(folder, rows, methods, reference, metrics)
+    sections.append(("samples", "Samples", sample_grid(grid)))
+    top = headline(meta, rows, methods, reference, metrics) + previews(grid, meta)
     return page(str(title), sections, f"<p class='context'>{context}</p>", top)

@@ -3,7 +3,8 @@
 Rows are samples.jsonl records (one per sample and method). Differences are paired against the
 reference method on the same sample (:mod:`focusnfix.evaluation.stats`). A metric written as null with
 ``<metric>_inf: true`` (PSNR of identical regions) counts as +inf: shown as "∞", left out of means and
-of paired differences.
+of paired differences. Rates (defect and collateral rates, 0/1 judges) are shown as percentages, their changes
+in percentage points (:func:`is_rate`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..evaluation.stats import category_table, finite, mean_of, paired_stats, paired_values
-from .page import esc, fmt, fmt_ci, fmt_p, table
+from .page import esc, fmt, fmt_ci, fmt_p, fmt_pct, fmt_pct_ci, table
 
 ALIGNMENT_METRICS = ("alignment", "clip_score")
 
@@ -24,6 +25,14 @@ class Metric:
     label: str
     higher_is_better: bool
     judge: str = ""  # a judge given with `focusnfix eval --judge`: "independent" or "training reward"
+    percent: bool = False  # a rate (share of images): shown as a percentage, changes in percentage points
+
+    def show(self, value: Any, digits: int = 4, signed: bool = False) -> str:
+        """A mean (``signed``: a change) of this metric as text: a percentage (points) for a rate."""
+        return fmt_pct(value, signed) if self.percent and finite(value) else fmt(value, digits, signed)
+
+    def show_ci(self, ci: Any) -> str:
+        return fmt_pct_ci(ci) if self.percent else fmt_ci(ci)
 
     @property
     def role(self) -> str:
@@ -46,6 +55,21 @@ class Metric:
     @property
     def heading(self) -> str:
         return f"{esc(self.label)} {'↑' if self.higher_is_better else '↓'}" if self.scored else esc(self.label)
+
+
+_RATE = re.compile(r"^(defect|collateral)_|_(rate|fraction)$")
+
+
+def is_rate(rows: list[dict[str, Any]], name: str, label: str = "") -> bool:
+    """Whether a metric's mean is a share of images, shown as a percentage: defect and collateral rates
+    (``defect_*``, ``collateral_*``), ``*_rate`` / ``*_fraction``, a label that says "rate", or a quality metric
+    whose every value is 0 or 1 (a yes/no judge, the world's alignment oracle)."""
+    if _RATE.search(name.lower()) or re.search(r"\brate\b", label.lower()):
+        return True
+    if name.lower().startswith(("inside_", "outside_")) or "seconds" in name.lower():
+        return False
+    values = [r.get(name) for r in rows if finite(r.get(name))]
+    return len(values) >= 2 and all(float(v) in (0.0, 1.0) for v in values)
 
 
 def has_values(rows: list[dict[str, Any]], metric: str) -> bool:
@@ -76,7 +100,7 @@ def _significance(stats: dict[str, Any], higher_is_better: bool) -> str:
     return "good" if (d > 0) == higher_is_better else "bad"
 
 
-def _delta_html(stats: dict[str, Any], metric: Metric, with_ci: bool = True) -> str:
+def delta_html(stats: dict[str, Any], metric: Metric, with_ci: bool = True) -> str:
     """"Δ +x [lo, hi]", green / red when the CI excludes 0 in the good / bad direction; neutral grey for
     metrics whose change is not a quality result (intended change inside the mask, time)."""
     d, ci = stats["mean_diff"], stats["ci"]
@@ -84,8 +108,8 @@ def _delta_html(stats: dict[str, Any], metric: Metric, with_ci: bool = True) -> 
         return ""
     cls = ((_significance(stats, metric.higher_is_better) if metric.scored else "")
            or ("muted" if metric.scored else "neutral"))
-    text = f"Δ {esc(fmt(d, 3, True))}" + (f" {esc(fmt_ci(ci))}" if with_ci else "")
-    title = "" if with_ci else f" title='95% CI {esc(fmt_ci(ci))}'"
+    text = f"Δ {esc(metric.show(d, 3, True))}" + (f" {esc(metric.show_ci(ci))}" if with_ci else "")
+    title = "" if with_ci else f" title='95% CI {esc(metric.show_ci(ci))}'"
     return f"<br><small class='{cls}'{title}>{text}</small>"
 
 
@@ -103,11 +127,11 @@ COLD = ("every batch was timed, so the times include each method's cold first ba
 
 def _metric_cell(rows, mine, method: str, reference: str, m: Metric, notes: list[str]) -> str:
     mean, n_finite, n_inf = mean_of(mine, m.name)
-    cell = esc(fmt(mean)) + ("*" if n_inf and n_finite else "")
+    cell = esc(m.show(mean)) + ("*" if n_inf and n_finite else "")
     if n_inf:
         notes.append(f"{esc(m.label)}: {esc(method)} {n_inf}/{len(mine)} ∞")
     if method != reference:
-        cell += _delta_html(paired(rows, m.name, method, reference), m)
+        cell += delta_html(paired(rows, m.name, method, reference), m)
     return f"<td data-metric='{esc(m.name)}' data-method='{esc(method)}'>{cell}</td>"
 
 
@@ -143,30 +167,12 @@ def summary_table(rows: list[dict[str, Any]], methods: list[str], reference: str
             f"<b>{esc(reference)}</b> on the same (prompt, seed) with its 95% Student-t CI. Colour follows intent: "
             "the target reward, quality and change outside the mask are green / red when the CI excludes 0 in the "
             "better / worse direction; change inside the mask (intended) and time are never coloured. Win rate: "
-            "share of samples whose reward beats the reference's, ties count ½.")
+            "share of samples whose reward beats the reference's, ties count ½. Rates are percentages of images, their "
+            "changes Δ in percentage points (pts).")
     if notes:
         note += (" Identical regions give PSNR = ∞: such samples are left out of means (* marks a mean over "
                  "the finite rest) and of paired changes — " + "; ".join(notes) + ".")
     return f"{table(header, body, classes, cls='metrics')}{note}</p>"
-
-
-HEADLINE_OUTSIDE = ("outside_grey", "outside_mae", "outside_mse", "outside_ssim", "outside_psnr")
-
-
-def headline_metrics(rows: list[dict[str, Any]], metrics: dict[str, Metric]) -> list[Metric]:
-    """The few numbers a reader wants first: the independent judges (``--judge``), the defect rates (the target
-    reward when there is neither), prompt alignment, and change outside the mask (one of them), whichever this
-    eval has."""
-    judges = sorted((m for m in metrics.values() if m.judge), key=lambda m: m.judge == "training reward")
-    chosen = judges + [m for n, m in metrics.items() if n.startswith("defect_")]
-    if not chosen and "reward" in metrics:
-        chosen.append(metrics["reward"])
-    align = alignment_metric(rows, metrics)
-    if align is not None:
-        chosen.append(align)
-    outside = next((metrics[n] for n in HEADLINE_OUTSIDE if n in metrics), None)
-    collateral = metrics.get("collateral_35") if has_values(rows, "collateral_35") else None
-    return chosen + ([outside] if outside else []) + ([collateral] if collateral else [])
 
 
 HEADLINE_LABELS = {"outside_grey": "|change| outside mask (grey levels)",
@@ -180,24 +186,6 @@ def short_label(metric: Metric) -> str:
     """A compact label for narrow columns: a known short name, else the label without a trailing
     parenthetical ("artifact rate (defect judge)" -> "artifact rate")."""
     return HEADLINE_LABELS.get(metric.name) or re.sub(r"\s*\([^()]*\)\s*$", "", metric.label) or metric.label
-
-
-def headline_table(rows: list[dict[str, Any]], methods: list[str], reference: str, metrics: list[Metric]) -> str:
-    """Per method, the headline metrics' means with the paired change vs the reference (CI on hover)."""
-    header = ["method", *[f"<th title='{esc(m.label)}'>{esc(short_label(m))} {'↑' if m.higher_is_better else '↓'}</th>"
-                          for m in metrics]]
-    body = []
-    for method in methods:
-        mine = [r for r in rows if r.get("method") == method]
-        cells = [f"<b>{esc(method)}</b>"]
-        for m in metrics:
-            mean, n_finite, n_inf = mean_of(mine, m.name)
-            cell = esc(fmt(mean, 3)) + ("*" if n_inf and n_finite else "")
-            if method != reference:
-                cell += _delta_html(paired(rows, m.name, method, reference), m, with_ci=False)
-            cells.append(f"<td data-metric='{esc(m.name)}' data-method='{esc(method)}'>{cell}</td>")
-        body.append(cells)
-    return table(header, body, ["ref" if m == reference else "" for m in methods])
 
 
 def alignment_metric(rows: list[dict[str, Any]], metrics: dict[str, Metric]) -> Metric | None:
@@ -218,11 +206,12 @@ def category_section(rows: list[dict[str, Any]], methods: list[str], reference: 
         entries = category_table(rows, metric.name, method, reference)
         if not entries:
             continue
-        body = [[f"<td class='text'>{esc(e['category'])}</td>", str(e["n"]), esc(fmt(e["mean_b"])),
-                 esc(fmt(e["mean_a"])), _delta_cell(e, metric), esc(fmt_p(e["p"])), esc(fmt_p(e["p_holm"]))]
+        body = [[f"<td class='text'>{esc(e['category'])}</td>", str(e["n"]), esc(metric.show(e["mean_b"])),
+                 esc(metric.show(e["mean_a"])), _delta_cell(e, metric), esc(fmt_p(e["p"])), esc(fmt_p(e["p_holm"]))]
                 for e in entries]
         total = paired(rows, metric.name, method, reference)
-        body.append(["<td class='text'>all</td>", str(total["n"]), esc(fmt(total["mean_b"])), esc(fmt(total["mean_a"])),
+        body.append(["<td class='text'>all</td>", str(total["n"]), esc(metric.show(total["mean_b"])),
+                     esc(metric.show(total["mean_a"])),
                      _delta_cell(total, metric), esc(fmt_p(total["p"])), ""])
         parts.append(f"<h3>{esc(method)} vs {esc(reference)}</h3>"
                      + table(header, body, [""] * len(entries) + ["total"]))
@@ -235,8 +224,8 @@ def category_section(rows: list[dict[str, Any]], methods: list[str], reference: 
 def _delta_cell(stats: dict[str, Any], metric: Metric) -> str:
     cls = _significance(stats, metric.higher_is_better) if stats["mean_diff"] is not None and metric.scored else ""
     attr = f" class='{cls}'" if cls else ""
-    ci = f"<br><small>{esc(fmt_ci(stats['ci']))}</small>" if stats["mean_diff"] is not None else ""
-    return f"<td{attr}>{esc(fmt(stats['mean_diff'], 3, True))}{ci}</td>"
+    ci = f"<br><small>{esc(metric.show_ci(stats['ci']))}</small>" if stats["mean_diff"] is not None else ""
+    return f"<td{attr}>{esc(metric.show(stats['mean_diff'], 3, True))}{ci}</td>"
 
 
 def judges_table(summary: dict[str, Any], methods: list[str], reference: str) -> str:
@@ -248,13 +237,17 @@ def judges_table(summary: dict[str, Any], methods: list[str], reference: str) ->
         if not isinstance(judge, dict) or not isinstance(judge.get("methods"), dict):
             continue
         cells = [f"<th class='text' data-metric='{esc(key)}'>{esc(judge.get('label') or key)}</th>"]
+        kinds = {(e or {}).get("ci_kind") for e in judge["methods"].values() if (e or {}).get("n")}
+        m = Metric(key, str(judge.get("label") or key), True, percent=kinds == {"wilson"})  # a 0/1 judge: a rate
         for method in methods:
             e = judge["methods"].get(method) or {}
             ci = e.get("ci") if isinstance(e.get("ci"), list) and len(e["ci"]) == 2 else None
-            cell = esc(fmt(e.get("mean"), 3)) if e.get("n") else "—"
-            cell += f" <small>[{esc(fmt(ci[0], 3))}, {esc(fmt(ci[1], 3))}]</small>" if ci and e.get("n") else ""
+            cell = esc(m.show(e.get("mean"), 3)) if e.get("n") else "—"
+            if ci and e.get("n"):
+                lo, hi = (f"{100 * v:.1f}" for v in ci) if m.percent else (fmt(v, 3) for v in ci)
+                cell += f" <small>[{esc(lo)}, {esc(hi)}]</small>"
             if method != reference and e.get("delta") is not None:
-                cell += f"<br><small>Δ {esc(fmt(e['delta'], 3, True))} {esc(fmt_ci(e.get('delta_ci')))}</small>"
+                cell += f"<br><small>Δ {esc(m.show(e['delta'], 3, True))} {esc(m.show_ci(e.get('delta_ci')))}</small>"
             cells.append(f"<td data-metric='{esc(key)}' data-method='{esc(method)}'>{cell}</td>")
         body.append(cells)
     if not body:

@@ -32,7 +32,7 @@ table.metrics th.text{position:sticky;left:0;z-index:1;min-width:9em}
 table.metrics td.text{position:sticky;left:0;z-index:1;background:#fff;min-width:9em}
 .good{color:#08792a;font-weight:600}.bad{color:#b3261e;font-weight:600}.muted,.neutral{color:#666}.small{font-size:.85em}
 small,.note,.cap{color:#555}.cap{font-size:.8em;margin-top:2px}.note{font-size:.9em;max-width:70em}
-img.tile{width:min(128px,calc((100vw - 4em) / var(--cols,5) - 8px));\
+img.tile{width:clamp(48px,calc((min(100vw,1600px) - 4em) / var(--cols,5) - 10px),320px);height:auto;\
 image-rendering:pixelated;display:block;margin:0 auto}
 table.grid td{padding:2px 3px}table.grid tr.prompt td{border-bottom:none;background:#fafafa}
 table.grid tr.prompt+tr td{border-top:none}
@@ -86,6 +86,24 @@ def fmt_ci(ci: Sequence[float] | None, digits: int = 3) -> str:
     return "—" if ci is None else f"[{fmt(ci[0], digits, True)}, {fmt(ci[1], digits, True)}]"
 
 
+def fmt_pct(value: Any, signed: bool = False) -> str:
+    """A share in [0, 1] as a percentage ("83.3%"); ``signed``: a change of a share, in percentage points
+    ("+5.0 pts"). None / NaN -> "—"."""
+    if value is None or math.isnan(float(value)):
+        return "—"
+    x = 100 * float(value)
+    if not signed:
+        return f"{x:.1f}%"
+    return (f"{x:+.1f} pts" if round(x, 1) != 0 else "0.0 pts").replace("-", "−")
+
+
+def fmt_pct_ci(ci: Sequence[float] | None) -> str:
+    """A confidence interval of a share (or of its change) in percentage points: "[−2.1, +12.0]"."""
+    if ci is None:
+        return "—"
+    return "[" + ", ".join(f"{100 * float(v):+.1f}".replace("-", "−") for v in ci) + "]"
+
+
 def url(rel: str) -> str:
     """A relative POSIX path as an attribute-safe URL."""
     return esc(quote(str(rel).replace("\\", "/")))
@@ -109,8 +127,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Seq
     head = "".join(h if h.startswith("<th") else f"<th>{h}</th>" for h in header)
     body = []
     for k, row in enumerate(rows):
-        cls = f" class='{row_classes[k]}'" if row_classes and row_classes[k] else ""
-        body.append(f"<tr{cls}>" + "".join(c if c.startswith(("<td", "<th")) else f"<td>{c}</td>" for c in row)
+        row_cls = f" class='{row_classes[k]}'" if row_classes and row_classes[k] else ""
+        body.append(f"<tr{row_cls}>" + "".join(c if c.startswith(("<td", "<th")) else f"<td>{c}</td>" for c in row)
                     + "</tr>")
     attr = f" class='{cls}'" if cls else ""
     return (f"<div class='scroll'><table{attr}><thead><tr>{head}</tr></thead>"

@@ -20,6 +20,14 @@ def summary_html(s: dict[str, Any]) -> str:
              "per question; \"better\" is the answer better for the method by the question's order (below). "
              "Agreement: Krippendorff's alpha (nominal) and Fleiss' kappa over the tasks rated by "
              "at least two raters (1 = perfect, 0 = chance).</p>"]
+    if s.get("per_method"):
+        heads = [esc(c["heading"]) for c in s["per_method"][0]["questions"]]
+        body = [[f"<b>{esc(e['method'])}</b>",
+                 *[f"{esc(_pct(c['share']))}<br><small>{esc(_ci(c['ci']))} · {c['k']}/{c['n']}</small>"
+                   for c in e["questions"]]] for e in s["per_method"]]
+        parts.append("<h3>Per method</h3>" + table(["method", *heads], body)
+                     + "<p class='small'>The share of each question's first answer (for the preference: the method's "
+                     "image) with its 95% Wilson CI; the paper reports these three.</p>")
     for q in s["questions"]:
         body = []
         for m in s["methods"]:
