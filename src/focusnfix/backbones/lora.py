@@ -19,10 +19,12 @@ ADAPTER = "default"
 
 def add_lora(unet, rank: int, alpha: float | None = None,
              targets: list[str] | tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
-             dropout: float = 0.0) -> list[torch.nn.Parameter]:
+             dropout: float = 0.0, use_dora: bool = False) -> list[torch.nn.Parameter]:
     """Add a LoRA adapter (B initialised to zero, so θ = θ0 at the start); return its parameters (float32).
 
-    ``dropout`` > 0 drops LoRA inputs in gradient-carrying calls only (:class:`GradOnlyDropout`)."""
+    ``dropout`` > 0 drops LoRA inputs in gradient-carrying calls only (:class:`GradOnlyDropout`). ``use_dora``:
+    peft's DoRA (Liu et al. 2024): W' = m (W + BA) / ||W + BA||_c, with the magnitude m (initialised to ||W||_c,
+    so θ = θ0 at the start too) a trainable ``lora_magnitude_vector`` beside A and B."""
     from peft import LoraConfig
 
     # peft's rule: a target names every module whose qualified name equals it or ends with "." + it
@@ -34,7 +36,7 @@ def add_lora(unet, rank: int, alpha: float | None = None,
                              "to_q, to_k, to_v, to_out.0 (SD3/FLUX also add_q_proj, add_k_proj, add_v_proj, "
                              "to_add_out)")
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(targets),
-                        lora_dropout=dropout, init_lora_weights="gaussian")
+                        lora_dropout=dropout, init_lora_weights="gaussian", use_dora=use_dora)
     unet.add_adapter(config, adapter_name=ADAPTER)
     if dropout > 0:
         for module in unet.modules():
@@ -96,7 +98,11 @@ def adapters_per_row(unet, active: torch.Tensor) -> Iterator[None]:
     stacks [uncond; cond]) repeats ``active`` m times. A row with 0 gets base(x) + 0, exactly θ0.
 
     ``active`` moves to the UNet's device once, and each (dtype, batch, rank) layout of the row factor is
-    made once and shared by every layer: no host-to-device copy per layer call."""
+    made once and shared by every layer: no host-to-device copy per layer call.
+
+    DoRA (``lora.use_dora``): its layer adds ``(m / ||W + BA||_c - 1) W x + (m / ||W + BA||_c) B A x`` to the
+    base output, computed by the magnitude module (which also runs B on an identity matrix for BA): there that
+    module's output is multiplied instead, so a row with 0 is again base(x) + 0."""
     device = next((p.device for n, p in unet.named_parameters() if "lora_" in n), None)
     active = active.to(device) if device is not None else active
     layouts: dict[tuple, torch.Tensor] = {}
@@ -109,8 +115,10 @@ def adapters_per_row(unet, active: torch.Tensor) -> Iterator[None]:
             rows = layouts[key] = rows.view(-1, *[1] * (output.ndim - 1))
         return output * rows
 
-    suffix = f"lora_B.{ADAPTER}"
-    handles = [m.register_forward_hook(route) for n, m in unet.named_modules() if n.endswith(suffix)]
+    modules = list(unet.named_modules())
+    dora = [m for n, m in modules if n.endswith(f"lora_magnitude_vector.{ADAPTER}")]  # DoRA: its whole delta
+    lora = [m for n, m in modules if n.endswith(f"lora_B.{ADAPTER}")]
+    handles = [m.register_forward_hook(route) for m in dora or lora]
     if not handles:
         raise FocusNFixError("adapters_per_row: this UNet has no LoRA adapter")
     try:
@@ -156,7 +164,8 @@ def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets:
     diffusers' key format; peft's when targets go beyond the attention projections, which diffusers' format does
     not rename), a transformer under ``transformer`` (peft's format), as diffusers' own LoRA
     training scripts save them. ``state`` (from :func:`lora_state`) replaces reading the denoiser's
-    tensors; a sharded denoiser must pass it, gathered on every rank."""
+    tensors; a sharded denoiser must pass it, gathered on every rank. A DoRA adapter (``lora_magnitude_vector``
+    tensors) is recorded in the metadata as ``use_dora``, which diffusers' loader needs to rebuild it."""
     import inspect
 
     from diffusers import StableDiffusionPipeline
@@ -175,10 +184,11 @@ def save_lora(unet, folder: str | Path, rank: int, alpha: float | None, targets:
         if not any(".lora_A." in k or ".lora_B." in k for k in converted):
             layers = converted
     layers = {k: v.detach().cpu().contiguous() for k, v in layers.items()}
+    use_dora = any("lora_magnitude_vector" in k for k in layers)
     # rank_pattern / alpha_pattern (empty: one rank and alpha for every layer): diffusers 0.34 and later read
     # them from the metadata on load (a KeyError without them), as in the metadata of diffusers' own scripts
     meta = {"r": rank, "lora_alpha": alpha if alpha is not None else rank, "target_modules": list(targets),
-            "rank_pattern": {}, "alpha_pattern": {}}
+            "rank_pattern": {}, "alpha_pattern": {}, **({"use_dora": True} if use_dora else {})}
     cls.save_lora_weights(folder, **{f"{prefix}_lora_layers": layers, f"{prefix}_lora_adapter_metadata": meta})
     (folder / "lora_config.json").write_text(json.dumps(meta, indent=2))
     return folder

@@ -57,6 +57,9 @@ class LoRAConfig:
     dropout: float = _f(0.0, "LoRA dropout on the adapters' inputs, only in the gradient-carrying calls (the last K "
                         "steps of the trained pass); previews, references and inference never drop.",
                         range=(0.0, 1.0), open="hi")
+    use_dora: bool = _f(False, "DoRA (weight-decomposed LoRA, peft's use_dora): also train a magnitude m per output "
+                        "channel, W' = m (W + BA) / ‖W + BA‖ (norms per channel); slower per step. Saved in diffusers "
+                        "format (loads with load_lora_weights); no kohya-format copy, and not with train.fsdp.")
 
 
 @dataclass
@@ -185,6 +188,12 @@ class DataConfig:
     sample_prompts: list[str] = _f([], "Prompts of the periodic sample grids; default: the first 4 training prompts.",
                                    max_chars=MAX_PROMPT_CHARS)
     sample_seeds: list[int] = _f([0], "Noise seeds of the periodic sample grids.", range=(0, MAX_SEED - 1))
+    eval_prompts: list[str] = _f([], "Held-out prompts of train.eval_every's evaluation (and/or eval_prompt_file).",
+                                 max_chars=MAX_PROMPT_CHARS)
+    eval_prompt_file: str | None = _f(None, "A prompt file of held-out prompts for train.eval_every (read as "
+                                      "data.prompt_file).")
+    eval_seeds: list[int] = _f([0], "Noise seeds of train.eval_every's evaluation: every eval prompt with each.",
+                               range=(0, MAX_SEED - 1))
 
 
 @dataclass
@@ -208,6 +217,17 @@ class TrainConfig:
                    range=(0, 2**32 - 1))
     log_every: int = _f(1, "Write metrics every N steps.", range=(1, BIG))
     sample_every: int = _f(0, "Save a sample grid I0 | mask | I every N steps; 0 = only at the end.", range=(0, BIG))
+    eval_every: int = _f(0, "Every N steps and after the last, sample data.eval_prompts x data.eval_seeds with the "
+                         "current LoRA (the EMA's with train.ema; the sampler's settings, no gradient) and log the "
+                         "mean training reward (eval/reward) and each judge's (eval/judge_NAME) to metrics.jsonl and "
+                         "the trackers; the training trajectory is unchanged. 0 = off.", range=(0, BIG))
+    eval_judges: list[str] = _f([], "Judges of train.eval_every, as `focusnfix eval --judge` takes them: NAME or "
+                                "NAME={ARGS} (a reward name or package.module:Class, ARGS a YAML mapping).")
+    eval_batch_size: int = _f(4, "Images per sampler call of train.eval_every's evaluation.", range=(1, 4096))
+    ema: float = _f(0.0, "Decay d of an exponential moving average of the LoRA weights, updated after every optimizer "
+                    "step with min(d, (1 + s) / (10 + s)) at step s; the EMA is what lora/, the lora-step-* exports, "
+                    "the sample grids and train.eval_every show, and checkpoints hold it beside the trained weights. "
+                    "0 = off.", range=(0.0, 1.0), open="hi")
     checkpoint_every: int = _f(0, "Save a resumable checkpoint every N steps; 0 = only at the end.", range=(0, BIG))
     export_lora_steps: list[int] = _f([], "Also write the LoRA in diffusers format, with its model card, to "
                                       "RUN/lora-step-NNNNNN/ after each of these optimizer steps (steps beyond "
@@ -291,6 +311,12 @@ class Config:
                f"once: {MAX_ROLLOUT} at 512 px hold 22 GiB); lower train.batch_size or grpo.group_size and raise "
                "train.grad_accum for more prompts per step")
         _warn_lam_as_kl_weight(self)
+        _check(t.eval_every == 0 or bool(self.data.eval_prompts or self.data.eval_prompt_file), "train.eval_every",
+               "needs held-out prompts: set data.eval_prompts or data.eval_prompt_file (or train.eval_every=0)")
+        _check(t.eval_every > 0 or not t.eval_judges, "train.eval_judges",
+               "are scored by train.eval_every's evaluation, which is off: set train.eval_every, or remove them")
+        _check(not (t.fsdp and self.lora.use_dora), "lora.use_dora",
+               "is not supported with train.fsdp (DoRA's norm needs each whole frozen weight); turn one of them off")
         _check(not (t.fsdp and t.mixed_precision == "fp16"), "train.mixed_precision",
                "fp16 is not supported with train.fsdp (its loss scaler does not handle sharded gradients); use bf16")
         _check(bool(self.data.prompts or self.data.prompt_file or self.data.prompt_set or self.data.dataset),

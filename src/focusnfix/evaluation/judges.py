@@ -5,72 +5,20 @@
 mapping of its constructor arguments (``ocr={target: OPEN}``). Each judge's score is the per-sample metric
 ``judge_<name>`` in ``samples.jsonl``; ``eval.json`` declares it (``"judge": true``) and summarises it per method
 (:func:`judge_summary`: mean with a 95% CI, and the paired change vs the reference with its Student-t CI). A judge
-is never the training reward unless the user names it; then it is labelled "training reward".
+is never the training reward unless the user names it; then it is labelled "training reward". The ``--judge``
+texts are parsed by :mod:`focusnfix.rewards.judges` (training's ``train.eval_judges`` reads them too).
 """
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import yaml
 
-from ..errors import FocusNFixError, RunFailed, one_line, short
-from ..rewards.base import call_reward
-from ..rewards.registry import REWARDS, build_reward, check_reward_plugin, resolve
+from ..rewards.judges import PREFIX, JudgeSpec, judge_score, parse_judge, parse_judges  # noqa: F401 (re-exported)
+from ..rewards.registry import build_reward
 from .pareto import bootstrap_ci, wilson
 from .stats import finite, paired_stats, paired_values
-
-PREFIX = "judge_"
-
-
-@dataclass
-class JudgeSpec:
-    """A parsed ``--judge``: the reward's name, its arguments and the metric key it writes."""
-
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return PREFIX + (re.sub(r"[^0-9a-z]+", "_", self.name.lower()).strip("_") or "reward")
-
-
-def parse_judge(text: str) -> JudgeSpec:
-    """``NAME`` or ``NAME=ARGS`` (ARGS: a YAML mapping); an unknown NAME is a one-line error naming the known ones."""
-    name, sep, raw = str(text).partition("=")
-    name = name.strip()
-    if not name:
-        raise FocusNFixError(f"--judge {short(text)}: give a reward name, e.g. --judge ocr or --judge 'ocr={{target: "
-                             "OPEN}'")
-    if ":" not in name and name not in REWARDS:
-        raise FocusNFixError(f"unknown judge {short(name)}; known: {', '.join(sorted(REWARDS))}, or a plug-in "
-                             "package.module:Class")
-    factory = resolve(REWARDS, name, "judge")
-    if ":" in name:
-        check_reward_plugin(factory, name)
-    args: Any = {}
-    if sep:
-        try:
-            args = yaml.safe_load(raw) if raw.strip() else {}
-        except yaml.YAMLError as e:
-            raise FocusNFixError(one_line(f"--judge {short(name)}: its arguments are not YAML: {e}", 200)) from None
-        if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
-            raise FocusNFixError(f"--judge {short(name)}=...: the part after = must be a YAML mapping of the reward's "
-                                 f"arguments, e.g. {name}={{key: value}}; got {short(raw)}")
-    return JudgeSpec(name, args)
-
-
-def parse_judges(texts: list[str] | None) -> list[JudgeSpec]:
-    """Every ``--judge``, each metric key once."""
-    specs = [parse_judge(t) for t in texts or []]
-    keys = [s.key for s in specs]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise FocusNFixError(f"--judge: two judges write the metric {key!r}; give each judge once")
-    return specs
 
 
 class Judge:
@@ -86,15 +34,7 @@ class Judge:
                                        "args": spec.args, "training_reward": training_reward}}
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        try:
-            out = call_reward(self.reward, images, prompts)
-        except (FocusNFixError, RunFailed, MemoryError):
-            raise
-        except Exception as e:
-            if type(e).__name__ == "OutOfMemoryError":
-                raise
-            raise RunFailed(one_line(f"judge {self.spec.name!r} failed: {type(e).__name__}: {e}", 220)) from None
-        return {self.spec.key: out.score.detach().float()}
+        return {self.spec.key: judge_score(self.spec, self.reward, images, prompts)}
 
 
 def build_judges(specs: list[JudgeSpec], training_reward_name: str) -> list[Judge]:

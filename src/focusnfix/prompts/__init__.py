@@ -15,7 +15,7 @@ from .sets import SETS, list_prompt_sets, load_prompt_set
 __all__ = [
     "MAX_FILE_BYTES", "MAX_PROMPT_CHARS", "MAX_SEED", "SUFFIXES", "PromptRecord", "read_prompt_file", "read_dataset",
     "check_seeds", "check_prompt_lengths", "SETS", "list_prompt_sets", "load_prompt_set", "EVALUATION_ONLY",
-    "resolve_prompts", "config_prompts",
+    "resolve_prompts", "config_prompts", "config_eval_prompts",
 ]
 
 EVALUATION_ONLY = ("i2p", "ringabell")
@@ -29,6 +29,16 @@ def config_prompts(data) -> list[str]:
         extra = [r.prompt for r in read_dataset(data.dataset, data.dataset_split, data.dataset_prompt_column,
                                                 data.dataset_category_column, data.dataset_seed_column)]
     return resolve_prompts(data.prompts, data.prompt_file, data.prompt_set, extra)
+
+
+def config_eval_prompts(data) -> list[str]:
+    """The held-out prompts of ``train.eval_every``: ``data.eval_prompts`` and ``data.eval_prompt_file`` (read like
+    ``data.prompt_file``); [] when neither is set."""
+    out = [p.strip() for p in data.eval_prompts if p and p.strip()]
+    if data.eval_prompt_file:
+        out += [r.prompt for r in read_prompt_file(data.eval_prompt_file)]
+    check_prompt_lengths(out, "the eval prompt list")
+    return out
 
 
 def resolve_prompts(prompts: list[str], prompt_file: str | None = None, prompt_set: str | None = None,

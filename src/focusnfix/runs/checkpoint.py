@@ -1,7 +1,8 @@
 """Crash-safe run-folder I/O: atomic folders and files, resumable checkpoints without pickles.
 
 A checkpoint folder ``checkpoints/step-000123/`` holds ``lora.safetensors`` (trainable tensors),
-``optimizer.safetensors`` + ``optimizer.json``, ``scheduler.json``, ``trainer.json`` and, written
+``optimizer.safetensors`` + ``optimizer.json``, ``scheduler.json``, ``trainer.json`` (with ``train.ema``, also
+``ema.safetensors``: the moving average of the LoRA) and, written
 last, ``manifest.json`` with each file's SHA-256. RNG state needs no file: the trainer reseeds every
 step from ``(train.seed, step, rank)``, so the step number determines it. It is written to a
 temporary sibling, fsynced and renamed, so a crash never leaves a half-written ``step-*`` folder.
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import TrainingDiverged, safetensors_os_error
 
 MANIFEST = "manifest.json"
+TENSOR_FILES = ("ema",)  # optional tensor files of a checkpoint beside lora.safetensors (read when present)
 
 
 def fault_requested(name: str, step: int) -> bool:
@@ -173,14 +175,19 @@ def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 def save_checkpoint(folder: str | Path, step: int, lora: dict[str, torch.Tensor],
                     optimizer: tuple[dict[str, torch.Tensor], dict],
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, extra: dict | None = None) -> Path:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, extra: dict | None = None,
+                    tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write a complete checkpoint atomically to ``folder`` and return it. ``lora`` comes from
-    :func:`focusnfix.lora.lora_state`, ``optimizer`` from :func:`optimizer_files`."""
+    :func:`focusnfix.lora.lora_state`, ``optimizer`` from :func:`optimizer_files`; ``tensors``: more tensor files,
+    ``NAME.safetensors`` for each of :data:`TENSOR_FILES` given (``ema``: ``train.ema``'s average)."""
     bad = nonfinite_tensor(lora)
     if bad is not None:  # never save (and later call "good") a diverged state
         raise TrainingDiverged(f"refusing to save checkpoint {Path(folder).name}: LoRA tensor {bad} holds NaN or Inf")
     with io_errors(folder), atomic_dir(folder) as tmp:
         save_file({k: v.contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
+        for name, values in (tensors or {}).items():
+            assert name in TENSOR_FILES, name
+            save_file({k: v.contiguous() for k, v in values.items()}, tmp / f"{name}.safetensors")
         tensors, meta = optimizer
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(meta))
@@ -234,12 +241,15 @@ def read_lora(folder: Path) -> dict[str, torch.Tensor]:
 
 def read_checkpoint(folder: Path) -> dict[str, Any]:
     """Every file of a checkpoint folder read into memory (raises whatever the readers raise on a damaged file):
-    ``lora``, ``optimizer`` (tensors, metadata), ``scheduler`` and ``trainer`` (``trainer.json``, with its step)."""
+    ``lora``, ``optimizer`` (tensors, metadata), ``scheduler``, ``trainer`` (``trainer.json``, with its step) and
+    each of :data:`TENSOR_FILES` the checkpoint has (``ema``)."""
     files = {"lora": read_lora(folder),
              "optimizer": (load_file(folder / "optimizer.safetensors"),
                            json.loads((folder / "optimizer.json").read_text())),
              "scheduler": json.loads((folder / "scheduler.json").read_text()),
              "trainer": json.loads((folder / "trainer.json").read_text())}
+    files.update({name: load_file(folder / f"{name}.safetensors") for name in TENSOR_FILES
+                  if (folder / f"{name}.safetensors").is_file()})
     if not isinstance(files["trainer"].get("step"), int) \
             or not {"param_groups", "scalars"} <= set(files["optimizer"][1]):
         raise ValueError("trainer.json or optimizer.json lacks a required key")

@@ -4,7 +4,8 @@
 converters (``convert_all_state_dict_to_peft``, then ``convert_state_dict_to_kohya``); that converter writes
 ``alpha = rank`` (scale 1), so each module's alpha is set to the LoRA's alpha here and the scale alpha / rank
 of training is kept. SD3 and FLUX LoRAs get no kohya file (diffusers has no converter to their kohya names;
-ComfyUI reads their diffusers-format ``transformer.*`` file as it is, see docs/sharing.md).
+ComfyUI reads their diffusers-format ``transformer.*`` file as it is, see docs/sharing.md), nor do DoRA LoRAs
+(``lora.use_dora``: diffusers' converter has no names for their magnitude vectors; ``focusnfix export`` refuses them).
 """
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ def is_unet_lora(state: dict[str, torch.Tensor]) -> bool:
     return bool(state) and all(k.startswith("unet.") for k in state)
 
 
+def is_dora(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a LoRA file's tensors are DoRA's (``lora.use_dora``): it has magnitude vectors."""
+    return any("lora_magnitude_vector" in k or k.endswith(".dora_scale") for k in state)
+
+
 def to_kohya(state: dict[str, torch.Tensor], alpha: float | None) -> dict[str, torch.Tensor]:
     """kohya-format tensors of a diffusers-format UNet LoRA ``state`` (keys ``unet.<path>.lora.down.weight`` or
     ``unet.<path>.lora_A.weight``). ``alpha``: the LoRA's alpha, written for every module (float32 scalars);
@@ -58,6 +64,10 @@ def to_kohya(state: dict[str, torch.Tensor], alpha: float | None) -> dict[str, t
         raise FocusNFixError(f"kohya export is for SD 1.x/2.x and SDXL UNet LoRAs; this LoRA has "
                              f"{short_path(other, 60)} (SD3/FLUX transformer LoRAs load in ComfyUI as they are: "
                              "see docs/sharing.md)")
+    if is_dora(state):
+        raise FocusNFixError("kohya export takes plain LoRA down/up weights; this is a DoRA LoRA (lora.use_dora), "
+                             "whose magnitude vectors diffusers' kohya converter does not write: load its "
+                             "diffusers-format file, or train without lora.use_dora")
     peft = convert_all_state_dict_to_peft(dict(state))
     extra = [k for k in peft if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
     if extra:
@@ -114,11 +124,12 @@ def save_kohya(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
 
 def write_kohya_beside(folder: Path, final: Path, alpha: float | None) -> Path | None:
     """In a LoRA ``folder`` being written (whose final place is ``final``), the kohya file of its
-    ``pytorch_lora_weights.safetensors`` for a UNet LoRA; None (nothing written) for a transformer LoRA."""
+    ``pytorch_lora_weights.safetensors`` for a UNet LoRA; None (nothing written) for a transformer LoRA or a DoRA
+    (which kohya's format cannot hold)."""
     from safetensors.torch import load_file
 
     state = load_file(str(folder / LORA_FILE))
-    if not is_unet_lora(state):
+    if not is_unet_lora(state) or is_dora(state):
         return None
     return save_kohya(to_kohya(state, alpha), folder / f"{kohya_stem(final)}{SUFFIX}")
 

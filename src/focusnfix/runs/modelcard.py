@@ -141,7 +141,10 @@ def build_card(run_dir: str | Path, steps: int | None = None, pipeline: str | No
             ("sampler", f"{sampler_name(pipeline)}, T = {s.get('steps', '?')} steps, guidance scale "
                         f"{s.get('guidance_scale', '?')}"),
             ("LoRA", f"rank {lo.get('rank', '?')}, alpha {lo.get('alpha') or lo.get('rank', '?')}, targets "
-                     f"{', '.join(lo.get('targets') or ['the family default (attention projections)'])}"),
+                     f"{', '.join(lo.get('targets') or ['the family default (attention projections)'])}"
+                     + ("; DoRA (a trained magnitude per output channel)" if lo.get("use_dora") else "")
+                     + (f"; the weights are the moving average of training (EMA decay {t['ema']:g})"
+                        if t.get("ema") else "")),
             ("license", license_text)]
     body = [f"# {name[:1].upper() + name[1:]} LoRA for {base}", "",
             f"A LoRA adapter for {base_text}, fine-tuned with focusnfix (an implementation of "
@@ -214,14 +217,25 @@ def _metric_lines(run: Path) -> list[str]:
     rows = [r for r in read_metrics(run / "metrics.jsonl") if isinstance(r.get("reward"), (int, float))]
     if not rows:
         return []
+    lines = ["Training batches (not a held-out evaluation): " + _changes(rows, ("reward", "constraint",
+                                                                            "outside_change", "lam")) + ".", ""]
+    held_out = sorted({k for r in rows for k in r if k.startswith("eval/") and k != "eval/seconds"})
+    if held_out:  # train.eval_every: the same held-out prompts and seeds at every evaluated step
+        lines += ["Held-out prompts during training (`train.eval_every`): " + _changes(rows, held_out) + ".", ""]
+    return lines
+
+
+def _changes(rows: list[dict], keys) -> str:
+    """``key first (step a) → last (step b)`` for each of ``keys`` the rows have (a budget's slack steps do not
+    measure the change; the eval keys are on the evaluated steps only)."""
     parts = []
-    for key in ("reward", "constraint", "outside_change", "lam"):  # a budget's slack steps do not measure the change
+    for key in keys:
         having = [r for r in rows if isinstance(r.get(key), (int, float))]
         if having:
             first, last = having[0], having[-1]
             parts.append(f"{key} {first[key]:.4g} (step {first.get('step')}) → {last[key]:.4g} "
                          f"(step {last.get('step')})")
-    return ["Training batches (not a held-out evaluation): " + "; ".join(parts) + ".", ""]
+    return "; ".join(parts)
 
 
 def _sample_lines(has_sample: bool, has_widget: bool = False) -> list[str]:

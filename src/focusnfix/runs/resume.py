@@ -23,8 +23,8 @@ import yaml
 
 from ..backbones.lora import load_lora_state
 from ..errors import ConfigError, FocusNFixError, short, short_path
-from .checkpoint import (checkpoint_step, is_complete, list_checkpoints, load_training_state, nonfinite_tensor,
-                         read_checkpoint)
+from .checkpoint import (TENSOR_FILES, checkpoint_step, is_complete, list_checkpoints, load_training_state,
+                         nonfinite_tensor, read_checkpoint)
 from .export import drop_exports_after
 from .folder import remove_leftovers
 from .metrics_log import truncate_metrics
@@ -36,6 +36,8 @@ RESUMABLE = (
     "train.log_every", "train.export_lora_steps", "train.sample_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.max_bad_steps",
     "train.collective_timeout", "data.sample_prompts", "data.sample_seeds",
+    "train.eval_every", "train.eval_judges", "train.eval_batch_size", "data.eval_prompts", "data.eval_prompt_file",
+    "data.eval_seeds",  # the held-out evaluation: logged, no effect on training
     "train.report_to", "train.push_to_hub", "train.hub_repo_id", "train.hub_private",  # sharing: no effect on training
     # speed and memory switches (same arithmetic up to float rounding)
     "train.reference_cache", "train.reference_cache_mb", "train.reference_cache_items", "train.batch_reference",
@@ -142,7 +144,8 @@ def remove_newer_checkpoints(root: str | Path, ckpt: Path) -> list[Path]:
 
 def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler, fallback: bool = False) -> tuple[int, dict]:
     """Load checkpoint ``ckpt`` into the LoRA of ``unet`` (checked to fit before the optimizer), the optimizer, the
-    LR schedule and the fp16 loss scaler; return its step and ``trainer.json`` (with the method's state). A
+    LR schedule and the fp16 loss scaler; return its step and ``trainer.json`` (with the method's state, and the
+    checkpoint's extra tensors such as ``ema``). A
     checkpoint beyond ``train.steps`` (``steps``) or with non-finite LoRA weights is refused with one line before
     anything is loaded.
 
@@ -170,6 +173,7 @@ def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler, fallback
                                  "resume from an older one")
         load_lora_state(unet, files["lora"])
         state = load_training_state(files, optimizer, scheduler)
+        state.update({name: files[name] for name in TENSOR_FILES if name in files})  # e.g. train.ema's average
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         return state["step"], state

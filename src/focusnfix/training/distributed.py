@@ -34,6 +34,9 @@ class Ranks:
         if mixed_precision == "fp16":
             raise FocusNFixError("train.mixed_precision=fp16 is not supported with FSDP (its loss scaler does not "
                                  "handle sharded gradients); use train.mixed_precision=bf16")
+        if any("lora_magnitude_vector" in n for n, _ in unet.named_parameters()):  # an accelerate FSDP config
+            raise FocusNFixError("lora.use_dora is not supported with FSDP (DoRA's norm needs each whole frozen "
+                                 "weight); set lora.use_dora=false or train without sharding")
         shard_unet(unet, acc.device, acc.num_processes, reshard_after_forward(getattr(acc.state, "fsdp_plugin", None)))
 
     def holds_state(self) -> bool:

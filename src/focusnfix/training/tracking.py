@@ -1,5 +1,6 @@
 """Experiment trackers (``train.report_to``) through accelerate's trackers: the numeric values of every
-``metrics.jsonl`` row as ``train/<key>`` scalars, and every sample grid as the image ``samples``.
+``metrics.jsonl`` row as ``train/<key>`` scalars (``train.eval_every``'s ``eval/<key>`` as they are), and every
+(labelled) sample grid as the image ``samples``.
 
 ``none`` (default), ``tensorboard`` (event files in the run folder's ``tensorboard/``), ``wandb`` (the
 W&B project ``focusnfix``, run named after the run folder; ``WANDB_MODE=offline`` works offline) or
@@ -66,7 +67,7 @@ class TrackedLog:
 
     def write(self, logs: dict) -> None:
         self.log.write(logs)
-        values = {f"train/{k}": v for k, v in logs.items()
+        values = {k if k.startswith("eval/") else f"train/{k}": v for k, v in logs.items()
                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.accelerator.log(values, step=int(logs["step"]))
 

@@ -3,7 +3,8 @@ precision, metrics, sample grids and atomic, resumable checkpoints. All randomne
 seeds, K) is derived from ``(train.seed, step)``, so a resumed run continues exactly the same trajectory.
 
 Beside it: the pieces it is built from (:mod:`.setup`), the step's batches (:mod:`.batches`), the collectives
-(:mod:`.distributed`); the run folder, resume and LoRA exports (:mod:`focusnfix.runs`)."""
+(:mod:`.distributed`), the LoRA's moving average (:mod:`.ema`), the held-out evaluation (:mod:`.periodic_eval`), the
+sample grids (:mod:`.samples`); the run folder, resume and LoRA exports (:mod:`focusnfix.runs`)."""
 from __future__ import annotations
 
 import shutil
@@ -19,7 +20,6 @@ from ..config import Config, to_dict
 from ..config.methods import METHODS
 from ..config.names import import_path
 from ..errors import FocusNFixError, TrainingDiverged, short_path
-from ..images import save_preview_grid
 from ..methods.base import Method, MethodContext
 from ..prompts import config_prompts
 from ..rewards.registry import build_reward
@@ -35,6 +35,9 @@ from . import tracking
 from .batches import continue_schedule, lr_lambda, make_batches  # noqa: F401 (lr_lambda: re-exported)
 from .cache import build_reference_cache
 from .distributed import Ranks, run_failures
+from .ema import EMA
+from .periodic_eval import PeriodicEval
+from .samples import sample_grid
 from .setup import accelerator_for, autocast_for, backbone_for, optimizer_for
 
 
@@ -43,14 +46,14 @@ class Trainer:
     object to bypass the registry (Python API)."""
 
     def __init__(self, cfg: Config, reward=None, backbone=None):
-        self.cfg, t = cfg, cfg.train
-        self.out = Path(t.output_dir)
+        self.cfg, t, self.out = cfg, cfg.train, Path(cfg.train.output_dir)
         self.prompts = config_prompts(cfg.data)
         self.accelerator = accelerator_for(cfg)  # then train.seed seeds the global generators
         self.backbone = backbone_for(cfg, self.accelerator.device, backbone)
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, **cfg.reward.args)
         self.lora_targets = list(cfg.lora.targets or self.backbone.lora_targets)  # default: the family's
-        add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, self.lora_targets, cfg.lora.dropout)
+        add_lora(self.backbone.unet, cfg.lora.rank, cfg.lora.alpha, self.lora_targets, cfg.lora.dropout,
+                 cfg.lora.use_dora)
         self.ranks = Ranks(self.accelerator, t.fsdp)
         self.method: Method = self.build_method()
         self.ranks.shard(self.backbone.unet, t.mixed_precision)  # after the reference cache read the whole weights
@@ -59,8 +62,10 @@ class Trainer:
             from ..backbones.compile import compile_unet  # torch.compile's machinery: imported when asked for
 
             compile_unet(self.backbone.unet)
-        self.params = list(lora_parameters(self.backbone.unet).values())  # after sharding: the sharded ones
+        named = lora_parameters(self.backbone.unet)  # after sharding: the sharded ones
+        self.params, self.ema = list(named.values()), EMA(named, t.ema)  # EMA: a no-op unless train.ema
         self.optimizer, self.scheduler, self.scaler = optimizer_for(self.params, t, self.accelerator.device.type)
+        self.evaluator = PeriodicEval(cfg, self.backbone, self.reward, self.ranks, self.ema)  # train.eval_every
         self.step, self.bad_steps = 0, 0
         self.config_changed: dict[str, list] = {}  # keys changed on --resume, recorded in metrics.jsonl
 
@@ -86,6 +91,7 @@ class Trainer:
         self.step, state = restore(ckpt, t.steps, self.backbone.unet, self.optimizer, self.scheduler, self.scaler,
                                    fallback=checkpoint is None)
         self.method.load_state_dict(state.get("method", {}))
+        self.ema.load(state.get("ema"))
         self.config_changed = changed
         if {"train.lr", "train.steps"} & set(changed):
             continue_schedule(self.optimizer, self.scheduler, t.lr)
@@ -98,10 +104,10 @@ class Trainer:
         folder = self.out / "checkpoints" / f"step-{self.step:06d}"
         if self.ranks.holds_state():
             lora = lora if lora is not None else lora_state(self.backbone.unet)
-            optimizer = optimizer_files(self.optimizer)
+            optimizer, tensors = optimizer_files(self.optimizer), self.ema.tensors()
         if self.accelerator.is_main_process:
-            save_checkpoint(folder, self.step, lora, optimizer, self.scheduler,
-                            extra={"scaler": self.scaler.state_dict(), "method": self.method.state_dict()})
+            extra = {"scaler": self.scaler.state_dict(), "method": self.method.state_dict()}
+            save_checkpoint(folder, self.step, lora, optimizer, self.scheduler, extra, tensors)
             fault_point("checkpoint-saved", self.step)
             prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints, self.step)
         self.accelerator.wait_for_everyone()
@@ -141,6 +147,7 @@ class Trainer:
         if finite:
             norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
             self.scaler.step(self.optimizer)  # = optimizer.step() without fp16
+            self.ema.update(self.step)
             self.bad_steps = 0
             grad_norm, weights_ok = self._norm_and_weights_finite(norm)  # one host sync for both
             self.method.after_step(totals)  # e.g. the budget's multiplier, from the step's averaged logs
@@ -179,24 +186,14 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def sample_grid(self, name: str) -> Path | None:
-        """Save rows of I0 | mask | I for the sample prompts and seeds (main process writes; sharded, all ranks run)."""
-        if not (self.accelerator.is_main_process or self.sharded):
-            return None
-        d = self.cfg.data
-        pairs = [(p, s) for p in d.sample_prompts or self.prompts[:4] for s in d.sample_seeds]
-        preview = self.method.preview([p for p, _ in pairs], [s for _, s in pairs])
-        if not self.accelerator.is_main_process:
-            return None
-        return tracking.log_grid(self.accelerator, save_preview_grid(preview, self.out / "samples" / f"{name}.png"),
-                                 self.step)
+        """``RUN/samples/NAME.png``: labelled rows of Î0 | M | Î at this step (:func:`.samples.sample_grid`)."""
+        return sample_grid(self, name)
 
     def train(self, resume: bool | Path = False, progress: bool = True) -> Path:
         """Run to ``train.steps``. Only the main process writes files (holding the run folder's lock);
         every rank trains. A disk that fills up, or a collective that times out, is a one-line
         :class:`RunFailed` naming the checkpoint that stays intact."""
-        acc = self.accelerator
-        created = not self.out.exists()
-        lock = None
+        acc, created, lock = self.accelerator, not self.out.exists(), None
         if acc.is_main_process:
             with io_errors(self.out):
                 self.out.mkdir(parents=True, exist_ok=True)
@@ -240,10 +237,11 @@ class Trainer:
                 start = time.perf_counter()
                 logs = {"step": self.step + 1, **self.train_step(), "seconds": 0.0}
                 logs["seconds"] = time.perf_counter() - start
+                logs.update(self.evaluator() if self.evaluator.due(self.step) else {})  # every rank: collectives
                 if self.config_changed:  # the first row after a resume that changed keys records them
                     logs["config_changed"], self.config_changed = self.config_changed, {}
                 if log is not None and (self.step % t.log_every == 0 or self.step == t.steps or logs["skipped"]
-                                        or "config_changed" in logs):
+                                        or "config_changed" in logs or self.evaluator.due(self.step)):
                     log.write(logs)
                 bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("reward", "constraint") if k in logs})
                 bar.update(1)
@@ -273,18 +271,19 @@ class Trainer:
         folder = self.out / export_name(self.step)
         if not self.ranks.holds_state() or (not self.sharded and (folder / LORA_FILE).is_file()):
             return None
-        state = lora_state(self.backbone.unet)  # sharded: a collective, every rank gathers
+        state = self.ema.state() or lora_state(self.backbone.unet)  # sharded: a collective, every rank gathers
         if self.accelerator.is_main_process and not (folder / LORA_FILE).is_file():
             self.write_lora(folder.name, state)
         return folder
 
     def finish(self) -> None:
-        """Final checkpoint, diffusers-format LoRA in ``lora/``, final sample grid, ``summary.json``."""
-        state = lora_state(self.backbone.unet) if self.ranks.holds_state() else None
+        """Final checkpoint, diffusers-format LoRA in ``lora/`` (with ``train.ema``: the average), final sample grid,
+        ``summary.json``."""
+        state, shown = (lora_state(self.backbone.unet), self.ema.state()) if self.ranks.holds_state() else (None, None)
         self.save_checkpoint(state)
         grid_path = self.sample_grid("final")
         if self.accelerator.is_main_process:
-            self.write_lora("lora", state)
+            self.write_lora("lora", shown or state)
             write_summary(self.out, self.cfg.method, self.step, self.accelerator.num_processes, grid_path)
         self.accelerator.wait_for_everyone()
         if self.cfg.train.push_to_hub and self.accelerator.is_main_process:  # after the barrier: an upload may be slow
