@@ -85,7 +85,7 @@ GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py $(ARGS)
 
-# Issue 13's operating-point sweep (BENCHMARKS.md, "Operating points"): DRaFT and Focus-N-Fix over λ x training
+# The operating-point sweep (BENCHMARKS.md, "Operating points"): DRaFT and Focus-N-Fix over λ x training
 # length x 3 training seeds on the UNet world, settings chosen on world:val and reported on world:test. The two
 # defects run side by side (one thread each), then one invocation that finds everything done writes
 # benchmarks/results/pareto.json, its plots and runs/pareto/pareto.html. Resumable; about an hour on 2 cores.

@@ -22,17 +22,17 @@ def test_overrides_reach_into_reward_args_and_round_trip(tmp_path):
     assert load_config(tmp_path / "saved.yaml") == cfg
 
 
-def test_readme_lists_every_config_key_with_its_default():
+def test_reference_lists_every_config_key_with_its_default():
     from pathlib import Path
 
     from focusnfix.config import field_help
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    reference = (Path(__file__).parents[1] / "docs" / "reference.md").read_text()
     for key, default, _ in field_help():
-        assert f"| `{key}` | `{default}` |" in readme, f"README config table is missing or stale for {key}"
+        assert f"| `{key}` | `{default}` |" in reference, f"docs/reference.md's config table is stale for {key}"
 
 
-def test_readme_config_table_matches_the_schema_help():
+def test_reference_config_table_matches_the_schema_help():
     """tools/readme_config_table.py --check: every row's default and help text as the schema has them."""
     import importlib.util
     from pathlib import Path

@@ -1,10 +1,11 @@
-"""Rewrite the README's configuration table rows from the schema (``focusnfix.config.field_help``).
+"""Rewrite the configuration table rows of docs/reference.md from the schema (``focusnfix.config.field_help``).
 
-    python tools/readme_config_table.py          # rewrite README.md in place
+    python tools/readme_config_table.py          # rewrite docs/reference.md in place
     python tools/readme_config_table.py --check  # exit 1 when a row is missing or stale
 
 Rows are ``| `key` | `default` | help |`` with ``||`` written ``//`` and ``|`` escaped, in schema order; a key's
-row replaces the old one, a new key's row goes after the previous key's. Other README lines are left alone.
+row replaces the old one, a new key's row goes after the previous key's. Other lines are left alone. (The table was
+in README.md before it moved to docs/reference.md; the tool keeps its name.)
 """
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ import re
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
 
 
 def row(key: str, default: str, text: str) -> str:
     return f"| `{key}` | `{default}` | {text.replace('||', '//').replace('|', chr(92) + '|')} |"
 
 
-def rewrite(readme: str) -> str:
+def rewrite(text: str) -> str:
     from focusnfix.config import field_help
 
-    lines = readme.splitlines()
+    lines = text.splitlines()
     where = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"\| `([a-z_.0-9]+)` \| `", line))}
     previous = None
     for key, default, text in field_help():
@@ -45,12 +46,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
-    old = README.read_text()
+    old = REFERENCE.read_text()
     new = rewrite(old)
     if args.check:
-        print("README config table up to date" if new == old else "README config table is stale")
+        print("docs/reference.md config table up to date" if new == old else "docs/reference.md config table is stale")
         return 0 if new == old else 1
-    README.write_text(new)
+    REFERENCE.write_text(new)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Errors and their one-line messages (the CLI's error contract, README "Errors and exit statuses").
+"""Errors and their one-line messages (the CLI's error contract, docs/reference.md "Errors and exit statuses").
 
 * :class:`FocusNFixError` (and :class:`ConfigError`): bad input; the CLI exits with status 2 and
   nothing was changed.

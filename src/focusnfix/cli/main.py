@@ -2,7 +2,7 @@
 
 Every failure prints one line ``focusnfix: error: ...`` (at most 300 characters) on stderr and exits
 with status 2 (bad input: nothing was changed), 1 (a runtime failure: disk full, divergence, a dead
-or frozen process of a distributed job; what was saved before is intact) or 130 (Ctrl-C). README,
+or frozen process of a distributed job; what was saved before is intact) or 130 (Ctrl-C). docs/reference.md,
 "Errors and exit statuses"; ``--debug`` adds the traceback and the libraries' log lines. A reader that
 closes the output early (``focusnfix train --help-config | head``) ends the command quietly: status 1, no message.
 """
@@ -133,7 +133,7 @@ def _fail(status: int, message: str) -> int:
 
 
 def describe_error(e: BaseException) -> tuple[int, str]:
-    """``(exit status, message)`` of any exception (the error contract in README)."""
+    """``(exit status, message)`` of any exception (the error contract in docs/reference.md)."""
     if isinstance(e, FocusNFixError):
         return 2, str(e)
     if isinstance(e, RunFailed):

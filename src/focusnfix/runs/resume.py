@@ -90,9 +90,8 @@ def config_changes(run_config: Path, new: dict) -> dict[str, list]:
             continue  # a key the old config lacks (added in a later version) keeps its default
         if key not in RESUMABLE:
             raise ConfigError(f"--resume with {key} changed ({short(old[key])} -> {short(value)}) "
-                              "would not continue the "
-                              "checkpoint's run (README lists the keys that may change): restore it or start a new "
-                              "train.output_dir")
+                              "would not continue the checkpoint's run (docs/reference.md lists the keys that may "
+                              "change): restore it or start a new train.output_dir")
         changed[key] = [old[key], value]
     return changed
 
