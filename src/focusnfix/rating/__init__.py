@@ -141,7 +141,7 @@ def _design_line(study) -> str:
     text = (f"{study.per_rater_total} pairs per rater ({study.samples} samples x {len(study.methods)} methods: "
             f"{', '.join(study.methods)}; {study.left_out} left out without images")
     if study.only_problems is not None:
-        text += f"; {study.without_problem} samples without a problem ({study.only_problems}) left out"
+        text += f"; {study.without_problem} samples left out as they have no problem (kept: {study.only_problems})"
     text += ")"
     if study.per_rater is not None and study.per_rater < t:
         text += (f" · {t} pairs in all: after R raters every pair is rated by at least k = floor(R x "

@@ -20,7 +20,8 @@ def method_rows(cfg: dict) -> list[tuple[str, str]]:
     if "mask" in sections:  # fnf: objective.lam; fnf-grpo: grpo.kl_weight (unset: objective.lam, its old key)
         lam = o.get("lam") if "objective" in sections or g.get("kl_weight") is None else g.get("kl_weight")
         if "objective" in sections and o.get("budget") is not None:  # λ was a multiplier found during training
-            rows.append(("collateral budget", f"{o['budget']:g} grey levels (mean |Î − Î0| outside M(Î0), 8-bit); "
+            levels = "grey level" if o["budget"] == 1 else "grey levels"
+            rows.append(("collateral budget", f"{o['budget']:g} {levels} (mean |Î − Î0| outside M(Î0), 8-bit); "
                                               "λ found during training (see the λ curve in metrics.jsonl)"))
         else:
             rows.append(("λ (region constraint)", f"{lam} ({o.get('norm', 'fro')} norm)"))

@@ -233,7 +233,8 @@ def _changes(rows: list[dict], keys) -> str:
         having = [r for r in rows if isinstance(r.get(key), (int, float))]
         if having:
             first, last = having[0], having[-1]
-            parts.append(f"{key} {first[key]:.4g} (step {first.get('step')}) → {last[key]:.4g} "
+            parts.append(f"{key} {first[key]:.4g} (step {first.get('step')})" if first is last else
+                         f"{key} {first[key]:.4g} (step {first.get('step')}) → {last[key]:.4g} "
                          f"(step {last.get('step')})")
     return "; ".join(parts)
 
