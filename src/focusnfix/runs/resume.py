@@ -152,17 +152,15 @@ def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler, fallback
     file of another format) is refused with one line; with ``fallback`` (``ckpt`` was found, not named by the user)
     it is skipped with a warning for the next older complete checkpoint, as an incomplete one is. Every file is read
     before anything is loaded, so a refused checkpoint changes nothing."""
-    candidates = [ckpt, *reversed([c for c in list_checkpoints(ckpt.parent) if c.name < ckpt.name
-                                   and is_complete(c)])] if fallback else [ckpt]
-    for i, candidate in enumerate(candidates):
+    older = (c for c in reversed(list_checkpoints(ckpt.parent)) if c.name < ckpt.name and is_complete(c))
+    why = ""
+    for candidate in [ckpt, *older] if fallback else [ckpt]:  # older ones hashed only when reached
+        if why:
+            warnings.warn(f"skipping {why}; resuming from the next older one", stacklevel=2)
         try:
             step, files = checkpoint_step(candidate), read_checkpoint(candidate)
         except Exception as e:  # noqa: BLE001 (json, safetensors and OS errors alike: the files cannot be read)
             why = f"checkpoint {short_path(candidate)} matches its manifest but cannot be read ({short(e)})"
-            if i + 1 == len(candidates):
-                raise FocusNFixError(f"{why}; delete it to resume from an older one" if not fallback else
-                                     f"{why}, nor can any older one; delete the checkpoints to start again") from None
-            warnings.warn(f"skipping {why}; resuming from the next older one", stacklevel=2)
             continue
         if step > steps:
             raise FocusNFixError(f"train.steps={steps} is below the checkpoint's step {step}; "
@@ -176,7 +174,8 @@ def restore(ckpt: Path, steps: int, unet, optimizer, scheduler, scaler, fallback
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         return state["step"], state
-    raise AssertionError("unreachable: the last candidate returns or raises")
+    raise FocusNFixError(f"{why}, nor can any older one; delete the checkpoints to start again" if fallback else
+                         f"{why}; delete it to resume from an older one")
 
 
 def tidy_after_restore(out: Path, step: int, checkpoint: Path | None, changed: dict[str, list]) -> None:
